@@ -1,0 +1,186 @@
+"""Deterministic synthetic weights, for running and benchmarking without the released files.
+
+The output of synthetic weights is NOT a real animation: the networks are random. They exist
+so the whole product (CLI, export, engines, runtime, benchmarks) runs anywhere, and so tests
+have exactly reproducible models.
+
+Every tensor has its own random stream, seeded by ``"{seed}/{namespace}/{key}"`` only (the
+namespace is the released file the key belongs to), so a value never depends on which other
+keys exist. The value rules (uniform, fan-in scaled, row-centred matrices, tamed LivePortrait
+heads so keypoints stay on the canvas, canonical values for computed buffers) follow the
+project's reference weight design, so ``synthetic`` with seed 0 and the small config gives the
+same tensors as the reference data's synthesized weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+# ---- model configurations --------------------------------------------------------------------
+# FULL: the released configuration (SD1.x UNet of sd-image-variations, CLIP ViT-L/14 vision tower
+# with 768-d projection, sd-vae-ft-mse). SMALL: same topology and 16 reference banks, narrow
+# widths, for fast CPU runs. The first UNet level stays 320 wide: the pose guider adds 320
+# channels after conv_in.
+SD_UNET_FULL = {
+    "act_fn": "silu",
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False,
+    "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-05,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+CLIP_FULL = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 24,
+    "patch_size": 14,
+    "image_size": 224,
+    "num_channels": 3,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-05,
+}
+VAE_FULL = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 256,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+_CLIP_SMALL = dict(CLIP_FULL, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)
+_VAE_SMALL = dict(VAE_FULL, block_out_channels=[32, 32, 64, 64], layers_per_block=1)
+CONFIGS = {
+    # the released sizes (benchmarks)
+    "full": {"sd_unet": SD_UNET_FULL, "image_encoder": CLIP_FULL, "vae": VAE_FULL},
+    # the reference data's SMALL config: released layout for the fixed-size networks, exactly the
+    # golden weights with seed 0. Its first UNet level keeps 320 channels (the released pose guider's
+    # width), so a step still costs ~80 s on 2 CPU cores.
+    "small": {"sd_unet": dict(SD_UNET_FULL, block_out_channels=[320, 64, 128, 128]),
+              "image_encoder": _CLIP_SMALL, "vae": _VAE_SMALL},
+    # the default of `--weights synthetic`: fast on CPU (a few seconds per step). The pose guider is
+    # built as wide as the first UNet level (32), so its tensors are not the released shape.
+    # One attention head (`attention_head_dim` is the head count in SD1 configs): CPU attention kernels
+    # run ~8x faster on 32-wide heads than on 8 heads of width 4.
+    "tiny": {"sd_unet": dict(SD_UNET_FULL, block_out_channels=[32, 32, 64, 64], attention_head_dim=1),
+             "image_encoder": _CLIP_SMALL, "vae": _VAE_SMALL},
+}
+DEFAULT_SYNTHETIC = "tiny"
+
+# ---- value rules ------------------------------------------------------------------------------
+# (pattern, rule): ("fanin", k) -> std k/sqrt(fan_in), rows centred; ("const", mean, std).
+_RULES = [
+    (re.compile(r"detector\.fc_kp\.weight$"), ("fanin", 0.3)),
+    (re.compile(r"detector\.fc_t\.weight$"), ("fanin", 0.1)),
+    (re.compile(r"detector\.fc_scale\.weight$"), ("fanin", 0.05)),
+    (re.compile(r"detector\.fc_scale\.bias$"), ("const", 1.0, 0.02)),
+    (re.compile(r"grn\.(gamma|beta)$"), ("const", 0.0, 0.1)),
+    (re.compile(r"running_mean$"), ("const", 0.0, 0.1)),
+    (re.compile(r"running_var$"), ("const", 1.0, 0.5 / math.sqrt(3.0))),
+]
+
+
+def _uniform_pm1(seed: int, namespace: str, key: str, n: int) -> np.ndarray:
+    """n float64 values uniform in (-1, 1) from the key's own PCG64 stream (24-bit resolution)."""
+    digest = hashlib.sha256(f"{seed}/{namespace}/{key}".encode()).digest()
+    bits = np.random.PCG64(np.random.SeedSequence(int.from_bytes(digest[:16], "little")))
+    top24 = (bits.random_raw(n) >> np.uint64(40)).astype(np.float64)
+    return (top24 + 0.5) / float(1 << 23) - 1.0
+
+
+def _sinusoid_table(length: int, dim: int) -> torch.Tensor:
+    """(1, length, dim) interleaved sin/cos table of the temporal position encoders (float32 math)."""
+    pos = torch.arange(length).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+    table = torch.zeros(1, length, dim)
+    table[0, :, 0::2] = torch.sin(pos * freq)
+    table[0, :, 1::2] = torch.cos(pos * freq)
+    return table
+
+
+def _sincos_halves(length: int, dim: int) -> torch.Tensor:
+    """(1, length, dim) [sin | cos] table of the motion encoder's token positions (float64 math)."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    angles = np.outer(np.arange(length, dtype=np.float64), omega)
+    return torch.from_numpy(np.concatenate([np.sin(angles), np.cos(angles)], axis=1)).float().unsqueeze(0)
+
+
+def _fixed_value(namespace: str, key: str, shape: list[int]) -> torch.Tensor | None:
+    """Canonical values of buffers the modules compute themselves (None for learned tensors)."""
+    if key.endswith("pos_encoder.pe"):
+        return _sinusoid_table(shape[1], shape[2])
+    if namespace == "motion_encoder" and key == "pe":
+        return _sincos_halves(shape[1], shape[2])
+    if key.endswith("idx_tensor"):
+        return torch.arange(shape[0], dtype=torch.float32)
+    if key.endswith("position_ids"):
+        return torch.arange(shape[-1], dtype=torch.int64).reshape(shape)
+    if key.endswith("num_batches_tracked"):
+        return torch.zeros(shape, dtype=torch.int64)
+    return None
+
+
+def synth_tensor(seed: int, namespace: str, key: str, shape: Iterable[int]) -> torch.Tensor:
+    """The synthetic value of one checkpoint tensor (float32, or int64 for integer buffers)."""
+    shape = [int(s) for s in shape]
+    fixed = _fixed_value(namespace, key, shape)
+    if fixed is not None:
+        return fixed.reshape(shape)
+    fan_in = math.prod(shape[1:]) if len(shape) >= 2 else 1
+    rule = next((r for pattern, r in _RULES if pattern.search(key)), None)
+    if rule is not None and rule[0] == "fanin":
+        mean, std, centre = 0.0, rule[1] / math.sqrt(fan_in), True
+    elif rule is not None:
+        mean, std, centre = rule[1], rule[2], False
+    elif len(shape) >= 2:
+        mean, std, centre = 0.0, 1.0 / math.sqrt(fan_in), True
+    elif len(shape) == 1 and key.endswith("weight"):
+        mean, std, centre = 1.0, 0.1, False
+    elif len(shape) == 1 and key.endswith("bias"):
+        mean, std, centre = 0.0, 0.02, False
+    else:
+        mean, std, centre = 0.0, 0.1, False
+    n = math.prod(shape)
+    values = _uniform_pm1(seed, namespace, key, n)
+    if centre and len(shape) >= 2 and n // shape[0] > 1:
+        rows = values.reshape(shape[0], -1)
+        values = (rows - rows.mean(axis=1, keepdims=True)).reshape(-1)
+    return torch.from_numpy((mean + values * (math.sqrt(3.0) * std)).astype(np.float32)).reshape(shape)
+
+
+def synth_state_dict(module: torch.nn.Module, seed: int, namespace_of) -> dict[str, torch.Tensor]:
+    """Synthetic values for every entry of ``module.state_dict()``.
+
+    ``namespace_of(key)`` names the released file a key lives in (its random-stream namespace).
+    """
+    out = {}
+    for key, ref in module.state_dict().items():
+        value = synth_tensor(seed, namespace_of(key), key, ref.shape)
+        out[key] = value if value.dtype == torch.int64 else value.to(ref.dtype)
+    return out
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """sha256[:16] of a tensor's raw bytes (the reference weights manifest's digest)."""
+    return hashlib.sha256(tensor.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""The graph-captured streaming runtime (``personalive_trt.runtime``)."""

@@ -1,0 +1,92 @@
+"""Shared fixtures: the reference data in ../shared (skipped cleanly when absent)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REFERENCE = Path(os.environ.get("PERSONALIVE_SHARED", REPO.parent / "shared")) / "reference"
+GOLDEN = SHARED_REFERENCE / "golden"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (the shared README's unit metric)."""
+    actual = actual.detach().double().cpu()
+    expected = expected.detach().double().cpu()
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
+    scale = expected.abs().max().clamp_min(1e-12)
+    return float((actual - expected).abs().max() / scale)
+
+
+@pytest.fixture(scope="session")
+def shared_reference() -> Path:
+    if not SHARED_REFERENCE.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_REFERENCE}")
+    return SHARED_REFERENCE
+
+
+@pytest.fixture(scope="session")
+def golden(shared_reference):
+    """golden("unit_vae") -> the dict stored in ../shared/reference/golden/unit_vae.pt (cached)."""
+    cache: dict[str, dict] = {}
+
+    def load(name: str) -> dict:
+        if name not in cache:
+            path = GOLDEN / f"{name}.pt"
+            if not path.is_file():
+                pytest.skip(f"golden file {path} not found")
+            cache[name] = torch.load(path, weights_only=False, map_location="cpu")
+        return cache[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def small_weights_dir(shared_reference, tmp_path_factory) -> Path:
+    """The SMALL seed-0 weights folder the golden data was computed with (written once per session).
+
+    Set PERSONALIVE_SMALL_WEIGHTS to an existing folder to reuse one across runs.
+    """
+    preset = os.environ.get("PERSONALIVE_SMALL_WEIGHTS")
+    if preset and (Path(preset) / "weights_manifest.json").is_file():
+        return Path(preset)
+    out = tmp_path_factory.mktemp("weights_small_s0")
+    cmd = [
+        sys.executable, str(shared_reference / "synth_weights.py"), "--config", "small", "--seed", "0",
+        "--out", str(out), "--check", str(GOLDEN / "weights_manifest.json"),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"synth_weights.py failed:\n{result.stdout}\n{result.stderr}"
+    return out
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.fixture(scope="session")
+def small_models(small_weights_dir):
+    """The golden SMALL networks, loaded strictly from the synthesized weights folder (fp32, CPU)."""
+    from personalive_trt import load_models
+
+    return load_models(small_weights_dir)
+
+
+def frame_stats(x: torch.Tensor, frame_dim: int) -> torch.Tensor:
+    """Per-frame [sum, abs_sum, sq_sum] in float64 (the golden data's *_frame_stats)."""
+    x = x.detach().double().movedim(frame_dim, 0).flatten(1)
+    return torch.stack([x.sum(1), x.abs().sum(1), (x * x).sum(1)], dim=1)
+
+
+def golden_driving_frames(stream: dict):
+    """The stream's 512 driving frames: each stored 256 frame repeated 2x2 per pixel (uint8)."""
+    src = stream["driving_src256_u8"].numpy()
+    return src.repeat(2, axis=1).repeat(2, axis=2)

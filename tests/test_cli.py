@@ -1,0 +1,155 @@
+"""`personalive-trt run` in file mode: the sample end to end, and every bad input path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from personalive_trt import Animator, NonFiniteError, StreamConfig, synthetic_models
+from personalive_trt.animate import chunked, stream_video
+from personalive_trt.cli import app
+from personalive_trt.media import VideoReader, probe_video
+from personalive_trt.sample import sample_driving
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["run", *args])
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_sample_run_aligns_output_with_input(tmp_path):
+    """5 frames (not a multiple of the window): 5 frames out, driving fps, audio kept."""
+    out = tmp_path / "out.mp4"
+    result = invoke("--reference", "sample", "--driving", "sample", "--output", str(out),
+                    "--weights", "synthetic", "--max-frames", "5")
+    assert result.exit_code == 0, result.output
+    assert "SYNTHETIC" in result.output and "NOT a real animation" in result.output
+    info = probe_video(out)
+    with VideoReader(out) as reader:
+        frames = list(reader)
+    assert len(frames) == 5 and frames[0].shape == (512, 512, 3)
+    assert info.fps == pytest.approx(probe_video(sample_driving()).fps)
+    assert info.has_audio
+    assert info.duration == pytest.approx(5 / info.fps, abs=0.05)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]  # no temp files left
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((300, 300, 3), 128, np.uint8)).save(blank)
+    empty_video = tmp_path / "empty.mp4"
+    empty_video.write_bytes(b"")
+    return {"corrupt": corrupt, "blank": blank, "empty_video": empty_video, "dir": tmp_path}
+
+
+@pytest.mark.parametrize("case", ["missing_reference", "corrupt_reference", "no_face", "empty_video",
+                                  "missing_output_dir", "not_weights", "unknown_synthetic", "fp16_cpu",
+                                  "zero_frames"])
+def test_bad_input_fails_with_one_line_and_no_output(case, bad_files):
+    d = bad_files["dir"]
+    out = d / "out.mp4"
+    args = {"--reference": "sample", "--driving": "sample", "--output": str(out), "--weights": "synthetic"}
+    extra: list[str] = []
+    expect: tuple[str, ...]
+    if case == "missing_reference":
+        args["--reference"] = str(d / "nope.png")
+        expect = ("nope.png",)
+    elif case == "corrupt_reference":
+        args["--reference"] = str(bad_files["corrupt"])
+        expect = ("corrupt.png",)
+    elif case == "no_face":
+        args["--reference"] = str(bad_files["blank"])
+        expect = ("blank.png", "--no-crop")
+    elif case == "empty_video":
+        args["--driving"] = str(bad_files["empty_video"])
+        expect = ("empty.mp4",)
+    elif case == "missing_output_dir":
+        out = d / "missing" / "out.mp4"
+        args["--output"] = str(out)
+        expect = ("missing",)
+    elif case == "not_weights":
+        args["--weights"] = str(d)
+        expect = (str(d), "not a PersonaLive weights folder")
+    elif case == "unknown_synthetic":
+        args["--weights"] = "synthetic:huge"
+        expect = ("synthetic:huge",)
+    elif case == "fp16_cpu":
+        extra = ["--dtype", "fp16"]
+        expect = ("--dtype fp16",)
+    else:
+        extra = ["--max-frames", "0"]
+        expect = ("--max-frames 0",)
+    result = invoke(*[x for kv in args.items() for x in kv], *extra)
+    assert_one_line_error(result, *expect)
+    assert not out.exists()
+    if out.parent.exists():  # nothing half-written, no temp file either
+        assert [p.name for p in out.parent.iterdir() if ".mp4" in p.name] == ["empty.mp4"]  # the fixture's
+
+
+# ---- streaming alignment and step guards (library level, tiny synthetic models) -----------------
+@pytest.fixture(scope="module")
+def tiny_models():
+    return synthetic_models("tiny", seed=0)
+
+
+def test_chunked_pads_the_tail():
+    frames = [np.full((2, 2, 3), i, np.uint8) for i in range(6)]
+    chunks = list(chunked(iter(frames), 4))
+    assert [real for _, real in chunks] == [4, 2]
+    assert chunks[1][0][:, 0, 0, 0].tolist() == [4, 5, 5, 5]
+
+
+class CountingAnimator:
+    """Stands in for Animator: returns the chunk it received ``steps - 1`` calls earlier."""
+
+    def __init__(self, config):
+        self.config, self.count, self.inputs = config, 0, []
+
+    def step(self, chunk):
+        self.inputs.append(chunk)
+        self.count += 1
+        delay = self.config.steps - 1
+        return self.inputs[self.count - 1 - delay] if self.count > delay else np.zeros_like(chunk)
+
+
+@pytest.mark.parametrize("n", [1, 4, 7, 12])
+def test_stream_video_emits_output_i_for_input_i(n):
+    frames = [np.full((2, 2, 3), i, np.uint8) for i in range(n)]
+    emitted: list[int] = []
+    count = stream_video(CountingAnimator(StreamConfig()), iter(frames), lambda f: emitted.append(int(f[0, 0, 0])))
+    assert count == n and emitted == list(range(n))
+
+
+def test_step_rejects_bad_frames(tiny_models):
+    anim = Animator(tiny_models, StreamConfig())
+    frames = np.zeros((4, 512, 512, 3), np.uint8)
+    with pytest.raises(RuntimeError, match="fuse_reference"):
+        anim.step(frames)
+    anim.fuse_reference(np.zeros((512, 512, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"expected uint8 array of shape \(4, 512, 512, 3\), got uint8 \(3, 512"):
+        anim.step(frames[:3])
+    with pytest.raises(ValueError, match="got float32"):
+        anim.step(frames.astype(np.float32))
+    with pytest.raises(TypeError, match="numpy uint8 array"):
+        anim.step(torch.zeros(4, 512, 512, 3))
+    with pytest.raises(ValueError, match=r"reference image: expected a uint8 RGB array of shape \(512, 512, 3\)"):
+        Animator(tiny_models).fuse_reference(np.zeros((256, 256, 3), np.uint8))
+
+
+def test_non_finite_step_raises(tiny_models):
+    anim = Animator(tiny_models, StreamConfig(), noise=lambda t: t.fill_(float("nan")))
+    anim.fuse_reference(np.zeros((512, 512, 3), np.uint8))
+    with pytest.raises(NonFiniteError, match="NaN/Inf"):
+        anim.step(np.zeros((4, 512, 512, 3), np.uint8))
