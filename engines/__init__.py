@@ -1,1 +1,45 @@
-"""TensorRT engine building and the engine cache (``personalive_trt.engines``)."""
+"""TensorRT engine building and the engine cache (``personalive_trt.engines``).
+
+* :mod:`~personalive_trt.engines.builder`: ONNX -> TensorRT engine through the Python API (TensorRT 10
+  and 11), one optimisation profile per network from its :class:`~personalive_trt.export.spec.NetworkSpec`,
+  a timing cache per GPU, per-network precision overrides.
+* :mod:`~personalive_trt.engines.cache`: engines keyed by network, ONNX hash, profile, precision, TensorRT
+  version and GPU, with a JSON manifest; stale engines are rebuilt or refused, never loaded.
+* :mod:`~personalive_trt.engines.backends`: one interface (:class:`EngineBackend`) over a torch module,
+  an ONNX Runtime session and a TensorRT engine.
+
+``tensorrt`` itself is imported only when needed (:func:`require_tensorrt`).
+"""
+from personalive_trt.engines.backends import (
+    TENSORRT_INSTALL_HINT,
+    EngineBackend,
+    OnnxRuntimeBackend,
+    TensorRTBackend,
+    TensorRTNotAvailableError,
+    TorchBackend,
+    require_tensorrt,
+)
+from personalive_trt.engines.builder import (
+    PRECISIONS,
+    BuildOptions,
+    build_engines,
+    build_serialized_engine,
+    ensure_engine,
+    resolve_precision,
+    typing_mode,
+)
+from personalive_trt.engines.cache import (
+    EngineCache,
+    EngineError,
+    EngineKey,
+    GpuInfo,
+    StaleEngineError,
+    onnx_digest,
+)
+
+__all__ = [
+    "PRECISIONS", "TENSORRT_INSTALL_HINT", "BuildOptions", "EngineBackend", "EngineCache", "EngineError",
+    "EngineKey", "GpuInfo", "OnnxRuntimeBackend", "StaleEngineError", "TensorRTBackend", "TensorRTNotAvailableError",
+    "TorchBackend", "build_engines", "build_serialized_engine", "ensure_engine", "onnx_digest", "require_tensorrt",
+    "resolve_precision", "typing_mode",
+]

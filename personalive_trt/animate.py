@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from personalive_trt.config import StreamConfig
+from personalive_trt.networks import Networks
 from personalive_trt.pipeline import Animator
 from personalive_trt.weights import SYNTHETIC_NOTICE, load_models, parse_weights_spec, validate_weights_folder
 
@@ -34,6 +35,9 @@ class RunOptions:
     device: str = "cpu"
     dtype: str = "fp32"
     crop: bool = True
+    backend: str = "torch"
+    engines: Path | None = None
+    window: int = 4
 
 
 @dataclass
@@ -41,6 +45,7 @@ class RunStats:
     frames: int
     seconds: float
     weights: str
+    backend: str
 
     @property
     def fps(self) -> float:
@@ -121,7 +126,13 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
 
     from personalive_trt import framing, media, sample
 
-    config = StreamConfig()
+    config = StreamConfig(window=options.window)
+    if options.backend not in ("torch", "onnxruntime", "tensorrt"):
+        raise ValueError(f"--backend {options.backend!r}: expected torch, onnxruntime or tensorrt")
+    if options.backend == "tensorrt":
+        from personalive_trt.engines import require_tensorrt
+
+        require_tensorrt()  # one line, before any work
     output = media.check_output_path(options.output)
     reference_path = sample.resolve_media(options.reference, "reference")
     driving_path = sample.resolve_media(options.driving, "driving")
@@ -148,8 +159,13 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
     else:
         validate_weights_folder(Path(location))
 
-    models = load_models(weights, device=device, dtype=dtype)
-    animator = Animator(models, config, seed=options.seed)
+    if options.backend == "torch":
+        networks = Networks.from_models(load_models(weights, device=device, dtype=dtype), config)
+    else:
+        from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
+
+        networks = load_networks(options.engines or DEFAULT_ENGINES_DIR, options.backend, weights, config, device)
+    animator = Animator(networks, config, seed=options.seed)
     animator.fuse_reference(reference)
 
     with media.VideoReader(driving_path, max_frames=options.max_frames) as reader:
@@ -167,4 +183,5 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
                 bar.set_postfix(fps=f"{bar.n / max(time.perf_counter() - start, 1e-9):.2f}")
 
             emitted = stream_video(animator, (framer(frame) for frame in reader), emit)
-    return RunStats(frames=emitted, seconds=time.perf_counter() - start, weights=models.source)
+    return RunStats(frames=emitted, seconds=time.perf_counter() - start, weights=weights,
+                    backend=networks.description)

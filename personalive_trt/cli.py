@@ -22,11 +22,15 @@ def fail(message: str) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (printed as one line); anything else keeps its traceback."""
+    from personalive_trt.build import BuildError
+    from personalive_trt.engines import EngineError, TensorRTNotAvailableError
+    from personalive_trt.export.onnx_export import ExportError
     from personalive_trt.media import MediaError
     from personalive_trt.pipeline import NonFiniteError
     from personalive_trt.weights import WeightsError
 
-    return MediaError, WeightsError, NonFiniteError, ValueError, FileNotFoundError
+    return (MediaError, WeightsError, NonFiniteError, BuildError, EngineError, ExportError, TensorRTNotAvailableError,
+            ValueError, FileNotFoundError)
 
 
 @app.command()
@@ -42,6 +46,10 @@ def run(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     dtype: str = typer.Option("fp32", help="fp32 or fp16 (fp16 needs cuda)."),
     no_crop: bool = typer.Option(False, "--no-crop", help="Resize whole frames instead of framing the face."),
+    backend: str = typer.Option("torch", help="torch (PyTorch modules), onnxruntime or tensorrt (built by "
+                                "`personalive-trt build`)."),
+    engines: Optional[Path] = typer.Option(None, help="Engines folder of `build` (default ./engines_cache)."),
+    window: int = typer.Option(4, help="Frames per chunk (the engines must be built for it)."),
 ) -> None:
     """Animate REFERENCE with the DRIVING video into OUTPUT."""
     from personalive_trt.animate import RunOptions, animate_file
@@ -49,12 +57,44 @@ def run(
     # SIGTERM would skip Python's cleanup; turn it into SystemExit so the writer removes its temp file.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     options = RunOptions(reference=reference, driving=driving, output=output, weights=weights,
-                         max_frames=max_frames, seed=seed, device=device, dtype=dtype, crop=not no_crop)
+                         max_frames=max_frames, seed=seed, device=device, dtype=dtype, crop=not no_crop,
+                         backend=backend, engines=engines, window=window)
     try:
         stats = animate_file(options)
     except user_errors() as exc:
         fail(str(exc))
-    typer.echo(f"wrote {output} ({stats.frames} frames, {stats.fps:.2f} fps, weights: {stats.weights})")
+    typer.echo(f"wrote {output} ({stats.frames} frames, {stats.fps:.2f} fps, {stats.backend}, weights: {stats.weights})")
+
+
+@app.command()
+def build(
+    weights: str = typer.Option("auto", help="Weights folder, 'synthetic', 'synthetic:small' or 'synthetic:full' "
+                                "('auto': ./pretrained_weights if present, else synthetic)."),
+    backend: str = typer.Option("tensorrt", help="tensorrt (ONNX + fp16 engines) or onnxruntime (ONNX only)."),
+    window: list[int] = typer.Option([4], help="Window size(s) to export the denoising UNet for (repeatable)."),
+    engines: Path = typer.Option(Path("engines_cache"), help="Output folder (ONNX, engines, manifests)."),
+    precision: Optional[str] = typer.Option(None, help="fp16 or fp32 (default: fp16 for tensorrt, fp32 for "
+                                            "onnxruntime)."),
+    override: list[str] = typer.Option([], help="Per-network precision, e.g. pose_encoder=fp32 (repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Re-export and rebuild everything."),
+) -> None:
+    """Export every network to verified ONNX and build the engines `run --backend` uses."""
+    from personalive_trt.animate import resolve_weights
+    from personalive_trt.build import build as build_all
+
+    overrides = {}
+    for item in override:
+        name, sep, value = item.partition("=")
+        if not sep or value not in ("fp16", "fp32"):
+            fail(f"--override {item!r}: expected NETWORK=fp16|fp32")
+        overrides[name] = value
+    try:
+        record = build_all(resolve_weights(weights), engines, backend=backend, windows=window, precision=precision,
+                           precision_overrides=overrides, force=force)
+    except user_errors() as exc:
+        fail(str(exc))
+    typer.echo(f"engines ready in {engines} ({record.backend}, {', '.join(record.precisions)}, "
+               f"weights: {record.weights})")
 
 
 @weights_app.command("check")

@@ -27,6 +27,7 @@ from PIL import Image
 
 from personalive_trt import keypoints as kp
 from personalive_trt.config import CLIP_SIZE, COND_SIZE, LATENT_SCALE, StreamConfig
+from personalive_trt.networks import Networks
 from personalive_trt.scheduler import DDIMSchedule
 from personalive_trt.weights import Models
 
@@ -110,7 +111,9 @@ class Animator:
     """PersonaLive's online streaming loop (reference implementation).
 
     Args:
-        models (`Models`): the networks (see ``load_models``).
+        models (`Models` or `Networks`): the networks: loaded modules (see ``load_models``), run as
+            the torch reference, or any :class:`~personalive_trt.networks.Networks` (ONNX Runtime,
+            TensorRT engines).
         config (`StreamConfig`, *optional*): stream parameters; defaults to the original's.
         noise (`callable`, *optional*): fills a given tensor in place with the diffusion noise
             (e.g. ``lambda t: t.zero_()``); defaults to a normal draw from a generator seeded with ``seed``.
@@ -121,16 +124,18 @@ class Animator:
 
     def __init__(
         self,
-        models: Models,
+        models: Models | Networks,
         config: StreamConfig | None = None,
         noise: NoiseFn | None = None,
         seed: int = 42,
         trace: dict | None = None,
     ) -> None:
-        self.models = models
         self.config = config or StreamConfig()
-        self.device = models.device
-        self.dtype = models.dtype
+        self.nets = models if isinstance(models, Networks) else Networks.from_models(models, self.config)
+        if self.nets.shapes.config != self.config:
+            raise ValueError(f"Animator: networks were built for {self.nets.shapes.config}, not {self.config}")
+        self.device = self.nets.device
+        self.dtype = self.nets.dtype
         self.schedule = DDIMSchedule(self.config.step_length, device=self.device)
         self.seed = seed
         if noise is None:
@@ -179,13 +184,13 @@ class Animator:
         ``latent`` replaces the VAE encoding (tests start from a stored latent, because the
         random-weight VAE encoder is the most rounding-sensitive block).
         """
-        cfg, m = self.config, self.models
+        cfg, nets = self.config, self.nets
         check_image(image, cfg.resolution)
         dev, dt = self.device, self.dtype
-        clip_embeds = m.image_encoder(clip_pixels(image).to(dev, dt)).image_embeds.unsqueeze(1)
+        clip_embeds = nets.image_encoder(clip_pixels(image).to(dev, dt))
         image_tensor = unit_range(image, cfg.resolution).to(dev, dt)
         if latent is None:
-            latent = m.vae.encode(image_tensor).latent_dist.mean * LATENT_SCALE
+            latent = nets.vae_encoder(image_tensor)
         latent = latent.to(dev, dt)
         cond = (unit_range(image, COND_SIZE) / 2 + 0.5).to(dev, dt)
         return Reference(
@@ -193,7 +198,7 @@ class Animator:
             latent=latent,
             image=image_tensor[0],
             cond=cond,
-            detector=m.motion_extractor(cond),
+            detector=nets.pose_encoder(cond),
             banks=self.write_banks(latent, clip_embeds),
         )
 
@@ -211,9 +216,7 @@ class Animator:
 
     def write_banks(self, latent: torch.Tensor, clip_embeds: torch.Tensor) -> list[torch.Tensor]:
         """Reference-UNet pass at t=0; banks are kept in fp16 like the original's reader."""
-        t0 = torch.zeros(latent.shape[0], dtype=self.dtype, device=self.device)
-        banks = self.models.reference_unet(latent, t0, encoder_hidden_states=clip_embeds)
-        return [bank.half() for bank in banks]
+        return [bank.half() for bank in self.nets.reference_unet(latent, clip_embeds)]
 
     def reader_banks(self) -> list[torch.Tensor]:
         """Per block: the reference bank followed by each history keyframe's, on the token axis."""
@@ -247,10 +250,10 @@ class Animator:
 
     def _advance_conditions(self, images: torch.Tensor, trace: dict | None) -> None:
         """Keypoints, pose features and motion states of the new frames; fills the piles."""
-        cfg, m, ref = self.config, self.models, self.reference
+        cfg, nets, ref = self.config, self.nets, self.reference
         first = self.count == 0
         cond = F.interpolate(images, size=(COND_SIZE, COND_SIZE), mode="bilinear", align_corners=False) / 2 + 0.5
-        detector = m.motion_extractor(cond)
+        detector = nets.pose_encoder(cond)
         if first:
             self.frame0_detector = {k: v[:1] for k, v in detector.items()}
             kp_draw, kps_dri = kp.warmup_keypoints(ref.detector, self.frame0_detector, detector,
@@ -263,8 +266,8 @@ class Animator:
         if first:
             ref_box = kp.face_boxes(kp_draw[:1], size=cfg.resolution)
             faces = torch.cat([kp.crop_faces(ref.image.unsqueeze(0), ref_box), faces])
-        motion = m.motion_encoder(faces.transpose(0, 1).unsqueeze(0))  # (1, F, 32, 16)
-        pose = m.pose_guider(maps.to(self.dtype).transpose(0, 1).unsqueeze(0))  # (1, 320, F, h, w)
+        motion = nets.motion_encoder(faces.transpose(0, 1).unsqueeze(0))  # (1, F, 32, 16)
+        pose = nets.pose_guider(maps.to(self.dtype).transpose(0, 1).unsqueeze(0))  # (1, 320, F, h, w)
         if first:
             ref_motion, driving_motion = motion[:, :1], motion[:, 1:]
             alphas = torch.linspace(0, 1, cfg.warmup_frames + 1, device=motion.device, dtype=motion.dtype)
@@ -301,12 +304,12 @@ class Animator:
         return wanted
 
     def _denoise_and_decode(self, trace: dict | None) -> torch.Tensor:
-        cfg, m, ref = self.config, self.models, self.reference
+        cfg, nets, ref = self.config, self.nets, self.reference
         motion_states = torch.cat(self.motion_pile, dim=1)
         pose = torch.cat(self.pose_pile, dim=2)
         add_keyframe = self._keyframe_wanted(motion_states, trace)
         latents = torch.cat(self.latent_pile, dim=2)
-        noise_pred = m.denoising_unet(
+        noise_pred = nets.denoising_unet(
             latents, self.pile_timesteps, ref.clip_embeds, motion_states, pose, self.reader_banks()
         )
         fold = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731  (1,C,F,h,w) -> (F,C,h,w)
@@ -321,8 +324,7 @@ class Animator:
         self.pose_pile.pop(0)
         self.motion_pile.pop(0)
         out_latents = chunks[0][0].transpose(0, 1)  # (W,4,h,w)
-        decoded = m.vae.decode(out_latents / LATENT_SCALE).sample
-        video = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+        video = nets.vae_decoder(out_latents).permute(0, 2, 3, 1)
         if not bool(torch.isfinite(video).all()):
             raise NonFiniteError(f"step {self.count}: the decoded frames contain NaN/Inf (dtype {self.dtype})")
         if trace is not None:

@@ -1,0 +1,255 @@
+"""`personalive-trt build`: export every network to ONNX, verify it, and build TensorRT engines.
+
+Layout of an engines folder::
+
+    engines_dir/build.json              what was built: weights fingerprint, stream configs, UNet config
+    engines_dir/onnx/manifest.json      export manifest (shapes, hashes, verification errors)
+    engines_dir/onnx/<network>.<precision>/model.onnx
+    engines_dir/tensorrt/               engine cache (keyed by ONNX hash, profile, precision, TRT, GPU)
+
+``run --backend onnxruntime|tensorrt --engines DIR`` reads it back; engines built from other weights
+or another stream configuration are refused, never used silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from personalive_trt.config import StreamConfig
+from personalive_trt.networks import ROLES, Networks, specs_by_role
+from personalive_trt.shapes import StreamShapes
+from personalive_trt.weights import load_models, parse_weights_spec
+
+BUILD_FILE = "build.json"
+DEFAULT_ENGINES_DIR = Path("engines_cache")
+# precision each backend runs by default: TensorRT fp16 (from the fp16 ONNX: TRT 11 is strongly typed);
+# ONNX Runtime's CPU provider has no fp16 arithmetic kernels, so fp32.
+DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16"}
+
+
+class BuildError(RuntimeError):
+    """An engines folder that is missing, stale or built for something else."""
+
+
+def require_onnx() -> None:
+    """Export and the ONNX Runtime backend need the `onnx` extra; say so in one line."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BuildError(f"{' and '.join(missing)} not installed: pip install \"personalive-trt[onnx]\"")
+
+
+def weights_fingerprint(weights: str, seed: int = 0) -> str:
+    """Identifies the weights an engine was built from, without loading them.
+
+    Synthetic weights: their spec and seed. A folder: sha256 over every file's relative path,
+    size and modification time.
+    """
+    kind, value = parse_weights_spec(weights)
+    if kind == "synthetic":
+        return f"synthetic:{value}:seed{seed}"
+    root = Path(value)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and ".download" not in p.parts):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return f"folder:{digest.hexdigest()[:32]}"
+
+
+@dataclass
+class BuildRecord:
+    """``build.json``: what an engines folder holds."""
+
+    weights: str
+    fingerprint: str
+    unet_config: dict
+    configs: list[dict]
+    precisions: list[str]
+    backend: str
+    overrides: dict = dataclasses.field(default_factory=dict)  # network/component -> precision
+    seconds: float = 0.0
+
+    def shapes(self, config: StreamConfig) -> StreamShapes:
+        if dataclasses.asdict(config) not in self.configs:
+            windows = sorted({c["window"] for c in self.configs})
+            raise BuildError(f"the engines were built for window(s) {windows} and configs {self.configs}, "
+                             f"not {config}; rebuild with `personalive-trt build --window {config.window}`")
+        return StreamShapes.from_unet_config(config, self.unet_config)
+
+
+def read_build(engines_dir: Path) -> BuildRecord:
+    path = engines_dir / BUILD_FILE
+    if not path.is_file():
+        raise BuildError(f"{engines_dir}: no engines built here (missing {BUILD_FILE}); run `personalive-trt build "
+                         f"--engines {engines_dir}` first")
+    try:
+        return BuildRecord(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise BuildError(f"{path}: unreadable build record ({exc}); rebuild with --force") from exc
+
+
+def _write_build(engines_dir: Path, record: BuildRecord) -> None:
+    tmp = engines_dir / f".{BUILD_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(record), indent=2))
+    os.replace(tmp, engines_dir / BUILD_FILE)
+
+
+def _export_is_current(onnx_dir: Path, names: Sequence[str], precisions: Sequence[str]) -> bool:
+    from personalive_trt.export.onnx_export import MANIFEST, read_manifest
+
+    if not (onnx_dir / MANIFEST).is_file():
+        return False
+    entries = read_manifest(onnx_dir).get("networks", {})
+    return all(
+        precision in entries.get(name, {}).get("precisions", {})
+        and (onnx_dir / entries[name]["precisions"][precision]["onnx"]).is_file()
+        for name in names for precision in precisions
+    )
+
+
+def build(
+    weights: str,
+    engines_dir: Path,
+    backend: str = "tensorrt",
+    windows: Sequence[int] = (4,),
+    precision: str | None = None,
+    precision_overrides: Mapping[str, str] | None = None,
+    force: bool = False,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> BuildRecord:
+    """Export (and for TensorRT, build) everything ``run --backend <backend>`` needs."""
+    if backend not in DEFAULT_PRECISION:
+        raise ValueError(f"--backend {backend!r}: expected one of {sorted(DEFAULT_PRECISION)}")
+    require_onnx()
+    if backend == "tensorrt":
+        from personalive_trt.engines import require_tensorrt
+
+        require_tensorrt()  # fail before minutes of export
+    precision = precision or DEFAULT_PRECISION[backend]
+    overrides = dict(precision_overrides or {})
+    precisions = sorted({precision, *overrides.values()})
+    engines_dir = Path(engines_dir)
+    engines_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    fingerprint = weights_fingerprint(weights, seed)
+    configs = [StreamConfig(window=w) for w in windows]
+
+    previous = None
+    if (engines_dir / BUILD_FILE).is_file() and not force:
+        previous = read_build(engines_dir)
+        if previous.fingerprint != fingerprint:
+            raise BuildError(f"{engines_dir} holds engines of other weights ({previous.weights}); "
+                             "use another --engines folder or --force to replace them")
+
+    models = None
+    onnx_dir = engines_dir / "onnx"
+    shapes_list = []
+    unet_config = previous.unet_config if previous else None
+    if unet_config is None:
+        models = load_models(weights, seed=seed)
+        unet_config = dict(models.denoising_unet.config)
+    shapes_list = [StreamShapes.from_unet_config(c, unet_config) for c in configs]
+    names = sorted({spec.name for s in shapes_list for spec in specs_by_role(s).values()})
+    if force or not _export_is_current(onnx_dir, names, precisions):
+        from personalive_trt.export.onnx_export import export_all
+
+        models = models or load_models(weights, seed=seed)
+        export_all(models, shapes_list, onnx_dir, precisions=precisions, networks=names, log=log)
+    else:
+        log(f"ONNX exports in {onnx_dir} are up to date ({len(names)} networks, {', '.join(precisions)})")
+    del models
+
+    record = BuildRecord(weights=str(weights), fingerprint=fingerprint, unet_config=_plain(unet_config),
+                         configs=[dataclasses.asdict(c) for c in configs], precisions=precisions, backend=backend,
+                         overrides=overrides)
+    if backend == "tensorrt":
+        engine_paths(record, engines_dir, shapes_list, overrides, allow_build=True, log=log)
+    record.seconds = round(time.perf_counter() - started, 1)
+    _write_build(engines_dir, record)
+    log(f"build done in {record.seconds:.1f} s: {engines_dir}")
+    return record
+
+
+def _plain(config: Mapping) -> dict:
+    return json.loads(json.dumps(dict(config), default=list))
+
+
+def onnx_paths(engines_dir: Path, shapes: StreamShapes, precision: str) -> dict[str, Path]:
+    """Role -> exported model.onnx for this stream configuration and precision."""
+    from personalive_trt.export.onnx_export import read_manifest
+
+    onnx_dir = engines_dir / "onnx"
+    entries = read_manifest(onnx_dir).get("networks", {})
+    paths = {}
+    for role, spec in specs_by_role(shapes).items():
+        record = entries.get(spec.name, {}).get("precisions", {}).get(precision)
+        if record is None:
+            raise BuildError(f"{onnx_dir}: no {precision} export of {spec.name}; run `personalive-trt build "
+                             f"--engines {engines_dir}`")
+        paths[role] = onnx_dir / record["onnx"]
+    return paths
+
+
+def engine_paths(record: BuildRecord, engines_dir: Path, shapes_list: Sequence[StreamShapes],
+                 overrides: Mapping[str, str], allow_build: bool, log: Callable[[str], None] = print
+                 ) -> dict[str, Path]:
+    """Role -> TensorRT engine of the last configuration; builds (or refuses) stale ones."""
+    from personalive_trt.engines import build_engines
+
+    paths: dict[str, Path] = {}
+    for shapes in shapes_list:
+        by_role = specs_by_role(shapes)
+        fp32_paths = onnx_paths(engines_dir, shapes, "fp32") if "fp32" in record.precisions else {}
+        fp16_paths = onnx_paths(engines_dir, shapes, "fp16") if "fp16" in record.precisions else {}
+        by_name = {spec.name: role for role, spec in by_role.items()}
+
+        def onnx_for(spec, precision, _fp32=fp32_paths, _fp16=fp16_paths, _roles=by_name):
+            source = _fp16 if precision == "fp16" else _fp32
+            if _roles[spec.name] not in source:
+                raise BuildError(f"no {precision} ONNX export of {spec.name}; rebuild with that precision")
+            return source[_roles[spec.name]]
+
+        built = build_engines(list(by_role.values()), onnx_for, engines_dir / "tensorrt",
+                              precision=DEFAULT_PRECISION["tensorrt"] if "fp16" in record.precisions else "fp32",
+                              precision_overrides=dict(overrides) or None, allow_build=allow_build, progress=log)
+        paths = {role: built[spec.name] for role, spec in by_role.items()}
+    return paths
+
+
+def load_networks(engines_dir: Path, backend: str, weights: str, config: StreamConfig, device: torch.device,
+                  seed: int = 0) -> Networks:
+    """The networks of a built engines folder, checked against the requested weights and config."""
+    engines_dir = Path(engines_dir)
+    if backend == "tensorrt":
+        from personalive_trt.engines import require_tensorrt
+
+        require_tensorrt()
+    record = read_build(engines_dir)
+    fingerprint = weights_fingerprint(weights, seed)
+    if record.fingerprint != fingerprint:
+        raise BuildError(f"{engines_dir} was built from weights {record.weights!r}, not {weights!r}; run "
+                         f"`personalive-trt build --weights {weights} --engines {engines_dir}`")
+    shapes = record.shapes(config)
+    if backend == "onnxruntime":
+        require_onnx()
+        precision = "fp32" if "fp32" in record.precisions else record.precisions[0]
+        dtype = torch.float32
+        return Networks.from_onnx(onnx_paths(engines_dir, shapes, precision), shapes, dtype, device)
+    if backend == "tensorrt":
+        paths = engine_paths(record, engines_dir, [shapes], record.overrides, allow_build=False)
+        return Networks.from_engines(paths, shapes, torch.float16, device)
+    raise ValueError(f"--backend {backend!r}: expected torch, onnxruntime or tensorrt")
+
+
+__all__ = ["BUILD_FILE", "BuildError", "BuildRecord", "DEFAULT_ENGINES_DIR", "ROLES", "build", "load_networks",
+           "onnx_paths", "read_build", "weights_fingerprint"]

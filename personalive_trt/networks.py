@@ -1,0 +1,140 @@
+"""The streaming loop's eight networks behind one interface, whatever runs them.
+
+The loop (:class:`~personalive_trt.pipeline.Animator`) calls networks only through
+:class:`Networks`, whose methods have exactly the interface of the exported graphs
+(:func:`personalive_trt.export.specs.network_specs`). Each network is an engine backend
+(:mod:`personalive_trt.engines.backends`): a torch module (the reference), an ONNX Runtime
+session or a TensorRT engine. Inputs are cast to the dtype each backend expects (an fp16 engine
+takes half tensors, an fp32 one float) and outputs come back in the pipeline's dtype.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from personalive_trt.config import StreamConfig
+from personalive_trt.shapes import StreamShapes
+from personalive_trt.weights import Models
+
+ROLES = ("image_encoder", "vae_encoder", "reference_unet", "pose_encoder", "motion_encoder", "pose_guider",
+         "denoising_unet", "vae_decoder")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def stream_shapes(config: StreamConfig, unet_config: Mapping) -> StreamShapes:
+    return StreamShapes.from_unet_config(config, unet_config)
+
+
+def specs_by_role(shapes: StreamShapes) -> dict[str, "NetworkSpec"]:  # noqa: F821
+    """Role (``"denoising_unet"``) -> the spec of this stream's network (``"denoising_unet_w4"``)."""
+    from personalive_trt.export.specs import denoising_unet_name, network_specs
+
+    specs = network_specs(shapes)
+    return {role: specs[denoising_unet_name(shapes.window) if role == "denoising_unet" else role] for role in ROLES}
+
+
+class Networks:
+    """Named-tensor calls into the eight networks.
+
+    Args:
+        backends: role -> engine backend (``allocate``/``infer`` with the spec's tensor names).
+        shapes: the stream's shapes (the backends' specs derive from the same object).
+        dtype, device: the pipeline's working precision and device.
+        clone_outputs (`bool`, defaults to True): backends return views of their preallocated
+            output buffers, which the next call overwrites; the reference loop keeps outputs in its
+            piles, so it takes copies.
+    """
+
+    def __init__(self, backends: Mapping[str, object], shapes: StreamShapes, dtype: torch.dtype,
+                 device: torch.device, clone_outputs: bool = True, description: str = "") -> None:
+        missing = [role for role in ROLES if role not in backends]
+        if missing:
+            raise ValueError(f"Networks: no backend for {missing}")
+        self.backends = dict(backends)
+        self.shapes = shapes
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.clone_outputs = clone_outputs
+        self.description = description
+        for backend in self.backends.values():
+            backend.allocate()
+
+    # ---- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_models(cls, models: Models, config: StreamConfig) -> "Networks":
+        """Torch backends over the loaded modules (the reference path)."""
+        from personalive_trt.engines.backends import TorchBackend
+
+        shapes = stream_shapes(config, models.denoising_unet.config)
+        precision = "fp16" if models.dtype == torch.float16 else "fp32"
+        backends = {role: TorchBackend(spec, spec.wrap(getattr(models, spec.component)), precision=precision)
+                    for role, spec in specs_by_role(shapes).items()}
+        return cls(backends, shapes, models.dtype, models.device, description=f"torch ({models.source})")
+
+    @classmethod
+    def from_onnx(cls, onnx_paths: Mapping[str, Path], shapes: StreamShapes, dtype: torch.dtype,
+                  device: torch.device, providers=None) -> "Networks":
+        """ONNX Runtime sessions; ``onnx_paths``: role -> model.onnx."""
+        from personalive_trt.engines.backends import OnnxRuntimeBackend
+
+        backends = {role: OnnxRuntimeBackend(spec, onnx_paths[role], providers=providers)
+                    for role, spec in specs_by_role(shapes).items()}
+        return cls(backends, shapes, dtype, device, description="onnxruntime")
+
+    @classmethod
+    def from_engines(cls, engine_paths: Mapping[str, Path], shapes: StreamShapes, dtype: torch.dtype,
+                     device: torch.device) -> "Networks":
+        """TensorRT engines; ``engine_paths``: role -> .engine file."""
+        from personalive_trt.engines.backends import TensorRTBackend
+
+        backends = {role: TensorRTBackend(spec, engine_paths[role], device=device)
+                    for role, spec in specs_by_role(shapes).items()}
+        return cls(backends, shapes, dtype, device, description="tensorrt")
+
+    # ---- calls ---------------------------------------------------------------------------------
+    def run(self, role: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One network call; inputs by spec name, outputs by spec name (pipeline dtype)."""
+        backend = self.backends[role]
+        wanted = backend.input_dtypes
+        cast = {name: t.to(device=self.device, dtype=wanted[name]).contiguous() for name, t in inputs.items()}
+        outputs = backend.infer(cast)
+        result = {}
+        for name, value in outputs.items():
+            value = value.to(self.dtype) if value.is_floating_point() else value
+            result[name] = value.clone() if self.clone_outputs and value.data_ptr() == outputs[name].data_ptr() else value
+        return result
+
+    def image_encoder(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.run("image_encoder", pixels=pixels)["clip_embeds"]
+
+    def vae_encoder(self, image: torch.Tensor) -> torch.Tensor:
+        return self.run("vae_encoder", image=image)["latent"]
+
+    def reference_unet(self, latent: torch.Tensor, clip_embeds: torch.Tensor) -> list[torch.Tensor]:
+        """The 16 banks (shapes.banks order) of a reference-UNet pass at t = 0."""
+        timestep = torch.zeros(latent.shape[0], device=self.device)
+        out = self.run("reference_unet", latent=latent, timestep=timestep, clip_embeds=clip_embeds)
+        return list(out.values())
+
+    def pose_encoder(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.run("pose_encoder", images=images)
+
+    def motion_encoder(self, faces: torch.Tensor) -> torch.Tensor:
+        return self.run("motion_encoder", faces=faces)["motion"]
+
+    def pose_guider(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.run("pose_guider", maps=maps)["pose"]
+
+    def denoising_unet(self, sample: torch.Tensor, timesteps: torch.Tensor, clip_embeds: torch.Tensor,
+                       motion: torch.Tensor, pose: torch.Tensor, banks: list[torch.Tensor]) -> torch.Tensor:
+        from personalive_trt.shapes import safe_name
+
+        named_banks = {safe_name(bank.name): value for bank, value in zip(self.shapes.banks, banks)}
+        return self.run("denoising_unet", sample=sample, timesteps=timesteps, clip_embeds=clip_embeds,
+                        motion=motion, pose=pose, **named_banks)["noise_pred"]
+
+    def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pile latents (x0.18215 domain) -> frames (W,3,R,R) in [0,1]."""
+        return self.run("vae_decoder", latents=latents)["frames"]
