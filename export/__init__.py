@@ -11,9 +11,21 @@ object, traced from the ``personalive_trt`` models.
 * :mod:`~personalive_trt.export.fp16`: the fp32 -> fp16 graph conversion with keep_fp32 islands, the
   fp16-storage emulation used to verify it, and the activation survey used to choose the islands.
 """
-from .onnx_export import ExportError, all_specs, export_all, export_network, export_precisions, read_manifest
-from .spec import NetworkSpec, TensorSpec, Tolerance
+from importlib import import_module
+
+from .spec import ExportError, NetworkSpec, TensorSpec, Tolerance
 from .specs import merge_specs, network_specs, sample_inputs, verification_cases
+
+# The exporter needs the `onnx` extra; specs do not (the torch pipeline reads them), so the
+# exporter's names are imported on first use.
+_EXPORTER = ("all_specs", "export_all", "export_network", "export_precisions", "read_manifest")
+
+
+def __getattr__(name: str):
+    if name in _EXPORTER:
+        return getattr(import_module(f"{__name__}.onnx_export"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ExportError", "NetworkSpec", "TensorSpec", "Tolerance", "all_specs", "export_all", "export_network",

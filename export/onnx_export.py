@@ -41,7 +41,7 @@ from personalive_trt.config import StreamConfig
 from personalive_trt.shapes import StreamShapes
 
 from . import fp16 as fp16_graph
-from .spec import NetworkSpec
+from .spec import ExportError, NetworkSpec
 from .specs import merge_specs, network_specs, sample_inputs, verification_cases
 
 DEFAULT_OPSET = 17
@@ -51,10 +51,6 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 MODEL_FILE = "model.onnx"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-
-
-class ExportError(RuntimeError):
-    """An export that could not be produced or missed its verification threshold (nothing was written)."""
 
 
 def versions() -> dict[str, str]:

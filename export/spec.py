@@ -15,6 +15,13 @@ import torch
 Shape = tuple[int, ...]
 
 
+class ExportError(RuntimeError):
+    """An export that could not be produced or missed its verification threshold (nothing was written).
+
+    Defined here, beside the specs, so callers can catch it without importing onnx.
+    """
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One named input or output.

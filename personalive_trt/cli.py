@@ -24,7 +24,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (printed as one line); anything else keeps its traceback."""
     from personalive_trt.build import BuildError
     from personalive_trt.engines import EngineError, TensorRTNotAvailableError
-    from personalive_trt.export.onnx_export import ExportError
+    from personalive_trt.export.spec import ExportError
     from personalive_trt.media import MediaError
     from personalive_trt.pipeline import NonFiniteError
     from personalive_trt.weights import WeightsError

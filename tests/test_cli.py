@@ -124,3 +124,25 @@ def test_stream_video_emits_output_i_for_input_i(n):
     emitted: list[int] = []
     count = stream_video(CountingAnimator(StreamConfig()), iter(frames), lambda f: emitted.append(int(f[0, 0, 0])))
     assert count == n and emitted == list(range(n))
+
+
+def test_base_install_without_onnx_runs_the_torch_path(tmp_path):
+    """The base install has no onnx/onnxruntime: the torch pipeline and CLI errors must not need them."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "sys.modules['onnx'] = None\n"
+        "sys.modules['onnxruntime'] = None\n"
+        "import numpy as np\n"
+        "from personalive_trt import Animator, StreamConfig, synthetic_models\n"
+        "anim = Animator(synthetic_models('tiny'), StreamConfig())\n"
+        "anim.fuse_reference(np.zeros((512, 512, 3), np.uint8))\n"
+        "from personalive_trt.cli import app\n"
+        f"app(['run', '--reference', {str(tmp_path / 'missing.png')!r}, '--driving', 'sample', '--output', "
+        f"{str(tmp_path / 'o.mp4')!r}])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "missing.png" in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
