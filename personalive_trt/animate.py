@@ -96,27 +96,27 @@ def stream_video(
     cfg = animator.config
     delay = cfg.steps - 1  # calls between a chunk entering and leaving the pipeline
     pending: list[int] = []  # real-frame counts of chunks still inside the pipeline
-    last_chunk = None
     emitted = 0
-    for chunk, real in chunked(frames, cfg.window):
-        last_chunk = chunk
+
+    def advance(chunk: np.ndarray) -> None:
+        nonlocal emitted
         out = animator.step(chunk)
-        pending.append(real)
         if animator.count > delay:
             keep = pending.pop(0)
             for frame in out[:keep]:
                 emit(frame)
             emitted += keep
+
+    last_chunk = None
+    for chunk, real in chunked(frames, cfg.window):
+        last_chunk = chunk
+        pending.append(real)
+        advance(chunk)
     if last_chunk is None:
         raise ValueError("driving video has no frames")
     flush = np.repeat(last_chunk[-1:], cfg.window, axis=0)
     while pending:
-        out = animator.step(flush)
-        if animator.count > delay:
-            keep = pending.pop(0)
-            for frame in out[:keep]:
-                emit(frame)
-            emitted += keep
+        advance(flush)
     return emitted
 
 

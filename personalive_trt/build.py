@@ -153,7 +153,6 @@ def build(
 
     models = None
     onnx_dir = engines_dir / "onnx"
-    shapes_list = []
     unet_config = previous.unet_config if previous else None
     if unet_config is None:
         models = load_models(weights, seed=seed)

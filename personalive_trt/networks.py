@@ -15,16 +15,12 @@ from pathlib import Path
 import torch
 
 from personalive_trt.config import StreamConfig
-from personalive_trt.shapes import StreamShapes
+from personalive_trt.shapes import StreamShapes, safe_name
 from personalive_trt.weights import Models
 
 ROLES = ("image_encoder", "vae_encoder", "reference_unet", "pose_encoder", "motion_encoder", "pose_guider",
          "denoising_unet", "vae_decoder")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
-
-
-def stream_shapes(config: StreamConfig, unet_config: Mapping) -> StreamShapes:
-    return StreamShapes.from_unet_config(config, unet_config)
 
 
 def specs_by_role(shapes: StreamShapes) -> dict[str, "NetworkSpec"]:  # noqa: F821
@@ -58,6 +54,7 @@ class Networks:
         self.device = torch.device(device)
         self.clone_outputs = clone_outputs
         self.description = description
+        self.bank_inputs = [safe_name(bank.name) for bank in shapes.banks]  # denoising-UNet input names
         for backend in self.backends.values():
             backend.allocate()
 
@@ -67,7 +64,7 @@ class Networks:
         """Torch backends over the loaded modules (the reference path)."""
         from personalive_trt.engines.backends import TorchBackend
 
-        shapes = stream_shapes(config, models.denoising_unet.config)
+        shapes = StreamShapes.from_unet_config(config, models.denoising_unet.config)
         precision = "fp16" if models.dtype == torch.float16 else "fp32"
         backends = {role: TorchBackend(spec, spec.wrap(getattr(models, spec.component)), precision=precision)
                     for role, spec in specs_by_role(shapes).items()}
@@ -129,9 +126,7 @@ class Networks:
 
     def denoising_unet(self, sample: torch.Tensor, timesteps: torch.Tensor, clip_embeds: torch.Tensor,
                        motion: torch.Tensor, pose: torch.Tensor, banks: list[torch.Tensor]) -> torch.Tensor:
-        from personalive_trt.shapes import safe_name
-
-        named_banks = {safe_name(bank.name): value for bank, value in zip(self.shapes.banks, banks)}
+        named_banks = dict(zip(self.bank_inputs, banks))
         return self.run("denoising_unet", sample=sample, timesteps=timesteps, clip_embeds=clip_embeds,
                         motion=motion, pose=pose, **named_banks)["noise_pred"]
 
