@@ -32,14 +32,14 @@ def step_inputs(nets: Networks, device: torch.device, dtype: torch.dtype) -> dic
         return (torch.rand(shape, generator=g) * (high - low) + low).to(device, dtype)
 
     clip = rand(*s.clip_embeds())
-    banks = [rand(*s.bank(i)).half() for i in range(len(s.banks))]
+    kv = [(rand(*s.bank(i)), rand(*s.bank(i))) for i in range(len(s.banks))]
     timesteps = torch.tensor(s.config.pile_timesteps, device=device)
     return {
         "pose_encoder": (rand(*s.cond_frames(s.window), low=0.0),),
         "motion_encoder": (rand(*s.faces(s.window)),),
         "pose_guider": ((rand(*s.keypoint_maps(s.window), low=0.0) > 0.99).to(dtype),),
         "denoising_unet": (rand(*s.latent_pile()), timesteps, clip, rand(*s.motion_states(s.pile)),
-                           rand(*s.pose_features(s.pile)), banks),
+                           rand(*s.pose_features(s.pile)), kv),
         "vae_decoder": (rand(*s.latent_frames(s.window)),),
     }
 

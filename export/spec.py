@@ -169,3 +169,9 @@ class NetworkSpec:
             if tensor.name == name:
                 return tensor
         raise KeyError(f"{self.name}: no input named {name!r}; inputs are {self.input_names}")
+
+    def output(self, name: str) -> TensorSpec:
+        for tensor in self.outputs:
+            if tensor.name == name:
+                return tensor
+        raise KeyError(f"{self.name}: no output named {name!r}; outputs are {self.output_names}")

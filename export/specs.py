@@ -5,8 +5,10 @@ network                component           interface (W = window, P = pile, R = 
 =====================  ==================  =====================================================================
 ``reference_unet``     reference_unet      latent (1,4,h,h), timestep (1,), clip_embeds (1,1,D) -> 16 banks
 ``denoising_unet_wW``  denoising_unet      sample (1,4,P,h,h), timesteps (P,) int64, clip_embeds, motion
-                                           (1,P,32,16), pose (1,C0,P,h,h), 16 banks (1, L*tokens, C), L in
-                                           1..1+max_keyframes -> noise_pred (1,4,P,h,h)
+                                           (1,P,32,16), pose (1,C0,P,h,h), 16 x bank key + value
+                                           (1, L*tokens, C), L in 1..1+max_keyframes -> noise_pred (1,4,P,h,h)
+``bank_projector``     denoising_unet      16 banks (1, tokens, C) of one reference/keyframe -> their 32 key and
+                                           value projections (the UNet's inputs), once per reference/keyframe
 ``motion_encoder``     motion_encoder      faces (1,3,F,224,224), F in [W, W+1] -> motion (1,F,32,16)
 ``pose_guider``        pose_guider         maps (1,3,F,R,R), F in [W, P] -> pose (1,C0,F,h,h)
 ``pose_encoder``       motion_extractor    images (N,3,256,256), N in [1, W] -> pitch, yaw, roll, t, scale, kp
@@ -40,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from personalive_trt.config import LATENT_SCALE
-from personalive_trt.shapes import StreamShapes, safe_name
+from personalive_trt.shapes import StreamShapes, kv_names, safe_name
 
 from .spec import DEFAULT_TOLERANCES, NetworkSpec, TensorSpec, Tolerance
 
@@ -81,15 +83,30 @@ class ReferenceBanks(nn.Module):
         return tuple(self.unet(latent, timestep, clip_embeds))
 
 
-class DenoisingStep(nn.Module):
-    """Denoising UNet on the whole pile, with the banks as separate positional inputs."""
+class BankProjector(nn.Module):
+    """The denoising UNet's key/value projections of 16 banks: (key, value) per bank, flattened.
+
+    Run once per reference or keyframe; the denoising UNet then takes the projections instead of
+    reprojecting the same bank for every frame of every call."""
 
     def __init__(self, unet: nn.Module) -> None:
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timesteps, clip_embeds, motion, pose, *banks):
-        return (self.unet(sample, timesteps, clip_embeds, motion, pose, list(banks)),)
+    def forward(self, *banks):
+        return tuple(t for pair in self.unet.project_banks(list(banks)) for t in pair)
+
+
+class DenoisingStep(nn.Module):
+    """Denoising UNet on the whole pile; each block's bank key and value are separate positional inputs."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timesteps, clip_embeds, motion, pose, *kv):
+        pairs = [(kv[i], kv[i + 1]) for i in range(0, len(kv), 2)]
+        return (self.unet(sample, timesteps, clip_embeds, motion, pose, reference_kv=pairs),)
 
 
 class SingleOutput(nn.Module):
@@ -154,11 +171,12 @@ def _ranged(name: str, shape_of, lo: int, opt: int, hi: int, **extra) -> TensorS
     return TensorSpec(name, tuple(shape_of(lo)), tuple(shape_of(opt)), tuple(shape_of(hi)), **extra)
 
 
-def bank_inputs(shapes: StreamShapes) -> tuple[TensorSpec, ...]:
-    """The 16 bank inputs of the denoising UNet: L (reference + keyframes) in 1..max_bank_length, opt 1."""
+def kv_inputs(shapes: StreamShapes) -> tuple[TensorSpec, ...]:
+    """The 32 bank key/value inputs of the denoising UNet (key then value per bank):
+    L (reference + keyframes) in 1..max_bank_length, opt 1."""
     return tuple(
-        _ranged(safe_name(bank.name), lambda length, i=i: shapes.bank(i, length), 1, 1, shapes.max_bank_length)
-        for i, bank in enumerate(shapes.banks))
+        _ranged(name, lambda length, i=i: shapes.bank(i, length), 1, 1, shapes.max_bank_length)
+        for i, bank in enumerate(shapes.banks) for name in kv_names(bank.name))
 
 
 def denoising_unet_name(window: int) -> str:
@@ -189,13 +207,21 @@ def network_specs(shapes: StreamShapes) -> dict[str, NetworkSpec]:
                     clip,
                     TensorSpec.fixed("motion", shapes.motion_states(P)),
                     TensorSpec.fixed("pose", shapes.pose_features(P)),
-                    *bank_inputs(shapes)),
+                    *kv_inputs(shapes)),
             outputs=(TensorSpec.fixed("noise_pred", shapes.latent_pile()),),
             wrap=DenoisingStep,
             keep_fp32=(_TIMESTEP_FEATURES,),
             tolerances={"fp32": DEFAULT_TOLERANCES["fp32"], "fp16": FP16_UNET_TOLERANCE},
-            description=f"denoising UNet on the {P}-frame pile (window {W}), banks with up to "
+            description=f"denoising UNet on the {P}-frame pile (window {W}), bank keys/values with up to "
                         f"{shapes.max_bank_length - 1} history keyframes",
+        ),
+        NetworkSpec(
+            "bank_projector", "denoising_unet",
+            inputs=tuple(TensorSpec.fixed(safe_name(bank.name), shapes.bank(i)) for i, bank in enumerate(shapes.banks)),
+            outputs=tuple(TensorSpec.fixed(name, shapes.bank(i))
+                          for i, bank in enumerate(shapes.banks) for name in kv_names(bank.name)),
+            wrap=BankProjector,
+            description="one reference/keyframe's 16 banks -> the denoising UNet's 32 key/value projections",
         ),
         NetworkSpec(
             "motion_encoder", "motion_encoder",

@@ -49,6 +49,38 @@ FACE_BOX_HIGH = 1.05  # ... and 1.05 half-sides right/down
 FACE_SIZE = 224
 
 
+@functools.lru_cache(maxsize=32)
+def _constant(name: str, device: torch.device, size: int = 0) -> torch.Tensor:
+    """Constant tables, built once per device (and canvas size).
+
+    Creating them from Python data on every call would be a host->device copy (a synchronisation, and
+    illegal inside a CUDA-graph capture); cached, the first call (before capture) builds them and every
+    later call only reads them.
+    """
+    if name == "bins":
+        return torch.arange(NUM_POSE_BINS, dtype=torch.float32, device=device)
+    if name == "drawn":
+        return torch.tensor(DRAWN_KEYPOINTS, device=device)
+    if name == "colors":
+        return torch.tensor(KEYPOINT_COLORS, dtype=torch.float32, device=device) / 255.0
+    if name == "grid":
+        return torch.arange(size, dtype=torch.float32, device=device)
+    if name == "lerp":
+        return torch.linspace(0, 1, size, dtype=torch.float32, device=device)
+    raise KeyError(name)
+
+
+def prepare_device_tables(device: torch.device, size: int, num_interp: int = WARMUP_FRAMES) -> None:
+    """Build every cached table the streaming calls read (keypoint drawing at ``size``, warm-up
+    interpolation, face-crop taps), so no call creates one: call before capturing a CUDA graph."""
+    device = torch.device(device)
+    for name in ("bins", "drawn", "colors"):
+        _constant(name, device)
+    _constant("grid", device, size)
+    _constant("lerp", device, num_interp)
+    _resize_tap_table(size, FACE_SIZE, device)
+
+
 # ---------------------------------------------------------------------------------------------
 # pose -> keypoints
 # ---------------------------------------------------------------------------------------------
@@ -58,7 +90,7 @@ def _bins_to_degrees(pitch: torch.Tensor, yaw: torch.Tensor, roll: torch.Tensor)
     The three heads are evaluated as one (3N, 66) batch like the original (keeps the matmul's
     reduction identical to the reference)."""
     logits = torch.cat([pitch, yaw, roll], dim=0).float()
-    bins = torch.arange(NUM_POSE_BINS, dtype=torch.float32, device=logits.device)
+    bins = _constant("bins", logits.device)
     degrees = torch.matmul(torch.softmax(logits, dim=1), bins) * DEGREES_PER_BIN - DEGREE_OFFSET
     return degrees.chunk(3, dim=0)
 
@@ -101,7 +133,7 @@ def _lerp_drop_last(start: torch.Tensor, end: torch.Tensor, num: int) -> torch.T
 
     Same formula as the original ((1 - a) * start + a * end with a = linspace(0, 1, num)) so the
     intermediate values round identically."""
-    alphas = torch.linspace(0, 1, num, dtype=torch.float32, device=start.device)
+    alphas = _constant("lerp", start.device, num)
     alphas = alphas.view((num,) + (1,) * (start.dim() - 1))
     return ((1 - alphas) * start.float() + alphas * end.float())[:-1]
 
@@ -182,8 +214,7 @@ def _canvas_pixels(kp: torch.Tensor, size: int) -> torch.Tensor:
 
     ``torch.trunc`` equals the original's ``.long()`` (truncation toward zero) for every finite
     float32 value, and keeps the tensor float (no int64 in exported graphs)."""
-    index = torch.tensor(DRAWN_KEYPOINTS, device=kp.device)
-    pts = kp.float().index_select(1, index)[..., :2] * 0.5 + 0.5
+    pts = kp.float().index_select(1, _constant("drawn", kp.device))[..., :2] * 0.5 + 0.5
     return torch.trunc(pts * size)
 
 
@@ -197,14 +228,15 @@ def draw_keypoints(kp: torch.Tensor, size: int = 512) -> torch.Tensor:
     exactly like the original. No host synchronisation (a fixed loop over the 7 colours).
     """
     pts = _canvas_pixels(kp, size)
-    grid = torch.arange(size, dtype=torch.float32, device=kp.device)
+    grid = _constant("grid", kp.device, size)
     dx2 = (pts[..., 0:1] - grid) ** 2  # (F, 7, size) along x
     dy2 = (pts[..., 1:2] - grid) ** 2  # (F, 7, size) along y
-    colors = torch.tensor(KEYPOINT_COLORS, dtype=torch.float32, device=kp.device) / 255.0
-    canvas = torch.zeros(kp.shape[0], 3, size, size, dtype=torch.float32, device=kp.device)
+    colors = _constant("colors", kp.device)
+    canvas = None
     for i in range(len(DRAWN_KEYPOINTS)):
         disc = (dy2[:, i, :, None] + dx2[:, i, None, :] <= DISC_RADIUS**2).float()  # (F, size, size)
-        canvas = canvas + colors[i][None, :, None, None] * disc[:, None]
+        paint = colors[i][None, :, None, None] * disc[:, None]
+        canvas = paint if canvas is None else canvas + paint
     return canvas.clamp(0, 1)
 
 

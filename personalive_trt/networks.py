@@ -1,4 +1,4 @@
-"""The streaming loop's eight networks behind one interface, whatever runs them.
+"""The streaming loop's nine networks behind one interface, whatever runs them.
 
 The loop (:class:`~personalive_trt.pipeline.Animator`) calls networks only through
 :class:`Networks`, whose methods have exactly the interface of the exported graphs
@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from personalive_trt.config import StreamConfig
-from personalive_trt.shapes import StreamShapes, safe_name
+from personalive_trt.shapes import StreamShapes, kv_names, safe_name
 from personalive_trt.weights import Models
 
-ROLES = ("image_encoder", "vae_encoder", "reference_unet", "pose_encoder", "motion_encoder", "pose_guider",
+ROLES = ("image_encoder", "vae_encoder", "reference_unet", "bank_projector", "pose_encoder", "motion_encoder", "pose_guider",
          "denoising_unet", "vae_decoder")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -32,7 +32,7 @@ def specs_by_role(shapes: StreamShapes) -> dict[str, "NetworkSpec"]:  # noqa: F8
 
 
 class Networks:
-    """Named-tensor calls into the eight networks.
+    """Named-tensor calls into the nine networks.
 
     Args:
         backends: role -> engine backend (``allocate``/``infer`` with the spec's tensor names).
@@ -54,7 +54,8 @@ class Networks:
         self.device = torch.device(device)
         self.clone_outputs = clone_outputs
         self.description = description
-        self.bank_inputs = [safe_name(bank.name) for bank in shapes.banks]  # denoising-UNet input names
+        self.bank_names = [safe_name(bank.name) for bank in shapes.banks]  # reference-UNet outputs
+        self.kv_names = [kv_names(bank.name) for bank in shapes.banks]  # (key, value) denoising-UNet inputs
         for backend in self.backends.values():
             backend.allocate()
 
@@ -115,6 +116,11 @@ class Networks:
         out = self.run("reference_unet", latent=latent, timestep=timestep, clip_embeds=clip_embeds)
         return list(out.values())
 
+    def bank_projector(self, banks: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The denoising UNet's (key, value) projections of one reference/keyframe's 16 banks."""
+        out = self.run("bank_projector", **dict(zip(self.bank_names, banks)))
+        return [(out[key], out[value]) for key, value in self.kv_names]
+
     def pose_encoder(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.run("pose_encoder", images=images)
 
@@ -125,10 +131,12 @@ class Networks:
         return self.run("pose_guider", maps=maps)["pose"]
 
     def denoising_unet(self, sample: torch.Tensor, timesteps: torch.Tensor, clip_embeds: torch.Tensor,
-                       motion: torch.Tensor, pose: torch.Tensor, banks: list[torch.Tensor]) -> torch.Tensor:
-        named_banks = dict(zip(self.bank_inputs, banks))
+                       motion: torch.Tensor, pose: torch.Tensor,
+                       kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """``kv``: per block, the bank keys and values of the reference and each keyframe on the token axis."""
+        named = {name: t for names, pair in zip(self.kv_names, kv) for name, t in zip(names, pair)}
         return self.run("denoising_unet", sample=sample, timesteps=timesteps, clip_embeds=clip_embeds,
-                        motion=motion, pose=pose, **named_banks)["noise_pred"]
+                        motion=motion, pose=pose, **named)["noise_pred"]
 
     def vae_decoder(self, latents: torch.Tensor) -> torch.Tensor:
         """Pile latents (x0.18215 domain) -> frames (W,3,R,R) in [0,1]."""

@@ -105,6 +105,41 @@ class Reference:
     cond: torch.Tensor  # (1,3,256,256) in [0,1]: motion-extractor input
     detector: dict[str, torch.Tensor]  # motion-extractor output on `cond`
     banks: list[torch.Tensor]  # 16 x (1,HW,C) fp16 reference-attention banks
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # their key/value projections by the denoising UNet
+
+
+def write_banks(nets: Networks, latent: torch.Tensor, clip_embeds: torch.Tensor) -> list[torch.Tensor]:
+    """Reference-UNet pass at t=0; banks are kept in fp16 like the original's reader."""
+    return [bank.half() for bank in nets.reference_unet(latent, clip_embeds)]
+
+
+@torch.no_grad()
+def encode_reference(nets: Networks, config: StreamConfig, image: np.ndarray,
+                     latent: torch.Tensor | None = None) -> Reference:
+    """Everything a stream needs from one portrait ((R,R,3) uint8 RGB): CLIP embedding, VAE latent,
+    motion-extractor output, the 16 banks and their key/value projections.
+
+    ``latent`` replaces the VAE encoding (tests start from a stored latent, because the
+    random-weight VAE encoder is the most rounding-sensitive block).
+    """
+    check_image(image, config.resolution)
+    dev, dt = nets.device, nets.dtype
+    clip_embeds = nets.image_encoder(clip_pixels(image).to(dev, dt))
+    image_tensor = unit_range(image, config.resolution).to(dev, dt)
+    if latent is None:
+        latent = nets.vae_encoder(image_tensor)
+    latent = latent.to(dev, dt)
+    cond = (unit_range(image, COND_SIZE) / 2 + 0.5).to(dev, dt)
+    banks = write_banks(nets, latent, clip_embeds)
+    return Reference(
+        clip_embeds=clip_embeds,
+        latent=latent,
+        image=image_tensor[0],
+        cond=cond,
+        detector=nets.pose_encoder(cond),
+        banks=banks,
+        kv=nets.bank_projector(banks),
+    )
 
 
 class Animator:
@@ -147,6 +182,11 @@ class Animator:
         self.reference: Reference | None = None
         self.reset()
 
+    @property
+    def description(self) -> str:
+        """Which backend runs the networks (for logs and reports)."""
+        return f"reference loop, {self.nets.description}"
+
     # ---- session state -----------------------------------------------------------------------
     def reset(self) -> None:
         """Forget the reference and the stream; ``fuse_reference`` must be called again."""
@@ -158,6 +198,7 @@ class Animator:
         self.motion_pile: list[torch.Tensor] = []
         self.motion_bank: torch.Tensor | None = None
         self.keyframe_banks: list[list[torch.Tensor]] = []
+        self.keyframe_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
     def swap_reference(self, image: np.ndarray) -> None:
         """Switch to another portrait mid-session (reset + fuse, as the original web app does)."""
@@ -179,28 +220,9 @@ class Animator:
 
     @torch.no_grad()
     def encode_reference(self, image: np.ndarray, latent: torch.Tensor | None = None) -> Reference:
-        """Everything the stream needs from a portrait (no stream state is touched).
-
-        ``latent`` replaces the VAE encoding (tests start from a stored latent, because the
-        random-weight VAE encoder is the most rounding-sensitive block).
-        """
-        cfg, nets = self.config, self.nets
-        check_image(image, cfg.resolution)
-        dev, dt = self.device, self.dtype
-        clip_embeds = nets.image_encoder(clip_pixels(image).to(dev, dt))
-        image_tensor = unit_range(image, cfg.resolution).to(dev, dt)
-        if latent is None:
-            latent = nets.vae_encoder(image_tensor)
-        latent = latent.to(dev, dt)
-        cond = (unit_range(image, COND_SIZE) / 2 + 0.5).to(dev, dt)
-        return Reference(
-            clip_embeds=clip_embeds,
-            latent=latent,
-            image=image_tensor[0],
-            cond=cond,
-            detector=nets.pose_encoder(cond),
-            banks=self.write_banks(latent, clip_embeds),
-        )
+        """Everything the stream needs from a portrait (no stream state is touched); see
+        :func:`encode_reference`."""
+        return encode_reference(self.nets, self.config, image, latent)
 
     @torch.no_grad()
     def fuse_encoded(self, reference: Reference) -> None:
@@ -214,17 +236,14 @@ class Animator:
             self.trace.update(fuse={"reference": reference, "latent_pile": list(self.latent_pile)})
             self.trace.setdefault("calls", [])
 
-    def write_banks(self, latent: torch.Tensor, clip_embeds: torch.Tensor) -> list[torch.Tensor]:
-        """Reference-UNet pass at t=0; banks are kept in fp16 like the original's reader."""
-        return [bank.half() for bank in self.nets.reference_unet(latent, clip_embeds)]
-
-    def reader_banks(self) -> list[torch.Tensor]:
-        """Per block: the reference bank followed by each history keyframe's, on the token axis."""
+    def reader_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block: the bank key/value of the reference followed by each history keyframe's, on the
+        token axis (the projection is per token, so this equals projecting the concatenated banks)."""
         assert self.reference is not None
-        if not self.keyframe_banks:
-            return self.reference.banks
-        return [torch.cat([ref, *(kf[i] for kf in self.keyframe_banks)], dim=1)
-                for i, ref in enumerate(self.reference.banks)]
+        if not self.keyframe_kv:
+            return self.reference.kv
+        return [tuple(torch.cat([ref[j], *(kf[i][j] for kf in self.keyframe_kv)], dim=1) for j in range(2))
+                for i, ref in enumerate(self.reference.kv)]
 
     # ---- streaming ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -310,7 +329,7 @@ class Animator:
         add_keyframe = self._keyframe_wanted(motion_states, trace)
         latents = torch.cat(self.latent_pile, dim=2)
         noise_pred = nets.denoising_unet(
-            latents, self.pile_timesteps, ref.clip_embeds, motion_states, pose, self.reader_banks()
+            latents, self.pile_timesteps, ref.clip_embeds, motion_states, pose, self.reader_kv()
         )
         fold = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731  (1,C,F,h,w) -> (F,C,h,w)
         prev, clean = self.schedule.step(fold(noise_pred).float(), self.pile_timesteps, fold(latents).float())
@@ -318,7 +337,9 @@ class Animator:
         if not bool(torch.isfinite(stepped).all()):
             raise NonFiniteError(f"step {self.count}: the denoised latents contain NaN/Inf (dtype {self.dtype})")
         if add_keyframe:
-            self.keyframe_banks.append(self.write_banks(clean[:1].to(self.dtype), ref.clip_embeds))
+            banks = write_banks(self.nets, clean[:1].to(self.dtype), ref.clip_embeds)
+            self.keyframe_banks.append(banks)
+            self.keyframe_kv.append(self.nets.bank_projector(banks))
         chunks = stepped.unsqueeze(0).transpose(1, 2).split(cfg.window, dim=2)
         self.latent_pile = list(chunks[1:])
         self.pose_pile.pop(0)

@@ -55,6 +55,12 @@ def bank_layout(unet_config: Mapping, latent: int) -> tuple[Bank, ...]:
     return tuple(banks)
 
 
+def kv_names(bank_name: str) -> tuple[str, str]:
+    """Tensor names of a bank's key and value projections (denoising-UNet inputs)."""
+    name = safe_name(bank_name)
+    return f"{name}_key", f"{name}_value"
+
+
 def safe_name(bank_name: str) -> str:
     """A bank's tensor name in exported graphs: ``bank_down_blocks_0_attentions_0``."""
     return "bank_" + re.sub(r"\.transformer_blocks\.0$", "", bank_name).replace(".", "_")

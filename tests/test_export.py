@@ -31,11 +31,11 @@ from personalive_trt.export import fp16 as fp16_graph  # noqa: E402
 from personalive_trt.export import onnx_export as oe  # noqa: E402
 from personalive_trt.export.spec import NetworkSpec, TensorSpec, Tolerance  # noqa: E402
 from personalive_trt.export.specs import network_specs, sample_inputs  # noqa: E402
-from personalive_trt.shapes import StreamShapes, safe_name  # noqa: E402
+from personalive_trt.shapes import StreamShapes, kv_names, safe_name  # noqa: E402
 from personalive_trt.weights import synthetic_models  # noqa: E402
 
 CONFIG = StreamConfig(window=2, steps=2, resolution=128)
-NETWORKS = ("reference_unet", "denoising_unet_w2", "motion_encoder", "pose_guider", "pose_encoder",
+NETWORKS = ("reference_unet", "denoising_unet_w2", "bank_projector", "motion_encoder", "pose_guider", "pose_encoder",
             "vae_decoder", "vae_encoder", "image_encoder")
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
@@ -94,16 +94,21 @@ def test_bank_interfaces(shapes, specs):
     names = [safe_name(bank.name) for bank in shapes.banks]
     assert len(names) == 16
     assert specs["reference_unet"].output_names == names
+    kv = [name for bank in shapes.banks for name in kv_names(bank.name)]
+    assert kv[:2] == [f"{names[0]}_key", f"{names[0]}_value"] and len(set(kv)) == 32
+    projector = specs["bank_projector"]
+    assert projector.input_names == names and projector.output_names == kv
     unet = specs["denoising_unet_w2"]
-    assert unet.input_names == ["sample", "timesteps", "clip_embeds", "motion", "pose", *names]
+    assert unet.input_names == ["sample", "timesteps", "clip_embeds", "motion", "pose", *kv]
     assert unet.input("timesteps").dtype == torch.int64
-    for i, name in enumerate(names):
-        bank = unet.input(name)
-        tokens, channels = shapes.banks[i].tokens, shapes.banks[i].channels
-        assert bank.min_shape == bank.opt_shape == (1, tokens, channels)
-        assert bank.max_shape == (1, shapes.max_bank_length * tokens, channels)
-        assert bank.dynamic_axes == {1: f"{name}_1"}
-        assert bank.export_dtype("fp16") == torch.float16 and bank.export_dtype("fp32") == torch.float32
+    for i, name in enumerate(kv):
+        tensor = unet.input(name)
+        tokens, channels = shapes.banks[i // 2].tokens, shapes.banks[i // 2].channels
+        assert projector.output(name).max_shape == (1, tokens, channels)
+        assert tensor.min_shape == tensor.opt_shape == (1, tokens, channels)
+        assert tensor.max_shape == (1, shapes.max_bank_length * tokens, channels)
+        assert tensor.dynamic_axes == {1: f"{name}_1"}
+        assert tensor.export_dtype("fp16") == torch.float16 and tensor.export_dtype("fp32") == torch.float32
 
 
 def test_merged_specs_cover_several_windows(models, tmp_path):
@@ -236,17 +241,17 @@ def test_timestep_features_stay_fp32(exported, specs):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_denoising_unet_dynamic_bank_length(exported, models, specs, shapes, precision):
-    """Banks of L = 1 (reference only) and L = max were verified; L = 2 runs too, against torch."""
+    """Bank keys/values of L = 1 (reference only) and L = max were verified; L = 2 runs too, against torch."""
     out, _ = exported
     spec = specs["denoising_unet_w2"]
     record = _record(exported, spec.name, precision)
     cases = {c["case"]: c["shapes"] for c in record["verification"]["cases"]}
-    first = safe_name(shapes.banks[0].name)
+    first = kv_names(shapes.banks[0].name)[0]
     tokens = shapes.banks[0].tokens
     assert cases["opt"][first][1] == tokens and cases["max"][first][1] == shapes.max_bank_length * tokens
     inputs = list(sample_inputs(spec, "opt", precision, seed=7))
     generator = torch.Generator().manual_seed(8)
-    for i in range(5, len(inputs)):  # two banks per block: reference + one history keyframe
+    for i in range(5, len(inputs)):  # two banks' keys/values per block: reference + one history keyframe
         extra = torch.randn(inputs[i].shape, generator=generator).to(inputs[i].dtype)
         inputs[i] = torch.cat([inputs[i], extra], dim=1)
     with torch.no_grad():

@@ -171,6 +171,19 @@ def test_unet3d_golden_with_history_keyframe(golden, reference_unet, denoising_u
     print(f"UNet3D noise_pred with 1 keyframe: relative error {error:.3e}")
     assert error <= TOLERANCE
 
+    # The streaming path: reference and keyframe banks projected once each, joined on the token axis.
+    with torch.no_grad():
+        reference_kv = denoising_unet.project_banks(golden_reader_banks)
+        keyframe_kv = denoising_unet.project_banks([bank.to(torch.float16) for bank in keyframe_banks])
+        kv = [tuple(torch.cat([r[j], k[j]], dim=1) for j in range(2)) for r, k in zip(reference_kv, keyframe_kv)]
+        projected = denoising_unet(inputs["sample"], inputs["timesteps"], inputs["clip_embeds"],
+                                   inputs["motion_hidden_states"], inputs["pose_cond_fea_fp16"].float(),
+                                   reference_kv=kv)
+    kv_error = relative_error(projected, data["noise_pred_with_1_keyframe"])
+    print(f"UNet3D noise_pred with 1 keyframe, projected once: relative error {kv_error:.3e}")
+    assert kv_error <= TOLERANCE
+    assert relative_error(projected, noise_pred) <= 1e-5  # same math, only the concat order of the projection
+
 
 # ---------------------------------------------------------------- mechanics on tiny random models ------
 

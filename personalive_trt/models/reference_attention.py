@@ -98,20 +98,32 @@ class ReferenceWriterProcessor:
         return _output(attn, F.scaled_dot_product_attention(q, k, v))
 
 
+def project_bank(attn: Attention, bank: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key and value projections ``(B, N, inner)`` of a bank, as the reading block computes them.
+
+    The bank is cast to ``dtype`` first (the original keeps banks in fp16 and lets ``torch.cat``
+    promote them to the activations' dtype before the projection)."""
+    bank = bank.to(dtype)
+    return attn.to_k(bank), attn.to_v(bank)
+
+
 class ReferenceReaderProcessor:
     """attn1 processor of the denoising UNet: self-attention extended with a reference bank.
 
-    With ``bank`` of shape ``(B, N, C)`` bound (N = reference tokens + keyframe tokens) and
-    ``hidden_states`` of shape ``(B*F, HW, C)`` (frames folded into the batch, b-major), each frame's
-    queries attend to ``concat(own tokens, bank)``. The bank is identical for the F frames of a
-    batch item, so its key/value projections are computed once per batch item and broadcast, which
-    equals projecting the frame-repeated concatenation of the original. The bank is cast to the
-    hidden-state dtype first (the original keeps banks in fp16 and lets ``torch.cat`` promote).
-    Without a bound bank this is plain self-attention.
+    With ``hidden_states`` of shape ``(B*F, HW, C)`` (frames folded into the batch, b-major), each
+    frame's queries attend to ``concat(own tokens, bank tokens)``. The bank is bound either raw
+    (``bank``: ``(B, N, C)``, N = reference tokens + keyframe tokens) or already projected (``kv``:
+    its key and value, ``(B, N, inner)`` each, see :func:`project_bank`). It is identical for the F
+    frames of a batch item, so its projections are broadcast over the frames, which equals
+    projecting the frame-repeated concatenation of the original. The projections of a bank never
+    change while it is in use, so a streaming runtime binds ``kv`` computed once per reference or
+    keyframe instead of reprojecting the bank on every call. Without either this is plain
+    self-attention.
     """
 
     def __init__(self) -> None:
         self.bank: torch.Tensor | None = None
+        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None,
@@ -121,18 +133,18 @@ class ReferenceReaderProcessor:
         _check_plain_attention(attn)
         key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
-        if self.bank is not None:
-            bank = self.bank.to(hidden_states.dtype)
-            batch, tokens, _ = bank.shape
+        bank_kv = project_bank(attn, self.bank, hidden_states.dtype) if self.bank is not None else self.kv
+        if bank_kv is not None:
+            bank_key, bank_value = (x.to(hidden_states.dtype) for x in bank_kv)
+            batch, tokens, inner = bank_key.shape
             frames = hidden_states.shape[0] // batch
 
             def per_frame(projected: torch.Tensor) -> torch.Tensor:
                 # (B, N, D) -> (B*F, N, D), b-major like the folded hidden states
-                return projected[:, None].expand(batch, frames, tokens, projected.shape[-1]).reshape(
-                    batch * frames, tokens, projected.shape[-1])
+                return projected[:, None].expand(batch, frames, tokens, inner).reshape(batch * frames, tokens, inner)
 
-            key = torch.cat([key, per_frame(attn.to_k(bank))], dim=1)
-            value = torch.cat([value, per_frame(attn.to_v(bank))], dim=1)
+            key = torch.cat([key, per_frame(bank_key)], dim=1)
+            value = torch.cat([value, per_frame(bank_value)], dim=1)
         q = _split_heads(attn.to_q(hidden_states), attn.heads)
         k = _split_heads(key, attn.heads)
         v = _split_heads(value, attn.heads)
@@ -171,15 +183,21 @@ def recording_banks(writers: Sequence[ReferenceWriterProcessor]) -> Iterator[lis
 
 
 @contextlib.contextmanager
-def bound_banks(readers: Sequence[ReferenceReaderProcessor],
-                banks: Sequence[torch.Tensor] | None) -> Iterator[None]:
-    """Bind one bank per reader for the duration of a forward pass (``None``: no banks)."""
-    if banks is not None and len(banks) != len(readers):
-        raise ValueError(f"expected {len(readers)} reference banks, got {len(banks)}")
+def bound_banks(readers: Sequence[ReferenceReaderProcessor], banks: Sequence[torch.Tensor] | None = None,
+                kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Iterator[None]:
+    """Bind one raw bank, or one projected (key, value) pair, per reader for one forward pass
+    (neither: no reference attention)."""
+    if banks is not None and kv is not None:
+        raise ValueError("bind either raw banks or projected (key, value) pairs, not both")
+    for what, values in (("reference banks", banks), ("reference key/value pairs", kv)):
+        if values is not None and len(values) != len(readers):
+            raise ValueError(f"expected {len(readers)} {what}, got {len(values)}")
     try:
         for i, reader in enumerate(readers):
             reader.bank = None if banks is None else banks[i]
+            reader.kv = None if kv is None else tuple(kv[i])
         yield
     finally:
         for reader in readers:
             reader.bank = None
+            reader.kv = None

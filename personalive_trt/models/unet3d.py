@@ -38,6 +38,7 @@ from personalive_trt.models.reference_attention import (
     bank_block_names,
     bound_banks,
     install_processors,
+    project_bank,
 )
 
 DOWN_BLOCK_TYPES_3D = ("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D")
@@ -349,9 +350,20 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
             raise TypeError(f"unknown UNet3D kwargs: {sorted(unknown_extra)}")
         return cls(**{key: value for key, value in config.items() if key in accepted})
 
+    def project_banks(self, banks: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each block's key/value projection of its bank (``bank_names`` order), in the model dtype.
+
+        Projection is per token, so the pairs of several banks concatenated on the token axis equal
+        the projection of the concatenated banks."""
+        if len(banks) != len(self.bank_names):
+            raise ValueError(f"expected {len(self.bank_names)} reference banks, got {len(banks)}")
+        dtype = self.conv_in.weight.dtype
+        return [project_bank(self.get_submodule(name).attn1, bank, dtype) for name, bank in zip(self.bank_names, banks)]
+
     def forward(self, sample: torch.Tensor, timesteps: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 motion_hidden_states: torch.Tensor, pose_cond_fea: torch.Tensor,
-                reference_banks: Sequence[torch.Tensor] | None) -> torch.Tensor:
+                reference_banks: Sequence[torch.Tensor] | None = None,
+                reference_kv: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """Predict the noise of a pile of frames.
 
         Args:
@@ -363,6 +375,9 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
             reference_banks: one tensor per ``bank_names`` entry, ``(B, L*HW_l, C_l)`` = the reference
                 bank followed by the history-keyframe banks on the token axis (any float dtype;
                 cast to the activations' dtype). ``None`` runs without reference attention.
+            reference_kv: instead of ``reference_banks``, the banks already projected by
+                :meth:`project_banks`: one ``(key, value)`` pair per ``bank_names`` entry. The
+                streaming runtime projects each reference/keyframe bank once, not on every call.
 
         Returns:
             ``(B, 4, F, h, w)`` noise prediction.
@@ -385,7 +400,7 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         factor = 2 ** (len(self.up_blocks) - 1)
         force_upsample_size = height % factor != 0 or width % factor != 0
 
-        with bound_banks(self._readers, reference_banks):
+        with bound_banks(self._readers, reference_banks, reference_kv):
             x = self.conv_in(fold(sample)) + fold(pose_cond_fea).to(dtype)
             skips: tuple[torch.Tensor, ...] = (x,)
             for block in self.down_blocks:
