@@ -401,6 +401,10 @@ class TensorRTBackend(PreallocatedBackend):
                                   f"{self.logger.errors_since(mark)}")
         self._shapes: dict[str, Shape] = {}
         self._addresses: dict[str, int] = {}
+        # context_per_shape: one execution context per input-shape signature (see _use_context).
+        self.context_per_shape = False
+        self._bindings: dict[tuple, tuple[Any, dict, dict]] = {}
+        self._scratch: torch.Tensor | None = None
 
     def _check_engine(self, engine_path: Path) -> None:
         trt, engine = self.trt, self.engine
@@ -421,7 +425,45 @@ class TensorRTBackend(PreallocatedBackend):
         """Enqueue one run. ``stream``: a ``torch.cuda.Stream`` or a raw handle; defaults to torch's current one."""
         return super().infer(inputs, stream=stream)
 
+    def _use_context(self, shapes: dict[str, Shape]) -> None:
+        """With ``context_per_shape``: switch to the execution context of these input shapes.
+
+        A CUDA graph captured around ``execute_async_v3`` replays what the context enqueued for the
+        shapes it had then, including TensorRT's own shape-dependent state; a later ``set_input_shape``
+        on the same context would change that state under the graph. So a graph per bank length needs a
+        context per bank length. The contexts run one at a time, so where TensorRT lets the caller
+        manage activation memory (TensorRT >= 10) they share one scratch buffer sized for the engine.
+        """
+        key = tuple(shapes[name] for name in self.spec.input_names)
+        binding = self._bindings.get(key)
+        if binding is None:
+            if not self._bindings:  # the first signature keeps the context made at load time
+                binding = (self.context, self._shapes, self._addresses)
+            else:
+                binding = (self._new_context(), {}, {})
+            self._bindings[key] = binding
+        self.context, self._shapes, self._addresses = binding
+
+    def _new_context(self) -> Any:
+        trt, engine = self.trt, self.engine
+        strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
+        size = getattr(engine, "device_memory_size_v2", None)
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            if strategy is None or size is None:
+                context = engine.create_execution_context()
+            else:
+                context = engine.create_execution_context(strategy.USER_MANAGED)
+                if self._scratch is None:
+                    self._scratch = torch.empty(int(size), dtype=torch.uint8, device=self.device)
+                context.set_device_memory(self._scratch.data_ptr(), int(size))
+        if context is None:
+            raise EngineError(f"{self.spec.name}: TensorRT could not create another execution context: "
+                              f"{self.logger.errors_since(self.logger.count)}")
+        return context
+
     def _run(self, inputs, shapes, *, stream=None):
+        if self.context_per_shape:
+            self._use_context(shapes)
         context, mark = self.context, self.logger.count
         for name in self.spec.input_names:
             if self._shapes.get(name) != shapes[name]:

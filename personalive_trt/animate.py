@@ -6,8 +6,11 @@ repeated frames' outputs are dropped), so any frame count works, not only multip
 """
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +21,20 @@ import torch
 from personalive_trt.config import StreamConfig
 from personalive_trt.networks import Networks
 from personalive_trt.pipeline import Animator
+from personalive_trt.runtime import StreamRuntime
 from personalive_trt.weights import SYNTHETIC_NOTICE, load_models, parse_weights_spec, validate_weights_folder
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 DEFAULT_WEIGHTS_DIR = Path("pretrained_weights")
+LOOPS = ("runtime", "reference")
 
 
-@dataclass(frozen=True)
-class RunOptions:
+@dataclass(frozen=True, kw_only=True)
+class SessionOptions:
+    """What file and live mode share: the inputs, the weights and how the networks run."""
+
     reference: str
     driving: str
-    output: Path
     weights: str = "auto"
     max_frames: int | None = None
     seed: int = 42
@@ -38,6 +44,14 @@ class RunOptions:
     backend: str = "torch"
     engines: Path | None = None
     window: int = 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(SessionOptions):
+    """File mode."""
+
+    output: Path
+    loop: str = "runtime"  # "runtime" (StreamRuntime) or "reference" (Animator)
 
 
 @dataclass
@@ -87,25 +101,42 @@ def chunked(frames: Iterator[np.ndarray], window: int) -> Iterator[tuple[np.ndar
 
 
 def stream_video(
-    animator: Animator, frames: Iterator[np.ndarray], emit: Callable[[np.ndarray], None]
+    animator: Animator | StreamRuntime, frames: Iterator[np.ndarray], emit: Callable[[np.ndarray], None]
 ) -> int:
     """Run the stream over all ``frames`` and ``emit`` each output frame aligned to its input.
 
-    Returns the number of frames emitted (= number of driving frames).
+    With a :class:`StreamRuntime` the next chunk is submitted before the previous call's frames are
+    collected, so the host prepares and hands out frames while the device computes. ``emit`` gets
+    views of the runtime's host ring: it must copy what it keeps. Returns the number of frames
+    emitted (= number of driving frames).
     """
     cfg = animator.config
     delay = cfg.steps - 1  # calls between a chunk entering and leaving the pipeline
-    pending: list[int] = []  # real-frame counts of chunks still inside the pipeline
+    pending: deque[int] = deque()  # real-frame counts of chunks still inside the pipeline
+    in_flight: deque[int] = deque()  # calls submitted, not yet collected (runtime only)
+    pipelined = callable(getattr(animator, "submit", None))
+    depth = animator.ring if pipelined else 1
     emitted = 0
 
-    def advance(chunk: np.ndarray) -> None:
+    def hand_out(index: int, out: np.ndarray) -> None:
         nonlocal emitted
-        out = animator.step(chunk)
-        if animator.count > delay:
-            keep = pending.pop(0)
+        if index >= delay:
+            keep = pending.popleft()
             for frame in out[:keep]:
                 emit(frame)
             emitted += keep
+
+    def collect_one() -> None:
+        hand_out(in_flight.popleft(), animator.collect().wait())
+
+    def advance(chunk: np.ndarray) -> None:
+        if not pipelined:
+            index = animator.count
+            hand_out(index, animator.step(chunk))
+            return
+        if len(in_flight) == depth:
+            collect_one()
+        in_flight.append(animator.submit(chunk))
 
     last_chunk = None
     for chunk, real in chunked(frames, cfg.window):
@@ -115,9 +146,118 @@ def stream_video(
     if last_chunk is None:
         raise ValueError("driving video has no frames")
     flush = np.repeat(last_chunk[-1:], cfg.window, axis=0)
-    while pending:
+    for _ in range(delay):  # the last real chunk leaves the pipeline `delay` calls after it entered
         advance(flush)
+    while in_flight:
+        collect_one()
     return emitted
+
+
+def prefetched(items: Iterator, depth: int = 8) -> Iterator:
+    """Iterate ``items`` on a background thread, ``depth`` ahead (decoding and face framing run beside
+    the animation). Every item is delivered, in order; an exception in the producer is re-raised here.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        slots.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            slots.put((done, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            slots.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+class BackgroundWriter:
+    """Feeds a writer (``write(frame)``) from a bounded queue on its own thread, so encoding runs
+    beside the animation. ``write`` copies the frame (callers may reuse their buffers); the first
+    error of the writer thread is re-raised by the next ``write`` or by ``close``."""
+
+    def __init__(self, writer, depth: int = 32) -> None:
+        self.writer = writer
+        self.frames: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._drain, name="writer", daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            frame = self.frames.get()
+            if frame is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write(frame)
+                except BaseException as exc:  # re-raised on the caller's thread
+                    self.error = exc
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.frames.put(np.array(frame, copy=True))
+
+    def close(self) -> None:
+        self.frames.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def open_animator(
+    weights: str,
+    backend: str = "torch",
+    engines: Path | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 42,
+    config: StreamConfig | None = None,
+    loop: str = "runtime",
+) -> Animator | StreamRuntime:
+    """Load the networks of ``weights`` (a folder or ``synthetic[:size]``) for ``backend`` and
+    return a loop ready for ``fuse_reference``: the :class:`StreamRuntime` (``loop="runtime"``,
+    CUDA graphs where the backend allows) or the reference :class:`Animator` (``"reference"``).
+    Prints the synthetic-weights notice."""
+    if loop not in LOOPS:
+        raise ValueError(f"--loop {loop!r}: expected one of {', '.join(LOOPS)}")
+    config = config or StreamConfig()
+    device = torch.device(device)
+    kind, location = parse_weights_spec(weights)
+    if kind == "synthetic":
+        print(SYNTHETIC_NOTICE.format(spec=f"{weights}"), file=sys.stderr)
+    else:
+        validate_weights_folder(Path(location))
+    if backend == "torch":
+        networks = Networks.from_models(load_models(weights, device=device, dtype=dtype), config)
+    else:
+        from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
+
+        networks = load_networks(engines or DEFAULT_ENGINES_DIR, backend, weights, config, device)
+    if loop == "reference":
+        return Animator(networks, config, seed=seed)
+    return StreamRuntime(networks, config, seed=seed)
 
 
 def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
@@ -129,6 +269,8 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
     config = StreamConfig(window=options.window)
     if options.backend not in ("torch", "onnxruntime", "tensorrt"):
         raise ValueError(f"--backend {options.backend!r}: expected torch, onnxruntime or tensorrt")
+    if options.loop not in LOOPS:
+        raise ValueError(f"--loop {options.loop!r}: expected one of {', '.join(LOOPS)}")
     if options.backend == "tensorrt":
         from personalive_trt.engines import require_tensorrt
 
@@ -153,19 +295,8 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
         reference = framing.resize_square(image, config.resolution)
         framer = lambda frame: framing.resize_square(frame, config.resolution)  # noqa: E731
     media.probe_video(driving_path)
-    kind, location = parse_weights_spec(weights)
-    if kind == "synthetic":
-        print(SYNTHETIC_NOTICE.format(spec=f"{weights}"), file=sys.stderr)
-    else:
-        validate_weights_folder(Path(location))
-
-    if options.backend == "torch":
-        networks = Networks.from_models(load_models(weights, device=device, dtype=dtype), config)
-    else:
-        from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
-
-        networks = load_networks(options.engines or DEFAULT_ENGINES_DIR, options.backend, weights, config, device)
-    animator = Animator(networks, config, seed=options.seed)
+    animator = open_animator(weights, backend=options.backend, engines=options.engines, device=device,
+                             dtype=dtype, seed=options.seed, config=config, loop=options.loop)
     animator.fuse_reference(reference)
 
     with media.VideoReader(driving_path, max_frames=options.max_frames) as reader:
@@ -177,11 +308,16 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
                                audio_source=driving_path if reader.info.has_audio else None) as writer, \
                 tqdm(total=total, unit="frame", desc="animating", disable=not progress) as bar:
 
+            background = BackgroundWriter(writer)
+
             def emit(frame: np.ndarray) -> None:
-                writer.write(frame)
+                background.write(frame)
                 bar.update(1)
                 bar.set_postfix(fps=f"{bar.n / max(time.perf_counter() - start, 1e-9):.2f}")
 
-            emitted = stream_video(animator, (framer(frame) for frame in reader), emit)
+            try:
+                emitted = stream_video(animator, prefetched(framer(frame) for frame in reader), emit)
+            finally:
+                background.close()  # every queued frame is encoded (or its error raised) before the file closes
     return RunStats(frames=emitted, seconds=time.perf_counter() - start, weights=weights,
-                    backend=networks.description)
+                    backend=animator.description)

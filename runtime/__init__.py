@@ -1,1 +1,4 @@
-"""The graph-captured streaming runtime (``personalive_trt.runtime``)."""
+"""The graph-captured streaming runtime (``personalive_trt.runtime``): :class:`StreamRuntime`."""
+from .stream import Output, ReadyEvent, StreamRuntime
+
+__all__ = ["Output", "ReadyEvent", "StreamRuntime"]

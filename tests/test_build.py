@@ -12,7 +12,9 @@ from personalive_trt import Animator, StreamConfig, synthetic_models
 from personalive_trt.build import BuildError, build, load_networks, read_build
 from personalive_trt.cli import app
 from personalive_trt.media import read_image
+from personalive_trt.engines.backends import OnnxRuntimeBackend
 from personalive_trt.networks import Networks
+from personalive_trt.runtime import StreamRuntime
 from personalive_trt.sample import sample_reference
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -30,7 +32,8 @@ def driving(seed: int) -> np.ndarray:
 
 
 def test_onnxruntime_stream_matches_torch(engines_dir):
-    """Same weights, zero noise: the ONNX Runtime loop matches the torch loop (fp32 export).
+    """Same weights, zero noise: the runtime on the ONNX Runtime engines alone (``from_engines``: no torch
+    weights loaded) matches the torch reference loop (fp32 export).
 
     Tolerance: max error <= 1e-2 relative (the runtime's stated ONNX Runtime tolerance); the random-weight
     VAE encoder amplifies kernel rounding into the reference latent (shared README section 8), measured
@@ -39,9 +42,9 @@ def test_onnxruntime_stream_matches_torch(engines_dir):
     config = StreamConfig()
     zero = lambda t: t.zero_()  # noqa: E731
     torch_anim = Animator(Networks.from_models(synthetic_models("tiny"), config), config, noise=zero)
-    ort_anim = Animator(load_networks(engines_dir, "onnxruntime", "synthetic", config, torch.device("cpu")),
-                        config, noise=zero)
-    assert ort_anim.nets.description == "onnxruntime"
+    ort_anim = StreamRuntime.from_engines(engines_dir, config, backend="onnxruntime", device="cpu", noise=zero)
+    assert ort_anim.nets.description == "onnxruntime" and not ort_anim.use_graphs
+    assert all(isinstance(b, OnnxRuntimeBackend) for b in ort_anim.nets.backends.values())
     reference = read_image(sample_reference())
     for anim in (torch_anim, ort_anim):
         anim.fuse_reference(reference)

@@ -454,6 +454,23 @@ def test_backend_parity_on_two_shapes_inside_the_dynamic_range(trt, toy, tmp_pat
     assert [c["shapes"][BANK][1] for c in calls] == [3 * TOKENS, 1 * TOKENS] and calls[-1]["stream"] == 0
 
 
+def test_context_per_shape_keeps_one_context_per_bank_length(trt, toy, tmp_path, monkeypatch):
+    """What a graph per bank length needs: each shape signature owns a context whose shapes are set once."""
+    torch_backend, _, trt_backend = make_backends(trt, toy, tmp_path)
+    trt_backend.context_per_shape = True
+    shape_sets = []
+    for length in (1, 2, 1, 2, 1):
+        inputs = toy_inputs(length, seed=length)
+        expected = torch_backend.infer(inputs)["bank_scores"].clone()
+        assert relative_error(trt_backend.infer(inputs)["bank_scores"], expected) <= FP32_TOL
+        shape_sets.append((length, trt_backend.context))
+    contexts = {length: context for length, context in shape_sets}
+    assert len({id(c) for c in contexts.values()}) == 2
+    assert all(context is contexts[length] for length, context in shape_sets)
+    for length, context in contexts.items():
+        assert [c["shapes"][BANK][1] for c in context.calls] == [length * TOKENS] * (3 if length == 1 else 2)
+
+
 def test_fp16_engine_parity(trt11, toy, tmp_path):
     spec, module, onnx = toy
     engine = TensorRTBackend(spec, ensure_engine(spec, onnx["fp16"], tmp_path, gpu=GPU, progress=None), device="cpu")

@@ -1,0 +1,522 @@
+"""The streaming runtime: PersonaLive's online loop on buffers allocated once, replayed as CUDA graphs.
+
+:class:`~personalive_trt.pipeline.Animator` is the readable reference: it keeps its piles in Python
+lists, concatenates them every call and decides on keyframes on the host. :class:`StreamRuntime` does
+the same arithmetic with every piece of state in a device buffer allocated at construction:
+
+* the driving frames arrive through a pinned host ring and one asynchronous copy;
+* one call (resize/normalise, pose encoder, keypoint transfer and drawing, face crops with the boxes
+  kept on the device, motion encoder, pose guider, pile shifts in place, noise drawn in place, the
+  denoising UNet, the DDIM update, the VAE decode and the uint8 conversion) only reads and writes
+  those buffers, never reads a device value on the host and never creates a tensor from host data;
+* so on CUDA, with the torch or TensorRT backend, each kind of call is captured once as a CUDA graph
+  and replayed: the first call of a stream, the steady call for each number of history keyframes in
+  effect (with and without the keyframe test), and the keyframe bank write per slot;
+* the finished uint8 frames go back through a pinned host ring, with an event the host waits on.
+
+Keyframes. The keyframe test (motion distance of the pile's first frame to the motion bank) runs on
+the device inside the call and writes its verdict to a pinned flag together with the frames. The new
+keyframe's banks are only read from the next call on (as in the original), so the host reads the flag
+when it starts that next call: it waits for the previous call's output event, which it waits on anyway
+to hand the frames out, then replays the keyframe-write graph (reference UNet + key/value projection
+into the next bank slot) and the step graph for one more bank. The price: while a keyframe is still
+possible (from the 10th call until ``max_keyframes`` are taken) a call is enqueued only once the
+previous one has finished, so the GPU idles for the host's launch latency (tens of microseconds per
+call); outside that window calls are enqueued ahead. The alternative, one graph with masked bank
+slots, would attend to all ``1 + max_keyframes`` banks on every call (up to 4x the reference
+attention work for the whole session) to save that gap.
+
+Reference keys/values: the denoising UNet takes each bank's key and value projections
+(``bank_projector``), computed once per reference or keyframe into slot buffers; a reference swap
+rewrites the same buffers, so no graph is captured again.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from personalive_trt import keypoints as kp
+from personalive_trt.config import COND_SIZE, StreamConfig
+from personalive_trt.keypoints import crop_faces_device
+from personalive_trt.networks import BACKENDS, Networks
+from personalive_trt.pipeline import NonFiniteError, check_frames, encode_reference
+from personalive_trt.scheduler import DDIMSchedule
+
+NoiseFn = Callable[[torch.Tensor], object]
+
+
+class ReadyEvent:
+    """Stands in for a CUDA event where there is none (CPU): the work is done when ``submit`` returns."""
+
+    def query(self) -> bool:
+        return True
+
+    def synchronize(self) -> None:
+        return None
+
+
+@dataclass
+class Output:
+    """One call's finished frames, handed back by :meth:`StreamRuntime.collect`.
+
+    ``frames`` is a view of a pinned host ring slot: valid once ``event`` has completed (see
+    :meth:`wait`) and until that slot is reused, ``ring`` calls later.
+    """
+
+    frames: np.ndarray  # (W, R, R, 3) uint8
+    event: object  # torch.cuda.Event or ReadyEvent
+    index: int  # which call (0-based) produced it
+    keyframes: int  # history keyframes in effect during the call
+    _flags: np.ndarray
+
+    def wait(self) -> np.ndarray:
+        """Block until the frames are on the host; raises NonFiniteError if the call produced NaN/Inf."""
+        self.event.synchronize()
+        if self._flags[FLAG_NONFINITE] > 0:
+            raise NonFiniteError(f"call {self.index}: the denoised latents or decoded frames contain NaN/Inf "
+                                 "(fp16 overflow?); reset() before streaming on")
+        return self.frames
+
+
+FLAG_KEYFRAME, FLAG_NONFINITE = 0, 1
+
+
+class StreamRuntime:
+    """PersonaLive's streaming loop on preallocated buffers (CUDA graphs on GPU).
+
+    Drop-in for :class:`~personalive_trt.pipeline.Animator` (``fuse_reference``, ``swap_reference``,
+    ``step``, ``reset``, the in-place ``noise`` hook, ``config``, ``count``) plus the asynchronous
+    ``submit``/``collect`` pair.
+
+    Args:
+        networks (`Networks`): the nine networks (torch modules, ONNX Runtime sessions, TensorRT engines).
+        config (`StreamConfig`, *optional*): must be the one the networks were built for.
+        noise (`callable`, *optional*): fills a given tensor in place with the diffusion noise. With CUDA
+            graphs it is captured, so it must be graph-safe (e.g. ``normal_`` with a CUDA generator).
+            Defaults to a normal draw from a generator seeded with ``seed``, on the networks' device.
+        seed (`int`, defaults to 42): seed of the default noise generator.
+        graphs (`bool`, *optional*): capture CUDA graphs. Default: on CUDA with the torch or TensorRT
+            backend. ONNX Runtime runs the same calls without graphs.
+        ring (`int`, defaults to 2): pinned host slots for inputs and outputs = calls in flight.
+    """
+
+    def __init__(self, networks: Networks, config: StreamConfig | None = None, noise: NoiseFn | None = None,
+                 seed: int = 42, graphs: bool | None = None, ring: int = 2) -> None:
+        self.config = config or networks.shapes.config
+        if networks.shapes.config != self.config:
+            raise ValueError(f"StreamRuntime: networks were built for {networks.shapes.config}, not {self.config}")
+        if ring < 1:
+            raise ValueError(f"StreamRuntime: ring must be >= 1, got {ring}")
+        self.nets = networks
+        # Outputs are consumed (copied into the runtime's buffers) before the same network runs again.
+        self.nets.clone_outputs = False
+        self.shapes = networks.shapes
+        self.device, self.dtype = networks.device, networks.dtype
+        self.backend = _backend_kind(networks)
+        cuda = self.device.type == "cuda"
+        if graphs is None:
+            graphs = cuda and self.backend in ("torch", "tensorrt")
+        if graphs and not cuda:
+            raise ValueError("StreamRuntime: CUDA graphs need a CUDA device")
+        if graphs and self.backend == "onnxruntime":
+            raise ValueError("StreamRuntime: ONNX Runtime sessions cannot be captured in CUDA graphs; use graphs=False")
+        self.use_graphs = graphs
+        if graphs and self.backend == "tensorrt":
+            # A graph per input shape needs an execution context per input shape (see TensorRTBackend):
+            # the denoising UNet per bank length, the motion encoder and pose guider for the first call.
+            for backend in self.nets.backends.values():
+                backend.context_per_shape = True
+        self.ring = ring
+        self.seed = seed
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.noise: NoiseFn = noise or (lambda t: t.normal_(generator=self.generator))
+        self.schedule = DDIMSchedule(self.config.step_length, device=self.device)
+        self.stream = torch.cuda.Stream(self.device) if cuda else None
+        self._allocate()
+        self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self.reference_fused = False
+        self.reset()
+        if graphs:
+            self._capture_all()
+
+    # ---- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_models(cls, models, config: StreamConfig | None = None, backend: str = "torch",
+                    engines: str | Path | None = None, noise: NoiseFn | None = None, seed: int = 42,
+                    graphs: bool | None = None, weights: str | None = None) -> "StreamRuntime":
+        """A runtime over loaded :class:`~personalive_trt.weights.Models` (``backend="torch"``) or over the
+        engines built from them (``"onnxruntime"``/``"tensorrt"``, from ``engines``; ``weights`` is the
+        spec they were built from, checked against the build record)."""
+        config = config or StreamConfig()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend == "torch":
+            networks = Networks.from_models(models, config)
+        else:
+            from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
+
+            if weights is None:
+                raise ValueError("StreamRuntime.from_models: pass weights= (the spec the engines were built from)")
+            networks = load_networks(Path(engines or DEFAULT_ENGINES_DIR), backend, weights, config, models.device)
+        return cls(networks, config, noise=noise, seed=seed, graphs=graphs)
+
+    @classmethod
+    def from_engines(cls, engines_dir: str | Path, config: StreamConfig | None = None, backend: str = "tensorrt",
+                     device: str | torch.device = "cuda", noise: NoiseFn | None = None, seed: int = 42,
+                     graphs: bool | None = None) -> "StreamRuntime":
+        """A runtime from a ``personalive-trt build`` folder alone: no torch weights are loaded."""
+        from personalive_trt.build import load_networks, read_build
+
+        if backend not in ("onnxruntime", "tensorrt"):
+            raise ValueError(f"from_engines: backend {backend!r}: expected onnxruntime or tensorrt")
+        config = config or StreamConfig()
+        record = read_build(Path(engines_dir))
+        networks = load_networks(Path(engines_dir), backend, record.weights, config, torch.device(device))
+        return cls(networks, config, noise=noise, seed=seed, graphs=graphs)
+
+    @property
+    def description(self) -> str:
+        return f"stream runtime ({'CUDA graphs' if self.use_graphs else 'eager'}), {self.nets.description}"
+
+    def _allocate(self) -> None:
+        """Every buffer the loop touches, once. Shapes come from ``self.shapes`` only."""
+        s, cfg, dev, dt = self.shapes, self.config, self.device, self.dtype
+        W, P, R = cfg.window, cfg.pile, cfg.resolution
+        cap = s.max_bank_length
+        zeros = lambda *shape, dtype=dt: torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
+        pin = dev.type == "cuda"
+        host = lambda *shape, dtype: torch.zeros(shape, dtype=dtype, pin_memory=pin)  # noqa: E731
+
+        self.frames_in = zeros(W, R, R, 3, dtype=torch.uint8)
+        self.ref_image = zeros(1, 3, R, R)
+        self.ref_latent = zeros(*s.latent_frames(1))
+        self.clip_embeds = zeros(*s.clip_embeds())
+        pose_outputs = self.nets.backends["pose_encoder"].spec.outputs
+        self.ref_detector = {t.name: zeros(1, *t.opt_shape[1:]) for t in pose_outputs}
+        self.frame0_t = zeros(1, 3)
+        self.latent_pile = zeros(*s.latent_pile())
+        self.motion_pile = zeros(*s.motion_states(P))
+        self.pose_pile = zeros(*s.pose_features(P))
+        self.motion_bank = zeros(1, cap, *s.motion_states(1)[2:])
+        unet_dtypes = self.nets.backends["denoising_unet"].input_dtypes
+        self.kv = [tuple(zeros(*s.bank(i, cap), dtype=unet_dtypes[name]) for name in names)
+                   for i, names in enumerate(self.nets.kv_names)]
+        self.keyframe_latent = zeros(*s.latent_frames(1))
+        self.noise_buffer = zeros(*s.latent_pile()[:2], W, s.latent, s.latent)
+        self.warm_noise = zeros(*s.latent_pile()[:2], cfg.warmup_frames, s.latent, s.latent)
+        self.video = zeros(W, R, R, 3)
+        self.frames_out = zeros(W, R, R, 3, dtype=torch.uint8)
+        self.flags = zeros(2, dtype=torch.float32)
+        self.timesteps = torch.tensor(cfg.pile_timesteps, dtype=torch.int64, device=dev)
+        self.zero_timestep = zeros(1)
+        self.warm_alphas = torch.linspace(0, 1, cfg.warmup_frames + 1, device=dev, dtype=dt).view(1, -1, 1, 1)
+        self.threshold = float(cfg.keyframe_threshold)
+        kp.prepare_device_tables(dev, R, cfg.warmup_frames + 1)
+
+        self.host_in = host(self.ring, W, R, R, 3, dtype=torch.uint8)
+        self.host_out = host(self.ring, W, R, R, 3, dtype=torch.uint8)
+        self.host_flags = host(self.ring, 2, dtype=torch.float32)
+        self._host_in_np = self.host_in.numpy()
+        self._host_out_np = self.host_out.numpy()
+        self._host_flags_np = self.host_flags.numpy()
+        if dev.type == "cuda":
+            self._in_free = [torch.cuda.Event() for _ in range(self.ring)]
+            self._done = [torch.cuda.Event() for _ in range(self.ring)]
+        else:
+            self._in_free = [ReadyEvent() for _ in range(self.ring)]
+            self._done = [ReadyEvent() for _ in range(self.ring)]
+
+    def state_buffers(self) -> dict[str, torch.Tensor]:
+        """Every device buffer of the loop, by name (their addresses never change)."""
+        named = {name: value for name, value in vars(self).items() if isinstance(value, torch.Tensor)
+                 and value.device == self.device}
+        named.update({f"ref_detector.{k}": v for k, v in self.ref_detector.items()})
+        named.update({f"kv.{i}.{j}": t for i, pair in enumerate(self.kv) for j, t in enumerate(pair)})
+        return named
+
+    # ---- session state ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the stream (and the reference); ``fuse_reference`` must be called again."""
+        self.reference_fused = False
+        self.count = 0
+        self.keyframes = 0  # history keyframes whose banks are in the K/V slots
+        self._pending: deque[tuple[int, int, int]] = deque()  # (slot, call index, keyframes) not collected
+        self._flag_slot: int | None = None  # slot whose keyframe flag the next call must read
+
+    @torch.no_grad()
+    def fuse_reference(self, image: np.ndarray) -> None:
+        """Encode a reference portrait ((R,R,3) uint8 RGB) into the reference buffers and prime the pile."""
+        if self.reference_fused:
+            raise RuntimeError("fuse_reference: a reference is already fused; call reset() or swap_reference()")
+        self._drain()
+        with self._on_stream():
+            reference = encode_reference(self.nets, self.config, image)
+            self.clip_embeds.copy_(reference.clip_embeds)
+            self.ref_latent.copy_(reference.latent)
+            self.ref_image.copy_(reference.image.unsqueeze(0))
+            for name, value in reference.detector.items():
+                self.ref_detector[name].copy_(value)
+            self._write_kv_slot(0, reference.kv)
+            cfg = self.config
+            warm = self.ref_latent.unsqueeze(2).expand(-1, -1, cfg.warmup_frames, -1, -1)
+            self.noise(self.warm_noise)
+            noisy = self.schedule.add_noise(warm, self.warm_noise, self.timesteps[: cfg.warmup_frames])
+            self.latent_pile[:, :, : cfg.warmup_frames].copy_(noisy)
+        self.reference_fused = True
+
+    def swap_reference(self, image: np.ndarray) -> None:
+        """Switch to another portrait mid-session: the same buffers are rewritten, no graph is re-captured."""
+        self.reset()
+        self.fuse_reference(image)
+
+    # ---- the asynchronous interface --------------------------------------------------------------
+    def submit(self, frames: np.ndarray) -> int:
+        """Enqueue one call on ``window`` driving frames ((W,R,R,3) uint8 RGB); returns its index.
+
+        Returns as soon as the work is enqueued (on CUDA). At most ``ring`` calls may be in flight:
+        :meth:`collect` the oldest first.
+        """
+        cfg = self.config
+        check_frames(frames, cfg.window, cfg.resolution)
+        if not self.reference_fused:
+            raise RuntimeError("submit: no reference fused; call fuse_reference(image) first")
+        if len(self._pending) >= self.ring:
+            raise RuntimeError(f"submit: {self.ring} calls already in flight; collect() one first")
+        slot = self.count % self.ring
+        # The slot's previous input copy has long finished in practice; this wait only guards the ring.
+        self._in_free[slot].synchronize()
+        np.copyto(self._host_in_np[slot], frames)
+        add_keyframe = self._keyframe_from_previous_call()
+        index = self.count
+        with torch.no_grad(), self._on_stream():
+            self.frames_in.copy_(self.host_in[slot], non_blocking=True)
+            self._record(self._in_free[slot])
+            if add_keyframe:
+                self._run(("keyframe", self.keyframes + 1))
+                self.keyframes += 1
+            key = self._call_key(index)
+            self._run(key)
+            self.host_out[slot].copy_(self.frames_out, non_blocking=True)
+            self.host_flags[slot].copy_(self.flags, non_blocking=True)
+            self._record(self._done[slot])
+        self._flag_slot = slot if key[0] == "steady" and key[2] else None
+        self._pending.append((slot, index, self.keyframes))
+        self.count += 1
+        return index
+
+    def collect(self) -> Output:
+        """The oldest submitted call's output (its frames are ready once ``output.event`` has completed)."""
+        if not self._pending:
+            raise RuntimeError("collect: nothing submitted")
+        slot, index, keyframes = self._pending.popleft()
+        return Output(frames=self._host_out_np[slot], event=self._done[slot], index=index, keyframes=keyframes,
+                      _flags=self._host_flags_np[slot])
+
+    def step(self, frames: np.ndarray) -> np.ndarray:
+        """Synchronous call: ``window`` driving frames in, ``window`` output frames (a copy) out."""
+        if self._pending:
+            raise RuntimeError("step: collect() the submitted calls first")
+        self.submit(frames)
+        return self.collect().wait().copy()
+
+    @torch.no_grad()
+    def step_float(self, frames: np.ndarray) -> torch.Tensor:
+        """As ``step`` but returns the decoded frames before quantisation: (W,R,R,3) in [0,1], a copy."""
+        self.step(frames)
+        return self.video.clone()
+
+    # ---- host-side scheduling ----------------------------------------------------------------------
+    def _keyframe_from_previous_call(self) -> bool:
+        """Did the previous call take a history keyframe? Read from its pinned flag.
+
+        This is the loop's only data-dependent host decision. It waits for the previous call's output
+        event (which whoever collects that output waits on anyway); calls that cannot add a keyframe
+        set no flag slot and do not wait.
+        """
+        slot, self._flag_slot = self._flag_slot, None
+        if slot is None:
+            return False
+        self._done[slot].synchronize()  # unavoidable: the next graph depends on this flag
+        return bool(self._host_flags_np[slot][FLAG_KEYFRAME] > 0)
+
+    def _call_key(self, index: int) -> tuple:
+        cfg = self.config
+        if index == 0:
+            return ("first",)
+        check = index > cfg.keyframe_start and self.keyframes < cfg.max_keyframes
+        return ("steady", self.keyframes, check)
+
+    def all_keys(self) -> list[tuple]:
+        """Every kind of call a stream can make (one CUDA graph each)."""
+        cfg = self.config
+        keys = [("first",), ("steady", 0, False)]
+        keys += [("steady", k, True) for k in range(cfg.max_keyframes)]
+        if cfg.max_keyframes:
+            keys.append(("steady", cfg.max_keyframes, False))
+        keys += [("keyframe", slot) for slot in range(1, cfg.max_keyframes + 1)]
+        return keys
+
+    def _run(self, key: tuple) -> None:
+        graph = self.graphs.get(key)
+        if graph is not None:
+            graph.replay()
+        else:
+            self._body(key)
+
+    def _body(self, key: tuple) -> None:
+        if key[0] == "first":
+            self._advance(first=True)
+            self._denoise_and_decode(keyframes=0, check=False)
+        elif key[0] == "steady":
+            self._advance(first=False)
+            self._denoise_and_decode(keyframes=key[1], check=key[2])
+        else:
+            self._write_keyframe(key[1])
+
+    def _record(self, event) -> None:
+        if self.stream is not None:
+            event.record(self.stream)
+
+    def _on_stream(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def _drain(self) -> None:
+        """Wait for every call in flight (reference fusion rewrites buffers they read)."""
+        for event in self._done:
+            event.synchronize()
+
+    # ---- one call, on device buffers only -----------------------------------------------------------
+    def _advance(self, first: bool) -> None:
+        """Keypoints, pose features and motion states of the new frames; shifts them into the piles."""
+        cfg, nets, dt = self.config, self.nets, self.dtype
+        W, P, warmup = cfg.window, cfg.pile, cfg.warmup_frames
+        images = (self.frames_in.permute(0, 3, 1, 2).float() / 255.0 * 2 - 1).to(dt)
+        cond = F.interpolate(images, size=(COND_SIZE, COND_SIZE), mode="bilinear", align_corners=False) / 2 + 0.5
+        detector = nets.pose_encoder(cond)
+        if first:
+            self.frame0_t.copy_(detector["t"][:1])
+            kp_draw, kps_dri = kp.warmup_keypoints(self.ref_detector, None, detector, num_interp=warmup + 1)
+        else:
+            kp_draw, kps_dri = kp.transfer_keypoints(self.ref_detector, {"t": self.frame0_t}, detector)
+        maps = kp.draw_keypoints(kp_draw, size=cfg.resolution)
+        faces = crop_faces_device(images, kp.face_boxes(kps_dri, size=cfg.resolution))
+        if first:
+            ref_face = crop_faces_device(self.ref_image, kp.face_boxes(kp_draw[:1], size=cfg.resolution))
+            faces = torch.cat([ref_face, faces])
+        motion = nets.motion_encoder(faces.transpose(0, 1).unsqueeze(0))
+        pose = nets.pose_guider(maps.to(dt).transpose(0, 1).unsqueeze(0))
+        if first:
+            ref_motion, driving = motion[:, :1], motion[:, 1:]
+            warm = (1 - self.warm_alphas) * ref_motion + self.warm_alphas * driving[:, :1]
+            self.motion_pile[:, :warmup].copy_(warm[:, :-1])
+            self.motion_pile[:, warmup:].copy_(driving)
+            self.motion_bank[:, :1].copy_(ref_motion)
+            self.pose_pile.copy_(pose)
+        else:
+            # The sources overlap their destinations: shift through a (graph-pool) temporary.
+            self.motion_pile.copy_(torch.cat([self.motion_pile[:, W:], motion], dim=1))
+            self.pose_pile.copy_(torch.cat([self.pose_pile[:, :, W:], pose], dim=2))
+        self.noise(self.noise_buffer)
+        fresh = self.ref_latent.unsqueeze(2).expand(-1, -1, W, -1, -1)
+        fresh = self.schedule.add_noise(fresh, self.noise_buffer, self.timesteps[-1:])
+        self.latent_pile[:, :, P - W:].copy_(fresh)
+
+    def _denoise_and_decode(self, keyframes: int, check: bool) -> None:
+        cfg, dt = self.config, self.dtype
+        W = cfg.window
+        if check:
+            self._keyframe_test(keyframes)
+        length = keyframes + 1
+        kv = [tuple(t[:, : length * bank.tokens] for t in pair) for pair, bank in zip(self.kv, self.shapes.banks)]
+        noise_pred = self.nets.denoising_unet(self.latent_pile, self.timesteps, self.clip_embeds, self.motion_pile,
+                                              self.pose_pile, kv)
+        fold = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731  (1,C,F,h,w) -> (F,C,h,w)
+        prev, clean = self.schedule.step(fold(noise_pred).float(), self.timesteps, fold(self.latent_pile).float())
+        stepped = torch.cat([clean[:W], prev[W:]]).to(dt)
+        if check:
+            self.keyframe_latent.copy_(clean[:1])
+        self.latent_pile[:, :, : cfg.pile - W].copy_(stepped[W:].unsqueeze(0).transpose(1, 2))
+        video = self.nets.vae_decoder(stepped[:W]).permute(0, 2, 3, 1)
+        self.video.copy_(video)
+        self.frames_out.copy_((self.video.float() * 255).to(torch.uint8))  # truncation, like the original
+        finite = torch.isfinite(stepped).all() & torch.isfinite(self.video).all()
+        self.flags[FLAG_NONFINITE].copy_(~finite)
+
+    def _keyframe_test(self, keyframes: int) -> None:
+        """Is the pile's first frame a new history keyframe? Decided on the device.
+
+        Distance of its motion to the ``keyframes + 1`` banked motions; when it exceeds the threshold
+        the motion joins the bank (slot ``keyframes + 1``) and the flag tells the host, which writes
+        the keyframe's banks (from this call's clean latent) before the next call."""
+        candidate = self.motion_pile[:, :1]
+        bank = self.motion_bank[:, : keyframes + 1].flatten(2)[0].float()
+        distances = torch.cdist(candidate.flatten(1).float(), bank)[0]
+        wanted = distances.min() > self.threshold
+        slot = self.motion_bank[:, keyframes + 1: keyframes + 2]
+        slot.copy_(torch.where(wanted, candidate, slot))
+        self.flags[FLAG_KEYFRAME].copy_(wanted)
+
+    def _write_keyframe(self, slot: int) -> None:
+        """Banks of the last flagged call's clean latent -> key/value slot ``slot``."""
+        nets = self.nets
+        banks = nets.run("reference_unet", latent=self.keyframe_latent, timestep=self.zero_timestep,
+                         clip_embeds=self.clip_embeds)
+        banks = [bank.half() for bank in banks.values()]  # banks are fp16, as the original's reader keeps them
+        self._write_kv_slot(slot, nets.bank_projector(banks))
+
+    def _write_kv_slot(self, slot: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for pair, projected, bank in zip(self.kv, kv, self.shapes.banks):
+            for buffer, value in zip(pair, projected):
+                buffer[:, slot * bank.tokens: (slot + 1) * bank.tokens].copy_(value)
+
+    # ---- CUDA graphs ---------------------------------------------------------------------------------
+    def _capture_all(self) -> None:
+        """Capture one graph per kind of call (at construction: the buffers hold no stream yet).
+
+        Each body runs once eagerly on the runtime's stream first (lazy initialisation of cuBLAS/cuDNN
+        handles and TensorRT contexts must not land in a graph). All graphs share one memory pool: they
+        never run concurrently. The noise generator is restored afterwards, so the stream's noise is the
+        same as without graphs. What the warm-up leaves in the buffers is overwritten before it is read:
+        ``fuse_reference`` writes the reference and the warm-up pile, the first call the piles, a keyframe
+        its bank slots.
+        """
+        with _generator_saved(self.generator):
+            pool = None
+            for key in self.all_keys():
+                with torch.no_grad(), torch.cuda.stream(self.stream):
+                    self._body(key)  # warm-up
+                self.stream.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                if hasattr(graph, "register_generator_state"):
+                    graph.register_generator_state(self.generator)
+                with torch.no_grad(), torch.cuda.graph(graph, pool=pool, stream=self.stream):
+                    self._body(key)
+                pool = graph.pool()
+                self.graphs[key] = graph
+            self.stream.synchronize()
+
+
+@contextlib.contextmanager
+def _generator_saved(generator: torch.Generator) -> Iterator[None]:
+    state = generator.get_state()
+    try:
+        yield
+    finally:
+        generator.set_state(state)
+
+
+def _backend_kind(networks: Networks) -> str:
+    from personalive_trt.engines.backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend
+
+    kinds = {type(b) for b in networks.backends.values()}
+    for cls, name in ((TensorRTBackend, "tensorrt"), (OnnxRuntimeBackend, "onnxruntime"), (TorchBackend, "torch")):
+        if kinds == {cls}:
+            return name
+    return "mixed"

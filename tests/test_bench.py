@@ -1,0 +1,204 @@
+"""The streaming benchmark (``personalive-trt bench`` / ``benchmarks/bench_stream.py``) on CPU.
+
+CI checks the report's fields, types and signs, never its speed: timings on shared CI cores mean nothing.
+One in-process run with tiny synthetic weights at 64 px covers the runtime, the eager breakdown, FLOP
+counting, the latency model, ``--compare`` and ``--json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from personalive_trt import bench
+
+REPO = Path(__file__).resolve().parents[1]
+PERCENTILE_KEYS = {"p50", "p95", "p99", "mean", "min", "max"}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(bench.standalone_app(), list(args))
+
+
+def check_percentiles(stats: dict, what: str) -> None:
+    assert set(stats) == PERCENTILE_KEYS, what
+    for key, value in stats.items():
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, f"{what}.{key} = {value!r}"
+    assert stats["min"] <= stats["p50"] <= stats["p95"] <= stats["p99"] <= stats["max"], what
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    import sys
+
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    args = ["--weights", "synthetic", "--resolution", "64", "--warmup", "0", "--calls", "2", "--compare",
+            "--json", str(out)]
+    saved, sys.argv = sys.argv, ["personalive-trt", "bench", *args]  # what the report records as the command
+    try:
+        result = invoke(*args)
+    finally:
+        sys.argv = saved
+    assert result.exit_code == 0, result.output
+    assert "speed ratio (reference / runtime)" in result.output  # the printed --compare ratio
+    return json.loads(out.read_text())
+
+
+def test_report_identity_fields(report):
+    assert report["schema"] == 1
+    assert report["command"].startswith("personalive-trt bench --weights synthetic --resolution 64")
+    assert report["options"]["compare"] is True and report["options"]["calls"] == 2
+    assert report["device"].startswith("CPU")
+    assert report["backend"] == "torch" and report["graphs"] is False
+    assert report["weights"] == "synthetic" and report["dtype"] == "float32"
+    assert report["config"] == {"window": 4, "steps": 4, "resolution": 64, "keyframes": 0, "keyframe_threshold": 17.0,
+                                "keyframe_start": 8, "max_keyframes": 0}
+    assert report["keyframes"] == 0 and report["warmup_calls"] == 0 and report["measured_calls"] == 2
+    assert isinstance(report["threads"], int) and report["threads"] >= 1
+
+
+def test_report_timings(report):
+    for key in ("setup_s", "reference_fusion_cold_ms", "reference_fusion_ms", "time_to_first_frame_ms", "fps",
+                "capture_fps", "inherent_delay_ms", "capture_wait_ms", "time_to_first_driven_frame_ms"):
+        assert positive(report[key]), f"{key} = {report[key]!r}"
+    check_percentiles(report["step_ms"], "step_ms")
+    check_percentiles(report["chunk_latency_ms"], "chunk_latency_ms")
+    assert report["throughput_mode"] == "sequential"  # CPU: submit is synchronous
+    # Time to first frame includes the fusion and one call.
+    assert report["time_to_first_frame_ms"] > report["reference_fusion_ms"]
+    assert report["time_to_first_driven_frame_ms"] > report["time_to_first_frame_ms"]
+
+
+def test_latency_model_is_consistent(report):
+    window, steps, rate = 4, 4, report["capture_fps"]
+    assert rate == pytest.approx(report["fps"], rel=1e-3)  # no --capture-fps: the measured rate
+    assert report["inherent_delay_ms"] == pytest.approx((steps - 1) * window / rate * 1e3, rel=1e-3)
+    assert report["capture_wait_ms"] == pytest.approx((window - 1) / (2 * rate) * 1e3, rel=1e-3)
+    g2g = report["glass_to_glass_ms"]
+    assert set(g2g) == {"p50", "p95", "p99", "oldest_frame_p50"}
+    for key in ("p50", "p95", "p99"):
+        expected = report["capture_wait_ms"] + report["inherent_delay_ms"] + report["chunk_latency_ms"][key]
+        assert g2g[key] == pytest.approx(expected, abs=0.01)
+    assert g2g["oldest_frame_p50"] > g2g["p50"]
+
+
+def test_stage_breakdown(report):
+    stages = report["stages_ms"]
+    assert stages["mode"].startswith("measured calls")
+    assert set(stages["networks"]) == set(bench.STEADY_ROLES)  # a steady call runs exactly these five
+    assert all(positive(ms) for ms in stages["networks"].values())
+    assert positive(stages["eager_step_p50"])
+    # glue = call - networks: may be tiny but the networks can never exceed the call they ran in
+    assert stages["glue"] >= -1e-3
+    assert sum(stages["networks"].values()) <= stages["eager_step_p50"] + 1e-3
+
+
+def test_flops_and_memory(report):
+    flops = report["flops"]
+    assert flops["source"].startswith("counted")
+    assert set(flops["per_network"]) == set(bench.STEADY_ROLES)
+    assert all(isinstance(v, int) and v > 0 for v in flops["per_network"].values())
+    assert flops["per_step"] == sum(flops["per_network"].values())
+    # the fixed-size networks do not shrink with the canvas: the full-size counts apply to them exactly
+    assert flops["per_network"]["motion_encoder"] == 426926707200
+    assert flops["tflops"] == pytest.approx(flops["per_step"] / (report["step_ms"]["p50"] * 1e-3) / 1e12, rel=1e-3)
+    assert report["memory"]["kind"] == "host_rss" and positive(report["memory"]["peak_mb"])
+
+
+def test_compare_fields(report):
+    cmp = report["compare"]
+    assert cmp["reference"].startswith("reference loop")
+    check_percentiles(cmp["step_ms"], "compare.step_ms")
+    for key in ("reference_fusion_ms", "time_to_first_frame_ms", "fps", "speedup"):
+        assert positive(cmp[key]), f"compare.{key} = {cmp[key]!r}"
+    assert cmp["speedup"] == pytest.approx(cmp["step_ms"]["p50"] / report["step_ms"]["p50"], rel=1e-2)
+
+
+# ---- cheap checks: options, errors, the FLOP table ------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--keyframes", "4"], "--keyframes 4: expected 0..3"),
+    (["--backend", "jax"], "--backend 'jax'"),
+    (["--resolution", "100"], "--resolution 100"),
+    (["--calls", "0"], "--calls 0"),
+    (["--device", "cpu", "--dtype", "fp16"], "fp16 needs --device cuda"),
+    (["--capture-fps", "-5"], "--capture-fps"),
+])
+def test_bad_options_are_one_line_errors(args, message):
+    result = invoke(*args)
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+
+
+def test_tensorrt_missing_is_one_line(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorrt(name, *args, **kwargs):
+        if name == "tensorrt" or name.startswith("tensorrt."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+    from personalive_trt.engines import TENSORRT_INSTALL_HINT
+
+    result = invoke("--backend", "tensorrt")
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {TENSORRT_INSTALL_HINT}"
+
+
+def test_forced_keyframe_config():
+    """--keyframes K: every keyframe test adds one (threshold -1), from call 1 on, at most K."""
+    config = bench.stream_config(bench.BenchOptions(keyframes=2, resolution=64))
+    assert (config.keyframe_threshold, config.keyframe_start, config.max_keyframes) == (-1.0, 0, 2)
+    assert bench.stream_config(bench.BenchOptions(keyframes=0)).max_keyframes == 0
+
+
+def test_reference_flops_interpolates_keyframes(tmp_path, monkeypatch):
+    table = {key: 10 for key in bench._JSON_KEYS.values()}
+    table[bench._JSON_UNET[0]], table[bench._JSON_UNET[1]] = 300, 600
+    path = tmp_path / "flops.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv(bench.FLOPS_JSON_ENV, str(path))
+    assert [bench.reference_flops(k)["denoising_unet"] for k in range(4)] == [300, 400, 500, 600]
+    assert bench.reference_flops(0)["vae_decoder"] == 10
+    monkeypatch.setenv(bench.FLOPS_JSON_ENV, str(tmp_path / "absent.json"))
+    assert bench.reference_flops(0) is None  # absence is handled: no FLOP figures, no crash
+
+
+def test_shared_flops_table_matches_the_readme(shared_reference):
+    """The real table: one no-keyframe step = 34,642.3 GFLOP (shared README section 7)."""
+    per_role = bench.reference_flops(0)
+    assert per_role is not None
+    assert sum(per_role.values()) == pytest.approx(34_642.3e9, rel=1e-5)
+    assert sum(bench.reference_flops(3).values()) == pytest.approx(41_750.2e9, rel=1e-5)
+
+
+def test_script_wrapper_help():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_stream.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for option in ("--backend", "--no-graph", "--weights", "--window", "--keyframes", "--dtype", "--json",
+                   "--compare", "--resolution"):
+        assert option in done.stdout
+
+
+@pytest.mark.slow
+def test_forced_keyframes_are_in_effect(tmp_path):
+    out = tmp_path / "k1.json"
+    result = invoke("--weights", "synthetic", "--resolution", "64", "--warmup", "0", "--calls", "1",
+                    "--keyframes", "1", "--json", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["keyframes"] == 1 and report["config"]["max_keyframes"] == 1
