@@ -36,12 +36,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
 @app.command()
 def run(
     reference: str = typer.Option(..., "--reference", "-r", help="Portrait image file, or 'sample'."),
-    driving: str = typer.Option(..., "--driving", "-d", help="Driving video file, or 'sample'."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output .mp4 (H.264, driving fps, audio kept)."),
+    driving: str = typer.Option(..., "--driving", "-d", help="Driving video file or 'sample' (file mode), or a live "
+                                "source: webcam[:N], /dev/videoN, rtsp://..., http(s)://..."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .mp4 (H.264). File mode: driving fps, "
+                                          "audio kept. Live mode: the frames shown, finalised on Ctrl-C."),
     weights: str = typer.Option(
         "auto", help="Weights folder, 'synthetic' (small, CPU-fast) or 'synthetic:full'. "
         "'auto': ./pretrained_weights if present, else synthetic."),
-    max_frames: Optional[int] = typer.Option(None, help="Animate only the first N driving frames."),
+    max_frames: Optional[int] = typer.Option(None, help="Animate only the first N driving frames (live: stop after "
+                                             "N output frames)."),
     seed: int = typer.Option(42, help="Seed of the diffusion noise."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     dtype: str = typer.Option("fp32", help="fp32 or fp16 (fp16 needs cuda)."),
@@ -50,20 +53,116 @@ def run(
                                 "`personalive-trt build`)."),
     engines: Optional[Path] = typer.Option(None, help="Engines folder of `build` (default ./engines_cache)."),
     window: int = typer.Option(4, help="Frames per chunk (the engines must be built for it)."),
+    preview: bool = typer.Option(False, "--preview", help="Live: show the output in a window with fps/latency "
+                                 "(needs a display and OpenCV with GUI support); q or Esc stops."),
+    virtual_camera: bool = typer.Option(False, "--virtual-camera", help="Live: send the output to a virtual webcam "
+                                        "(needs the virtual-camera extra: pyvirtualcam)."),
+    fps: Optional[float] = typer.Option(None, help="Live: camera frame rate to request, or the playback rate of a "
+                                        "file (default: the source's own)."),
+    loop: bool = typer.Option(False, "--loop", help="Live: replay a file source until Ctrl-C."),
+    reference_loop: bool = typer.Option(False, "--reference-loop", help="File mode: run the plain-PyTorch reference "
+                                        "loop (Animator) instead of the streaming runtime."),
 ) -> None:
-    """Animate REFERENCE with the DRIVING video into OUTPUT."""
+    """Animate REFERENCE with DRIVING: a video file into OUTPUT, or live (camera, stream, --preview,
+    --virtual-camera) until Ctrl-C."""
+    from personalive_trt.live.runner import is_live_request
+
+    # SIGTERM would skip Python's cleanup; turn it into SystemExit so the writer removes (file mode) or
+    # finalises (live mode) its file.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if is_live_request(driving, preview, virtual_camera):
+        _run_live(reference, driving, output, weights, max_frames, seed, device, dtype, no_crop, backend, engines,
+                  window, preview, virtual_camera, fps, loop)
+        return
+    if output is None:
+        fail("--output is required for a driving file (or add --preview / --virtual-camera for live mode)")
+    if fps is not None or loop:
+        fail("--fps and --loop apply to live mode (a camera or stream, --preview or --virtual-camera); a file "
+             "with only --output is animated frame by frame at its own rate")
     from personalive_trt.animate import RunOptions, animate_file
 
-    # SIGTERM would skip Python's cleanup; turn it into SystemExit so the writer removes its temp file.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     options = RunOptions(reference=reference, driving=driving, output=output, weights=weights,
                          max_frames=max_frames, seed=seed, device=device, dtype=dtype, crop=not no_crop,
-                         backend=backend, engines=engines, window=window)
+                         backend=backend, engines=engines, window=window,
+                         loop="reference" if reference_loop else "runtime")
     try:
         stats = animate_file(options)
     except user_errors() as exc:
         fail(str(exc))
     typer.echo(f"wrote {output} ({stats.frames} frames, {stats.fps:.2f} fps, {stats.backend}, weights: {stats.weights})")
+
+
+def _run_live(reference, driving, output, weights, max_frames, seed, device, dtype, no_crop, backend, engines,
+              window, preview, virtual_camera, fps, loop) -> None:
+    from personalive_trt.live.runner import LiveOptions, run_live
+
+    if backend not in ("torch", "onnxruntime", "tensorrt"):
+        fail(f"--backend {backend!r}: expected torch, onnxruntime or tensorrt")
+    options = LiveOptions(reference=reference, driving=driving, output=output, preview=preview,
+                          virtual_camera=virtual_camera, weights=weights, max_frames=max_frames, seed=seed,
+                          device=device, dtype=dtype, crop=not no_crop, backend=backend, engines=engines,
+                          window=window, fps=fps, loop=loop)
+    try:
+        stats = run_live(options, status=lambda message: typer.echo(message, err=True))
+    except user_errors() as exc:
+        fail(str(exc))
+    typer.echo(f"live: {stats.summary()}" + (f"; wrote {output}" if output is not None and stats.frames else ""))
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind. Anything but loopback exposes the camera "
+                             "stream to the network (a warning is printed)."),
+    port: int = typer.Option(7860, help="TCP port."),
+    weights: str = typer.Option("auto", help="Weights folder, 'synthetic' or 'synthetic:full' ('auto': "
+                                "./pretrained_weights if present, else synthetic)."),
+    backend: str = typer.Option("torch", help="torch, onnxruntime or tensorrt (built by `personalive-trt build`)."),
+    engines: Optional[Path] = typer.Option(None, help="Engines folder of `build` (default ./engines_cache)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("fp32", help="fp32 or fp16 (fp16 needs cuda)."),
+    seed: int = typer.Option(42, help="Seed of the diffusion noise."),
+    window: int = typer.Option(4, help="Frames per chunk (the engines must be built for it)."),
+    no_crop: bool = typer.Option(False, "--no-crop", help="Resize whole frames instead of framing the face."),
+    max_sessions: int = typer.Option(1, help="Animations at once (one animator each); others are told 'busy'."),
+    max_upload_mb: float = typer.Option(10.0, help="Largest reference upload, MiB."),
+    max_message_kb: int = typer.Option(2048, help="Largest WebSocket message (one driving JPEG), KiB."),
+) -> None:
+    """Serve the live web page: upload a portrait, animate it with your camera in the browser."""
+    try:
+        import uvicorn
+
+        from personalive_trt.web.app import ServeSettings, create_app
+    except ImportError as exc:
+        fail(f"serve needs the web extra ({exc.name} is missing): pip install 'personalive-trt[serve]'")
+    from personalive_trt.animate import open_animator, resolve_device, resolve_weights
+    from personalive_trt.config import StreamConfig
+
+    if not 0 < port < 65536:
+        fail(f"--port {port}: expected 1..65535")
+    if max_sessions < 1 or max_upload_mb <= 0 or max_message_kb <= 0:
+        fail("--max-sessions, --max-upload-mb and --max-message-kb must be positive")
+    if backend not in ("torch", "onnxruntime", "tensorrt"):
+        fail(f"--backend {backend!r}: expected torch, onnxruntime or tensorrt")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: binding {host}: anyone who can reach this address can use the camera page and "
+                    "the GPU; there is no authentication. Bind 127.0.0.1 unless you mean it.", err=True,
+                    fg=typer.colors.YELLOW)
+    settings = ServeSettings(max_sessions=max_sessions, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+                             max_message_bytes=max_message_kb * 1024, crop=not no_crop)
+    try:
+        if backend == "tensorrt":
+            from personalive_trt.engines import require_tensorrt
+
+            require_tensorrt()
+        torch_device, torch_dtype = resolve_device(device, dtype)
+        resolved = resolve_weights(weights)
+        config = StreamConfig(window=window)
+        web_app = create_app(lambda: open_animator(resolved, backend=backend, engines=engines, device=torch_device,
+                                                   dtype=torch_dtype, seed=seed, config=config), settings)
+    except user_errors() as exc:
+        fail(str(exc))
+    typer.echo(f"serving on http://{'[' + host + ']' if ':' in host else host}:{port}  (Ctrl-C stops)", err=True)
+    uvicorn.run(web_app, host=host, port=port, ws_max_size=settings.max_message_bytes, log_level="info")
 
 
 @app.command()
@@ -131,6 +230,14 @@ def weights_download(directory: Path = typer.Argument(Path("pretrained_weights")
         fail(str(exc))
     typer.echo(f"downloaded weights into {directory}; verify with `personalive-trt weights check {directory}`")
 
+
+def _register_bench() -> None:
+    from personalive_trt.bench import bench
+
+    app.command("bench", help="Measure the streaming loop: fps, latency, TFLOP/s, memory (see benchmarks/).")(bench)
+
+
+_register_bench()
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,205 @@
+"""``personalive-trt run`` in live mode: a source, the animation worker and the sinks, until Ctrl-C.
+
+Threads: the source's capture thread puts the newest frame in the worker's inbox (stale ones are dropped
+and counted); the worker animates windows of frames and puts the results in a small ring; the calling
+thread plays them out to the sinks, spaced like the driving frames were captured (the animator returns
+``window`` frames at once), and owns the sinks, so Ctrl-C lands there and finalises the output file.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from personalive_trt.animate import SessionOptions
+from personalive_trt.live.slots import FrameRing, PlayoutClock
+from personalive_trt.live.worker import AnimationWorker, OutputFrame, percentile
+
+log = logging.getLogger("personalive_trt.live")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiveOptions(SessionOptions):
+    """Live mode (``max_frames``: stop after that many output frames)."""
+
+    output: Path | None = None
+    preview: bool = False
+    virtual_camera: bool = False
+    fps: float | None = None  # requested camera rate / file playback rate (default: the source's own)
+    loop: bool = False  # replay a file source until stopped
+    resolution: int = 512
+
+
+@dataclass
+class LiveStats:
+    frames: int = 0  # frames shown/written
+    seconds: float = 0.0
+    captured: int = 0
+    dropped_input: int = 0  # captured but never animated (latest-frame-wins)
+    dropped_output: int = 0  # animated but evicted before play-out (sinks too slow)
+    malformed: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))  # recent, seconds
+    stopped_by: str = "end of source"
+    backend: str = ""
+    weights: str = ""
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        lat = sorted(self.latencies)
+        latency = (f", latency p50 {1000 * percentile(lat, 50):.0f} ms p95 {1000 * percentile(lat, 95):.0f} ms"
+                   if lat else "")
+        return (f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.2f} fps){latency}; captured "
+                f"{self.captured}, dropped {self.dropped_input} stale input frames, {self.dropped_output} output "
+                f"frames, {self.malformed} malformed; stopped by {self.stopped_by}")
+
+
+def is_live_request(driving: str, preview: bool, virtual_camera: bool) -> bool:
+    """Live mode when the source is live (camera, device, URL) or a live sink is asked for."""
+    from personalive_trt.live.sources import parse_source
+
+    if preview or virtual_camera:
+        return True
+    try:
+        return parse_source(driving).is_live
+    except (ValueError, FileNotFoundError):
+        return False  # let file mode report a bad path as it always has
+
+
+def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
+             _animator=None) -> LiveStats:
+    """Run until the source ends, ``max_frames`` frames are out, a sink asks to stop, or Ctrl-C/SIGTERM.
+
+    ``_animator`` (tests) replaces the loaded animator; it must have the animator interface.
+    """
+    from personalive_trt import framing, media, sample
+    from personalive_trt.animate import open_animator, resolve_device, resolve_weights
+    from personalive_trt.config import StreamConfig
+    from personalive_trt.live.sinks import FileSink, PreviewSink, VirtualCameraSink
+    from personalive_trt.live.sources import SourceError, open_source
+
+    status = status or (lambda message: print(message, file=sys.stderr))
+    if not (options.output or options.preview or options.virtual_camera):
+        raise ValueError("live mode needs at least one sink: --output FILE.mp4, --preview or --virtual-camera")
+    if options.max_frames is not None and options.max_frames < 1:
+        raise ValueError(f"--max-frames {options.max_frames}: expected a positive number of frames")
+    if options.fps is not None and not 0 < options.fps <= 240:
+        raise ValueError(f"--fps {options.fps}: expected a rate in (0, 240]")
+    config = _animator.config if _animator is not None else StreamConfig(window=options.window,
+                                                                         resolution=options.resolution)
+    resolution = config.resolution
+    device, dtype = resolve_device(options.device, options.dtype)
+    weights = resolve_weights(options.weights)
+    if options.output is not None:
+        media.check_output_path(options.output)
+
+    # Cheap checks first: reference, source, sinks; the model loads last.
+    reference_path = sample.resolve_media(options.reference, "reference")
+    image = media.read_image(reference_path)
+    if options.crop:
+        try:
+            reference = framing.frame_reference(image, size=resolution)
+        except framing.NoFaceError as exc:
+            raise framing.NoFaceError(f"{reference_path}: {exc} (use --no-crop to skip face framing)") from exc
+        framer = framing.DrivingFramer(size=resolution)
+    else:
+        reference = framing.resize_square(image, resolution)
+        framer = lambda frame: framing.resize_square(frame, resolution)  # noqa: E731
+    source = open_source(options.driving, fps=options.fps, loop=options.loop)
+    sinks: list = []
+    try:
+        if options.preview:
+            sinks.append(PreviewSink())
+        if options.virtual_camera:
+            sinks.append(VirtualCameraSink(resolution, source.fps))
+            status(f"virtual camera: {sinks[-1].device}")
+        if options.output is not None:
+            sinks.append(FileSink(options.output, source.fps, resolution))
+        animator = _animator
+        if animator is None:
+            animator = open_animator(weights, backend=options.backend, engines=options.engines, device=device,
+                                     dtype=dtype, seed=options.seed, config=config)
+    except BaseException:
+        source.close()
+        for sink in sinks:
+            sink.abort()
+        raise
+
+    ring: FrameRing[OutputFrame] = FrameRing(capacity=2 * config.window)
+    errors: list[BaseException] = []
+    worker = AnimationWorker(animator, emit=ring.put, on_error=lambda exc: (errors.append(exc), ring.close()))
+    source.slot = worker.inbox  # the capture thread feeds the worker directly, newest frame wins
+    stats = LiveStats(backend=getattr(animator, "description", ""), weights=weights)
+    start = time.monotonic()
+    finished = False
+    try:
+        worker.start(reference, framer)
+        source.start()
+        status(f"live: {options.driving} at {source.fps:g} fps -> "
+               f"{', '.join(s.name for s in sinks)} ({stats.backend}); Ctrl-C stops")
+        stats.stopped_by = _play_out(ring, worker, source, sinks, stats, options.max_frames, errors)
+        finished = True
+    except (KeyboardInterrupt, SystemExit):
+        stats.stopped_by = "Ctrl-C" if sys.exc_info()[0] is KeyboardInterrupt else "SIGTERM"
+        finished = True  # a requested stop keeps (finalises) the output
+    finally:
+        source.close()
+        worker.close()
+        stats.seconds = time.monotonic() - start
+        stats.captured = source.captured
+        stats.dropped_input = worker.inbox.dropped
+        stats.dropped_output = ring.dropped
+        stats.malformed = worker.stats.malformed
+        for sink in sinks:
+            if finished and not errors and stats.frames > 0:
+                sink.close()
+            else:
+                sink.abort()  # nothing shown (or a failure): no empty or partial file
+    if errors:
+        raise errors[0]
+    if source.error and stats.frames == 0:
+        raise SourceError(source.error)
+    return stats
+
+
+def _play_out(ring, worker, source, sinks, stats: LiveStats, max_frames: int | None,
+              errors: list[BaseException]) -> str:
+    """Show frames spaced as they were captured; returns why it stopped."""
+    clock = PlayoutClock()
+    while True:
+        frame = ring.get(timeout=0.1)
+        if errors:
+            return "error"
+        if frame is None:
+            # Idle: the source has ended and the worker has nothing more it can complete.
+            if source.ended.is_set() and _worker_drained(worker):
+                return f"end of source{f' ({source.error})' if source.error else ''}"
+            continue
+        wait = clock.wait(frame.t_capture, time.monotonic())
+        if wait > 0:
+            time.sleep(wait)
+        shown = time.monotonic()
+        stats.latencies.append(shown - frame.t_capture)
+        snapshot = worker.stats.snapshot()
+        hud = (f"{snapshot['fps']:.1f} fps  step {snapshot['step_ms'] or 0:.0f} ms  "
+               f"latency {1000 * (shown - frame.t_capture):.0f} ms  dropped {worker.inbox.dropped}")
+        for sink in sinks:
+            if not sink.write(frame.image, hud):
+                stats.frames += 1
+                return f"{sink.name} window closed"
+        stats.frames += 1
+        if max_frames is not None and stats.frames >= max_frames:
+            return f"--max-frames {max_frames}"
+
+
+def _worker_drained(worker: AnimationWorker) -> bool:
+    """No frame can come out any more: the inbox is closed and empty, no step is running, and none has ended in
+    the last half second (a step's frames reach the ring right after it ends; a partial window never completes)."""
+    return (worker.inbox.closed and not worker.inbox.pending and not worker.stepping
+            and time.monotonic() - worker.last_step_end > 0.5)

@@ -1,0 +1,147 @@
+"""Thread hand-over points that never build up a backlog.
+
+A live stream must show the newest frame, not work through a queue of old ones: the original online app's
+unbounded ``multiprocessing.Queue`` let latency grow without bound whenever generation was slower than the
+camera. Here a producer that outpaces its consumer overwrites (``LatestSlot``) or evicts the oldest item
+(``FrameRing``), and every discarded item is counted, so drops are visible instead of turning into latency.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    """One item; ``put`` replaces an item nobody took yet (counted in ``dropped``).
+
+    ``get`` blocks until an item arrives, the timeout passes (``None``) or the slot is closed (``None``).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._full = False
+        self.closed = False
+        self.put_count = 0
+        self.dropped = 0
+
+    def put(self, item: T) -> bool:
+        """Store ``item``; returns False (and stores nothing) once closed."""
+        with self._cond:
+            if self.closed:
+                return False
+            if self._full:
+                self.dropped += 1
+            self._item, self._full = item, True
+            self.put_count += 1
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> T | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._full and not self.closed:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    @property
+    def pending(self) -> bool:
+        """True while an item waits to be taken."""
+        with self._cond:
+            return self._full
+
+    def clear(self) -> None:
+        """Forget a waiting item without counting it as dropped (e.g. on stop)."""
+        with self._cond:
+            self._item, self._full = None, False
+
+    def close(self) -> None:
+        """Wake every waiter; later ``put`` calls are ignored."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class FrameRing(Generic[T]):
+    """Up to ``capacity`` items in order; a ``put`` on a full ring evicts the oldest (counted in ``dropped``).
+
+    Used for output frames, which leave the animator ``window`` at a time and are played out one by one.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._cond = threading.Condition()
+        self._items: deque[T] = deque()
+        self.capacity = capacity
+        self.closed = False
+        self.dropped = 0
+
+    def put(self, item: T) -> bool:
+        with self._cond:
+            if self.closed:
+                return False
+            if len(self._items) >= self.capacity:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float | None = None) -> T | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._items and not self.closed:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return self._items.popleft() if self._items else None
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class PlayoutClock:
+    """When to show each output frame so that frames are spaced like their driving frames were captured.
+
+    The animator returns ``window`` frames at once; showing them at once would stutter. The clock anchors the
+    capture timeline to the wall clock at the first frame and schedules each frame at ``anchor + (capture -
+    anchor capture)``, so there is no drift (spacing each frame from the previous one's actual show time
+    accumulates send overheads and builds up a backlog). A frame more than ``max_lag`` late, or a jump
+    (pause, swapped stream) re-anchors on that frame and is shown at once.
+    """
+
+    def __init__(self, max_lag: float = 0.25, max_wait: float = 1.0) -> None:
+        self.max_lag = max_lag
+        self.max_wait = max_wait
+        self._anchor: tuple[float, float] | None = None
+
+    def reset(self) -> None:
+        self._anchor = None
+
+    def wait(self, t_capture: float, now: float) -> float:
+        """Seconds to wait before showing the frame captured at ``t_capture`` (0 = now)."""
+        if self._anchor is not None:
+            due = self._anchor[1] + (t_capture - self._anchor[0])
+            delay = due - now
+            if -self.max_lag <= delay <= self.max_wait:
+                return max(delay, 0.0)
+        self._anchor = (t_capture, now)
+        return 0.0

@@ -1,0 +1,62 @@
+"""A stand-in animator for exercising the live and serving paths without a model (a TEST DOUBLE).
+
+:class:`EchoAnimator` has the animator interface the live code uses (``config``, ``fuse_reference``,
+``reset``, ``swap_reference``, ``step``, ``count``, ``description``) and the same stream timing: call *k*
+returns the frames that entered at call *k - (steps-1)*, the first ``steps-1`` calls return warm-up frames
+(the reference). Its "animation" is the driving frame blended with the reference, so a test can tell
+output from input; ``step_seconds`` sleeps inside ``step`` (releasing the GIL, as a GPU step does) to
+stand in for the model's step time. It does no model work: its frames say nothing about quality, only
+about plumbing, pacing, latency and memory. ``personalive-trt serve`` never uses it; tests and
+``scripts/soak.py`` do.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+from personalive_trt.config import StreamConfig
+
+
+class EchoAnimator:
+    """Test double: the pipeline's timing and interface, no model (see the module docstring)."""
+
+    def __init__(self, config: StreamConfig | None = None, step_seconds: float = 0.0) -> None:
+        self.config = config or StreamConfig()
+        self.step_seconds = step_seconds
+        self.description = f"echo test double (no model, {step_seconds * 1000:.0f} ms/step)"
+        self.reference: np.ndarray | None = None
+        self.count = 0
+        self._pipe: deque[np.ndarray] = deque()
+
+    def fuse_reference(self, image: np.ndarray) -> None:
+        r = self.config.resolution
+        if not (isinstance(image, np.ndarray) and image.shape == (r, r, 3) and image.dtype == np.uint8):
+            raise ValueError(f"reference image must be ({r}, {r}, 3) uint8, got {getattr(image, 'shape', None)}")
+        self.reference = image.copy()
+
+    def reset(self) -> None:
+        self.reference = None
+        self.count = 0
+        self._pipe.clear()
+
+    def swap_reference(self, image: np.ndarray) -> None:
+        self.reset()
+        self.fuse_reference(image)
+
+    def step(self, frames: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        if self.reference is None:
+            raise RuntimeError("fuse_reference must be called before step")
+        if frames.shape != (cfg.window, cfg.resolution, cfg.resolution, 3) or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be ({cfg.window}, {cfg.resolution}, {cfg.resolution}, 3) uint8, "
+                             f"got {frames.shape} {frames.dtype}")
+        if self.step_seconds > 0:
+            time.sleep(self.step_seconds)
+        blended = ((frames.astype(np.uint16) * 3 + self.reference.astype(np.uint16)) // 4).astype(np.uint8)
+        self._pipe.append(blended)
+        self.count += 1
+        if self.count < cfg.steps:
+            return np.repeat(self.reference[None], cfg.window, axis=0)
+        return self._pipe.popleft()

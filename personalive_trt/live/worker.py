@@ -1,0 +1,307 @@
+"""The animation thread: windows of fresh frames in, animated frames out, never blocking its callers.
+
+The animator is slow and synchronous (a GPU step, or seconds on a CPU), so it runs on one dedicated thread.
+Callers hand frames over through a :class:`~personalive_trt.live.slots.LatestSlot` (the newest frame wins;
+frames that arrive while a step runs are dropped and counted) and get results through the ``emit``
+callback. Control (start, swap the reference, stop) is queued and applied between steps, so ``step`` and
+``fuse_reference`` never race.
+
+Alignment: the stream returns, on call *k*, the frames of the window that entered at call *k - (steps-1)*;
+the first ``steps-1`` calls return warm-up frames that animate no driving frame. Live mode does not show
+the warm-up frames, and tags every other output with the capture time of the driving frame it animates, so
+the latency it reports is the real capture-to-output delay.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from personalive_trt.live.slots import LatestSlot
+
+log = logging.getLogger("personalive_trt.live")
+
+#: Malformed input is logged for the first few occurrences, then once every this many (counted always).
+LOG_EVERY = 100
+
+
+@dataclass
+class StampedFrame:
+    """A driving frame as captured: ``data`` is whatever ``prepare`` accepts (an RGB array, JPEG bytes...)."""
+
+    data: Any
+    t_capture: float  # time.monotonic() at capture (or receipt)
+    index: int  # position in the source, counting every frame the source produced
+
+
+@dataclass
+class OutputFrame:
+    """An animated frame and the driving frame it animates."""
+
+    image: np.ndarray  # (R, R, 3) uint8 RGB
+    index: int  # the driving frame's StampedFrame.index
+    t_capture: float
+    t_out: float  # time.monotonic() when the animator returned it
+    tag: Any = None  # the ``tag`` of the start() whose stream produced it
+
+    @property
+    def latency(self) -> float:
+        return self.t_out - self.t_capture
+
+
+class WorkerStats:
+    """Counters and recent timings; :meth:`snapshot` is a plain dict (JSON-ready)."""
+
+    def __init__(self, history: int = 256) -> None:
+        self._lock = threading.Lock()
+        self.frames_in = 0  # frames that entered a window
+        self.frames_out = 0
+        self.malformed = 0
+        self.steps = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._step_s: deque[float] = deque(maxlen=history)
+        self._latency_s: deque[float] = deque(maxlen=history)
+        self._out_times: deque[float] = deque(maxlen=history)
+
+    def record_step(self, seconds: float, frames: int) -> None:
+        with self._lock:
+            self.steps += 1
+            self.frames_in += frames
+            self._step_s.append(seconds)
+
+    def record_output(self, frame: OutputFrame) -> None:
+        with self._lock:
+            self.frames_out += 1
+            self._latency_s.append(frame.latency)
+            self._out_times.append(frame.t_out)
+
+    def record_malformed(self, error: BaseException) -> int:
+        with self._lock:
+            self.malformed += 1
+            return self.malformed
+
+    def record_error(self, error: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_error = f"{type(error).__name__}: {error}"
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            steps = list(self._step_s)
+            latency = sorted(self._latency_s)
+            times = list(self._out_times)
+            counts = dict(frames_in=self.frames_in, frames_out=self.frames_out, malformed=self.malformed,
+                          steps=self.steps, errors=self.errors, last_error=self.last_error)
+        now = time.monotonic()
+        recent = [t for t in times if now - t <= 2.0]
+        # fps over the last 2 s of outputs; a stalled stream reads 0 rather than its old rate.
+        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 and recent[-1] > recent[0] else 0.0
+        return {
+            **counts,
+            "fps": round(fps, 2),
+            "step_ms": round(1000 * steps[-1], 1) if steps else None,
+            "step_ms_mean": round(1000 * sum(steps) / len(steps), 1) if steps else None,
+            "latency_ms_p50": round(1000 * percentile(latency, 50), 1) if latency else None,
+            "latency_ms_p95": round(1000 * percentile(latency, 95), 1) if latency else None,
+        }
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        raise ValueError("percentile of an empty list")
+    rank = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[rank]
+
+
+class AnimationWorker:
+    """Owns ``animator`` on a thread; frames come from :attr:`inbox`, results go to ``emit``.
+
+    ``emit(OutputFrame)`` and ``on_error(exc)`` run on the worker thread: keep them short (hand the frame to a
+    slot/ring, encode a JPEG). Call :meth:`start` with a reference image (already framed to the animator's
+    resolution) and a ``prepare(data) -> (R, R, 3) uint8`` function (decode, frame the face); a ``prepare``
+    that raises marks that frame malformed: it is counted, logged and skipped.
+    """
+
+    def __init__(self, animator, emit: Callable[[OutputFrame], None],
+                 on_error: Callable[[BaseException], None] | None = None, name: str = "animation-worker") -> None:
+        self.animator = animator
+        self.config = animator.config
+        self.emit = emit
+        self.on_error = on_error
+        self.inbox: LatestSlot[StampedFrame] = LatestSlot()
+        self.stats = WorkerStats()
+        self._commands: deque[tuple[str, Any]] = deque()
+        self._submitted = self._applied = 0  # commands given / applied (wait_idle)
+        self._wake = threading.Event()
+        self._closing = False
+        self._active = False
+        self._prepare: Callable[[Any], np.ndarray] | None = None
+        self._tag: Any = None
+        self._pending: deque[list[StampedFrame]] = deque()
+        self.stepping = False  # True while animator.step runs
+        self.last_step_end = 0.0  # time.monotonic() of the last step's end
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------------------------------------- control
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def start(self, reference: np.ndarray, prepare: Callable[[Any], np.ndarray], tag: Any = None) -> None:
+        """Begin a stream: reset the animator, fuse ``reference``, then animate frames from :attr:`inbox`.
+
+        Outputs carry ``tag``: a step that was running when a stream stopped still emits its frames, and the
+        tag tells a consumer that they belong to the previous stream (e.g. another client's session).
+        """
+        self._command("start", (reference, prepare, tag))
+
+    def swap_reference(self, reference: np.ndarray) -> None:
+        """Swap the portrait mid-stream (the stream restarts from its warm-up)."""
+        self._command("swap", reference)
+
+    def stop(self) -> None:
+        """End the stream; frames still in the pipeline are discarded. The thread stays for the next start."""
+        self._command("stop", None)
+
+    def close(self, timeout: float | None = 60.0) -> bool:
+        """Stop and end the thread; returns whether it ended within ``timeout``.
+
+        A running step cannot be interrupted, so this waits for it: an interpreter that exits while a daemon
+        thread is inside native (torch/CUDA) code aborts instead of exiting.
+        """
+        self.request_close()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def request_close(self) -> None:
+        """Ask the thread to end after the current step, without waiting (see :meth:`close`)."""
+        self._closing = True
+        self.inbox.close()
+        self._wake.set()
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until every command given so far has been applied (a start's fuse included)."""
+        target = self._submitted
+        deadline = time.monotonic() + timeout
+        while self._applied < target and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self._applied >= target
+
+    def _command(self, name: str, value: Any) -> None:
+        self._submitted += 1
+        self._commands.append((name, value))
+        self._wake.set()
+
+    # ---------------------------------------------------------------------------------------------- thread
+    def _run(self) -> None:
+        while not self._closing:
+            if self._commands:
+                self._apply_commands()
+                continue
+            if not self._active:
+                self._wake.wait(0.1)
+                self._wake.clear()
+                continue
+            frames = self._gather()
+            if frames is not None:
+                self._step(frames)
+
+    def _apply_commands(self) -> None:
+        while self._commands:
+            name, value = self._commands.popleft()
+            try:
+                if name == "start":
+                    reference, self._prepare, self._tag = value
+                    self._restart(reference)
+                elif name == "swap" and self._active:
+                    self._restart(value)
+                elif name == "stop":
+                    self._active = False
+                    self._pending.clear()
+                    self.inbox.clear()
+            except Exception as exc:  # a bad reference or a failing animator ends the stream, not the thread
+                self._fail(exc)
+            finally:
+                self._applied += 1
+
+    def _restart(self, reference: np.ndarray) -> None:
+        self._active = False
+        self._pending.clear()
+        self.animator.reset()
+        self.animator.fuse_reference(reference)
+        self.inbox.clear()  # frames that waited through the (slow) fuse are stale
+        self._active = True
+
+    def _gather(self) -> list[StampedFrame] | None:
+        """Collect ``window`` fresh, well-formed frames; None when a command or close interrupts."""
+        window, resolution = self.config.window, self.config.resolution
+        batch: list[StampedFrame] = []
+        while len(batch) < window:
+            if self._commands or self._closing:
+                return None
+            item = self.inbox.get(timeout=0.05)
+            if item is None:
+                if self.inbox.closed:  # the source ended: idle until a command or close, do not spin
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+                continue
+            try:
+                image = self._prepare(item.data)
+                if not (isinstance(image, np.ndarray) and image.dtype == np.uint8
+                        and image.shape == (resolution, resolution, 3)):
+                    raise ValueError(f"prepared frame has shape {getattr(image, 'shape', None)} "
+                                     f"dtype {getattr(image, 'dtype', None)}, expected ({resolution}, "
+                                     f"{resolution}, 3) uint8")
+            except Exception as exc:
+                count = self.stats.record_malformed(exc)
+                if count <= 5 or count % LOG_EVERY == 0:
+                    log.warning("malformed driving frame %d skipped (%d so far): %s", item.index, count, exc)
+                continue
+            batch.append(StampedFrame(image, item.t_capture, item.index))
+        return batch
+
+    def _step(self, batch: list[StampedFrame]) -> None:
+        delay = self.config.steps - 1
+        start = time.monotonic()
+        self.stepping = True
+        try:
+            out = self.animator.step(np.stack([f.data for f in batch]))
+        except Exception as exc:
+            self._fail(exc)
+            return
+        finally:
+            self.stepping = False
+        t_out = self.last_step_end = time.monotonic()
+        self.stats.record_step(t_out - start, len(batch))
+        self._pending.append(batch)
+        if self.animator.count <= delay:
+            return  # warm-up output: it animates no driving frame
+        for image, source in zip(out, self._pending.popleft()):
+            frame = OutputFrame(image=image, index=source.index, t_capture=source.t_capture, t_out=t_out,
+                                tag=self._tag)
+            self.stats.record_output(frame)
+            try:
+                self.emit(frame)
+            except Exception as exc:
+                self._fail(exc)
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        self._active = False
+        self._pending.clear()
+        self.stats.record_error(exc)
+        log.error("animation stopped: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+            except Exception:
+                log.exception("error handler failed")

@@ -1,0 +1,241 @@
+// personalive-trt live page: camera -> WebSocket (binary JPEG) -> animated JPEG back, with a HUD.
+// Plain browser JavaScript, no build step. Protocol: see personalive_trt/web/app.py.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  ws: null, wsReady: null, hello: null,
+  referenceId: null, camera: null, running: false,
+  fps: 30, timer: null, grabbing: false,
+  sent: 0, grabTimes: new Map(),     // binary message number -> performance.now() at grab
+  pendingMeta: null, metaByUrl: new Map(), shownUrl: null,
+  shown: [], frames: 0, g2g: null, clientDropped: 0, serverDropped: 0, malformed: 0, step: null,
+};
+window.__hud = { frames: 0, fps: 0, g2g: null, step: null };  // read by the browser test
+
+function setStatus(text, kind = "idle") {
+  const el = $("status");
+  el.textContent = text;
+  el.dataset.state = kind;
+}
+
+function updateHud() {
+  const now = performance.now();
+  state.shown = state.shown.filter((t) => now - t < 2000);
+  const fps = state.shown.length > 2 ? (state.shown.length - 1) / ((state.shown.at(-1) - state.shown[0]) / 1000) : 0;
+  $("hud-fps").textContent = fps.toFixed(1);
+  $("hud-step").textContent = state.step == null ? "–" : Math.round(state.step);
+  $("hud-g2g").textContent = state.g2g == null ? "–" : Math.round(state.g2g);
+  $("hud-dropped").textContent = state.serverDropped + state.clientDropped;
+  $("hud-malformed").textContent = state.malformed;
+  $("hud-frames").textContent = state.frames;
+  Object.assign(window.__hud, { frames: state.frames, fps, g2g: state.g2g, step: state.step });
+}
+
+function refreshButtons() {
+  $("start").disabled = state.running || !state.referenceId || !state.camera;
+  $("stop").disabled = !state.running;
+}
+
+// ------------------------------------------------------------------------------------------ WebSocket
+function connect() {
+  if (state.ws && state.ws.readyState <= WebSocket.OPEN) return state.wsReady;
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/ws`;
+  const ws = new WebSocket(url);
+  ws.binaryType = "blob";
+  state.ws = ws;
+  state.sent = 0;  // the server numbers this connection's binary messages from 0
+  state.grabTimes.clear();
+  state.wsReady = new Promise((resolve, reject) => {
+    ws.onopen = () => resolve(ws);
+    ws.onerror = () => reject(new Error("WebSocket error"));
+  });
+  ws.onmessage = (event) => {
+    if (typeof event.data === "string") onMessage(JSON.parse(event.data));
+    else showFrame(event.data);
+  };
+  ws.onclose = (event) => {
+    stopSending();
+    state.running = false;
+    refreshButtons();
+    setStatus(`disconnected${event.reason ? ": " + event.reason : ""}`, event.code === 1000 ? "idle" : "error");
+  };
+  return state.wsReady;
+}
+
+function send(payload) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(payload));
+}
+
+function onMessage(msg) {
+  switch (msg.type) {
+    case "hello":
+      state.hello = msg;
+      $("animator").textContent = `animator: ${msg.animator} · ${msg.resolution}px · sessions ${msg.sessions_active}/${msg.max_sessions}`;
+      setStatus("connected");
+      break;
+    case "started":
+      state.running = true;
+      refreshButtons();
+      startSending();
+      setStatus("running (the first frames take a few steps)", "running");
+      break;
+    case "swapped": setStatus("reference swapped", "running"); break;
+    case "stopped": setStatus("stopped"); break;
+    case "frame": state.pendingMeta = msg; break;
+    case "stats":
+      state.step = msg.step_ms;
+      state.serverDropped = (msg.dropped_input || 0) + (msg.dropped_output || 0);
+      state.malformed = msg.malformed || 0;
+      updateHud();
+      break;
+    case "error":
+      setStatus(msg.message || msg.code, "error");
+      if (msg.code === "busy" || msg.code === "animation_failed") {
+        stopSending();
+        state.running = false;
+        refreshButtons();
+      }
+      break;
+  }
+}
+
+function showFrame(blob) {
+  const meta = state.pendingMeta;
+  state.pendingMeta = null;
+  const url = URL.createObjectURL(blob);
+  state.metaByUrl.set(url, meta);
+  $("output").src = url;
+}
+
+$("output").addEventListener("load", () => {
+  const img = $("output");
+  const url = img.src;
+  const meta = state.metaByUrl.get(url);
+  state.metaByUrl.delete(url);
+  if (state.shownUrl && state.shownUrl !== url) URL.revokeObjectURL(state.shownUrl);
+  state.shownUrl = url;
+  for (const [u] of state.metaByUrl) { URL.revokeObjectURL(u); state.metaByUrl.delete(u); }  // skipped frames
+  const now = performance.now();
+  if (meta && state.grabTimes.has(meta.index)) state.g2g = now - state.grabTimes.get(meta.index);
+  if (meta) for (const k of state.grabTimes.keys()) { if (k <= meta.index) state.grabTimes.delete(k); else break; }
+  state.frames += 1;
+  state.shown.push(now);
+  updateHud();
+});
+
+// ------------------------------------------------------------------------------------------ camera
+async function listCameras() {
+  const select = $("camera-select");
+  try {
+    const probe = await navigator.mediaDevices.getUserMedia({ video: true });  // labels need permission
+    probe.getTracks().forEach((t) => t.stop());
+  } catch (err) {
+    setStatus(`camera unavailable: ${err.message}`, "error");
+    return;
+  }
+  const devices = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === "videoinput");
+  select.innerHTML = "";
+  devices.forEach((d, i) => select.add(new Option(d.label || `camera ${i + 1}`, d.deviceId)));
+  if (devices.length) await openCamera(devices[0].deviceId);
+  else setStatus("no camera found", "error");
+}
+
+async function openCamera(deviceId) {
+  if (state.camera) state.camera.getTracks().forEach((t) => t.stop());
+  state.camera = await navigator.mediaDevices.getUserMedia({
+    video: { deviceId: deviceId ? { exact: deviceId } : undefined, width: { ideal: 640 }, height: { ideal: 480 } },
+  });
+  $("camera").srcObject = state.camera;
+  refreshButtons();
+}
+
+// ------------------------------------------------------------------------------------------ sending
+function startSending() {
+  stopSending();
+  state.timer = setInterval(grabAndSend, 1000 / state.fps);
+}
+
+function stopSending() {
+  if (state.timer) clearInterval(state.timer);
+  state.timer = null;
+}
+
+function grabAndSend() {
+  const ws = state.ws, video = $("camera");
+  if (!state.running || !ws || ws.readyState !== WebSocket.OPEN || video.videoWidth === 0) return;
+  // Latest-frame-wins on this side too: skip a tick rather than queue behind a slow encode or socket.
+  if (state.grabbing || ws.bufferedAmount > 1_000_000) { state.clientDropped += 1; return; }
+  state.grabbing = true;
+  const canvas = $("grab");
+  const scale = Math.min(1, 640 / Math.max(video.videoWidth, video.videoHeight));
+  canvas.width = Math.round(video.videoWidth * scale);
+  canvas.height = Math.round(video.videoHeight * scale);
+  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+  const grabbedAt = performance.now();
+  canvas.toBlob((blob) => {
+    state.grabbing = false;
+    if (!blob || !state.running || ws.readyState !== WebSocket.OPEN || ws !== state.ws) return;
+    state.grabTimes.set(state.sent, grabbedAt);
+    state.sent += 1;
+    ws.send(blob);
+  }, "image/jpeg", 0.85);
+}
+
+// ------------------------------------------------------------------------------------------ reference
+async function uploadReference(blob, name) {
+  setStatus("uploading reference…");
+  const form = new FormData();
+  form.append("file", blob, name);
+  const response = await fetch("/api/reference", { method: "POST", body: form });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    setStatus(`reference rejected: ${body.error || response.statusText}`, "error");
+    return;
+  }
+  state.referenceId = body.id;
+  const preview = $("reference-preview");
+  preview.src = `/api/reference/${body.id}.jpg`;
+  preview.hidden = false;
+  if (state.running) send({ type: "swap", reference: body.id });
+  else setStatus("reference ready");
+  refreshButtons();
+}
+
+$("reference-input").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  if (file) uploadReference(file, file.name);
+});
+$("use-sample").addEventListener("click", async () => {
+  const response = await fetch("/api/sample-reference");
+  uploadReference(await response.blob(), "sample.png");
+});
+$("camera-select").addEventListener("change", (event) => openCamera(event.target.value));
+$("fps-input").addEventListener("change", (event) => {
+  const fps = Math.max(1, Math.min(60, Number(event.target.value) || 30));
+  event.target.value = fps;
+  state.fps = fps;
+  send({ type: "fps", fps });
+  if (state.running) startSending();
+});
+$("start").addEventListener("click", async () => {
+  try {
+    await connect();
+  } catch (err) {
+    setStatus(`cannot connect: ${err.message}`, "error");
+    return;
+  }
+  state.fps = Math.max(1, Math.min(60, Number($("fps-input").value) || 30));
+  send({ type: "start", reference: state.referenceId, fps: state.fps });
+  setStatus("starting…");
+});
+$("stop").addEventListener("click", () => {
+  stopSending();
+  send({ type: "stop" });
+  state.running = false;
+  refreshButtons();
+});
+
+connect().catch(() => setStatus("cannot connect to the server", "error"));
+listCameras();
+refreshButtons();

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Soak test of ``personalive-trt serve``: stream driving frames over loopback for a fixed time and report.
+
+    python scripts/soak.py --duration 600 --fps 30 --spawn-echo          # server path only (echo test double)
+    python scripts/soak.py --duration 600 --fps 30 --url http://127.0.0.1:7860   # a running `serve` (GPU)
+
+The client uploads the sample portrait, starts a session and sends the sample clip's frames (JPEG, looped) at
+``--fps`` on a fixed schedule; when it falls behind it skips a frame (counted) rather than bursting. For every
+animated frame that comes back it measures the time since it sent the driving frame the server says it
+animates (the protocol's ``index``): the loopback glass-to-glass latency minus camera and display.
+
+It reports sent/received counts, output fps, latency percentiles, frames dropped at each stage (client, server
+input slot, server output ring), malformed frames, and the server's host RSS / device memory at the start
+(after ``--warmup`` s), every ``--sample-every`` s, and at the end, with the drift between start and end.
+
+Bounded: at most ``--duration`` seconds (capped at 4 h) and ``fps * duration`` frames; loopback only.
+``--spawn-echo`` runs ``python -m personalive_trt.web --echo``: the real app with the EchoAnimator test double
+(personalive_trt/live/testing.py; it sleeps ``--echo-step-ms`` per 4-frame step and does no model work).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+MAX_DURATION = 4 * 3600
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def driving_jpegs(limit: int = 120) -> list[bytes]:
+    """The sample clip's frames as JPEG (what a browser sends), looped by the sender."""
+    import cv2
+
+    from personalive_trt.media import VideoReader
+    from personalive_trt.sample import sample_driving
+
+    out = []
+    with VideoReader(sample_driving(), max_frames=limit) as reader:
+        for frame in reader:
+            ok, data = cv2.imencode(".jpg", frame[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+            out.append(data.tobytes())
+    return out
+
+
+def wait_healthy(base: str, seconds: float, process: subprocess.Popen | None = None) -> dict:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"error: the spawned server exited with code {process.returncode}")
+        try:
+            return httpx.get(f"{base}/api/health", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            time.sleep(0.2)
+    raise SystemExit(f"error: {base} did not answer /api/health within {seconds:.0f} s")
+
+
+def memory(base: str) -> dict:
+    import httpx
+
+    health = httpx.get(f"{base}/api/health", timeout=5).json()
+    return {"host_bytes": health.get("host_memory_bytes"), "device_bytes": health.get("device_memory_bytes")}
+
+
+def soak(base: str, duration: float, fps: float, warmup: float, sample_every: float) -> dict:
+    import httpx
+    from websockets.sync.client import connect
+
+    from personalive_trt.sample import sample_reference
+
+    reference = httpx.post(f"{base}/api/reference", files={"file": ("ref.png", sample_reference().read_bytes(),
+                                                                     "image/png")}, timeout=60)
+    reference.raise_for_status()
+    frames = driving_jpegs()
+    ws_url = base.replace("http://", "ws://", 1) + "/api/ws"
+    memory_at_connect = memory(base)
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
+    received = {"frames": 0, "last_stats": {}, "errors": []}
+    counters = {"sent": 0, "skipped": 0}
+    stop = threading.Event()
+    max_frames = int(fps * duration) + 1
+
+    with connect(ws_url, max_size=16 * 1024 * 1024, open_timeout=30) as ws:
+        hello = json.loads(ws.recv(timeout=30))
+        ws.send(json.dumps({"type": "start", "reference": reference.json()["id"], "fps": fps}))
+        while True:
+            message = json.loads(ws.recv(timeout=120))
+            if message.get("type") == "started":
+                break
+            if message.get("type") == "error":
+                raise SystemExit(f"error: server refused the session: {message.get('message')}")
+
+        def receive() -> None:
+            meta = None
+            while not stop.is_set():
+                try:
+                    message = ws.recv(timeout=1.0)
+                except TimeoutError:
+                    continue
+                except Exception as exc:  # connection closed: the main thread reports it
+                    received["errors"].append(f"{type(exc).__name__}: {exc}")
+                    return
+                now = time.monotonic()
+                if isinstance(message, bytes):
+                    received["frames"] += 1
+                    if meta is not None and meta["index"] in sent_at:
+                        latencies.append(now - sent_at.pop(meta["index"]))
+                        for key in [k for k in sent_at if k < meta["index"]]:  # frames dropped on the way
+                            del sent_at[key]
+                    meta = None
+                    continue
+                data = json.loads(message)
+                if data.get("type") == "frame":
+                    meta = data
+                elif data.get("type") == "stats":
+                    received["last_stats"] = data
+                elif data.get("type") == "error":
+                    received["errors"].append(data.get("message"))
+
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        start = time.monotonic()
+        period = 1.0 / fps
+        samples: list[dict] = []
+        next_sample = start + warmup
+        memory_start = None
+        index = 0
+        while counters["sent"] < max_frames:
+            now = time.monotonic()
+            elapsed = now - start
+            if elapsed >= duration or received["errors"]:
+                break
+            if now >= next_sample:
+                point = {"t": round(elapsed, 1), **memory(base), "received": received["frames"]}
+                samples.append(point)
+                memory_start = memory_start or point
+                next_sample += sample_every
+            due = start + index * period
+            if now < due:
+                time.sleep(min(due - now, 0.05))
+                continue
+            if now - due > period:  # behind schedule: skip rather than burst (latest-frame-wins)
+                index += 1
+                counters["skipped"] += 1
+                continue
+            sent_at[counters["sent"]] = time.monotonic()
+            ws.send(frames[index % len(frames)])
+            counters["sent"] += 1
+            index += 1
+        elapsed = time.monotonic() - start
+        time.sleep(1.0)  # let the last frames and one stats message arrive
+        memory_end = {"t": round(time.monotonic() - start, 1), **memory(base), "received": received["frames"]}
+        stop.set()
+        receiver.join(5)
+        ws.send(json.dumps({"type": "stop"}))
+
+    stats = received["last_stats"]
+    start_mem = memory_start or memory_at_connect
+
+    def mib(value):
+        return None if value is None else round(value / 2**20, 1)
+
+    return {
+        "server": hello.get("animator"), "resolution": hello.get("resolution"),
+        "duration_s": round(elapsed, 1), "input_fps": fps,
+        "sent": counters["sent"], "client_skipped": counters["skipped"], "received": received["frames"],
+        "output_fps": round(received["frames"] / elapsed, 2) if elapsed else None,
+        "latency_ms": {q: (round(1000 * v, 1) if (v := percentile(latencies, q)) is not None else None)
+                       for q in (50, 90, 95, 99, 100)},
+        "server_dropped_input": stats.get("dropped_input"), "server_dropped_output": stats.get("dropped_output"),
+        "server_malformed": stats.get("malformed"), "server_step_ms_mean": stats.get("step_ms_mean"),
+        "server_errors": stats.get("errors"), "client_errors": received["errors"],
+        "memory_mib": {
+            "host_at_connect": mib(memory_at_connect["host_bytes"]),
+            "host_start": mib(start_mem["host_bytes"]), "host_end": mib(memory_end["host_bytes"]),
+            "host_drift": mib((memory_end["host_bytes"] or 0) - (start_mem["host_bytes"] or 0)),
+            "host_max": mib(max((s["host_bytes"] or 0) for s in samples + [memory_end])),
+            "device_start": mib(start_mem["device_bytes"]), "device_end": mib(memory_end["device_bytes"]),
+        },
+        "memory_samples": [{"t": s["t"], "host_mib": mib(s["host_bytes"]), "device_mib": mib(s["device_bytes"]),
+                            "received": s["received"]} for s in samples + [memory_end]],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=None, help="a running server, e.g. http://127.0.0.1:7860 (loopback only)")
+    parser.add_argument("--spawn-echo", action="store_true", help="start the echo test-double server for the run")
+    parser.add_argument("--echo-step-ms", type=float, default=20.0, help="echo step time per 4 frames")
+    parser.add_argument("--resolution", type=int, default=512, help="echo server canvas")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of streaming (max 4 h)")
+    parser.add_argument("--fps", type=float, default=30.0, help="driving frames per second sent")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the 'start' memory reading")
+    parser.add_argument("--sample-every", type=float, default=60.0, help="seconds between memory readings")
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args()
+    if not 0 < args.duration <= MAX_DURATION:
+        parser.error(f"--duration must be in (0, {MAX_DURATION}]")
+    if not 0 < args.fps <= 120:
+        parser.error("--fps must be in (0, 120]")
+    if (args.url is None) == (not args.spawn_echo):
+        parser.error("give exactly one of --url or --spawn-echo")
+    process = None
+    if args.spawn_echo:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        process = subprocess.Popen([sys.executable, "-m", "personalive_trt.web", "--echo", "--port", str(port),
+                                    "--resolution", str(args.resolution), "--echo-step-ms", str(args.echo_step_ms)],
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    else:
+        base = args.url.rstrip("/")
+        if urlparse(base).hostname not in ("127.0.0.1", "localhost", "::1"):
+            parser.error("--url must be a loopback address (127.0.0.1)")
+    try:
+        wait_healthy(base, 120, process)
+        report = soak(base, args.duration, args.fps, min(args.warmup, args.duration / 2), args.sample_every)
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if not report["client_errors"] and not report["server_errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""End to end in a real browser: headless Chromium with a fake camera playing the sample clip, the real
+(synthetic-weights) pipeline on CPU behind `serve`'s app, over a real loopback socket.
+
+Needs Debian's `chromium` (/usr/bin/chromium; `.ci/run` installs it) and the `playwright` Python package,
+which drives that binary (never `playwright install`). Skips cleanly without them. The canvas is 256 (not
+512) to keep the CPU pipeline near 4 s a step; the screenshot is kept as a test artifact in
+$PERSONALIVE_ARTIFACTS (default: outputs/test-artifacts, git-ignored).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = Path(os.environ.get("PERSONALIVE_CHROMIUM", "/usr/bin/chromium"))
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("PERSONALIVE_ARTIFACTS", REPO / "outputs" / "test-artifacts"))
+RES = 256
+
+pytestmark = pytest.mark.browser
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    """A YUV4MPEG2 (4:2:0) file: what Chromium's fake camera (--use-file-for-fake-video-capture) plays."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            out.write(b"FRAME\n")
+            out.write(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420).tobytes())
+
+
+@pytest.fixture(scope="module")
+def fake_camera(tmp_path_factory) -> Path:
+    from personalive_trt.framing import resize_square
+    from personalive_trt.media import VideoReader
+    from personalive_trt.sample import sample_driving
+
+    with VideoReader(sample_driving()) as reader:
+        frames = [resize_square(frame, 320) for frame in reader]
+    path = tmp_path_factory.mktemp("camera") / "sample.y4m"
+    write_y4m(path, frames, fps=25)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server():
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("websockets")
+    from personalive_trt.animate import open_animator
+    from personalive_trt.config import StreamConfig
+    from personalive_trt.web.app import ServeSettings, create_app
+
+    app = create_app(lambda: open_animator("synthetic", config=StreamConfig(resolution=RES)), ServeSettings())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=2 * 1024 * 1024)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(120)  # shutdown waits for the running step (seconds on a CPU)
+    assert not thread.is_alive()
+
+
+def test_page_animates_the_fake_camera_and_updates_the_hud(server, fake_camera):
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from personalive_trt.sample import sample_reference
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-video-capture={fake_camera}", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            console: list[str] = []
+            page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+            page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
+            page.goto(server)
+            page.wait_for_function("document.querySelectorAll('#camera-select option').length > 0", timeout=30_000)
+            page.set_input_files("#reference-input", str(sample_reference()))
+            page.wait_for_selector("#reference-preview:not([hidden])", timeout=60_000)
+            page.fill("#fps-input", "8")  # frames beyond one window per step are dropped anyway; spare the CPU
+            page.dispatch_event("#fps-input", "change")
+            page.wait_for_selector("#start:enabled", timeout=30_000)
+            page.click("#start")
+            page.wait_for_selector("#status[data-state=running]", timeout=30_000)
+            # 3 steps of pipeline delay, then a window of 4 frames; ~4 s a step on 2 CPU cores
+            page.wait_for_function("window.__hud.frames >= 4", timeout=150_000)
+            first = page.evaluate("({...window.__hud})")
+            page.wait_for_function(f"window.__hud.frames >= {first['frames'] + 4}", timeout=60_000)
+            hud = page.evaluate("({...window.__hud})")
+            texts = {name: page.inner_text(f"#hud-{name}") for name in ("fps", "step", "g2g", "frames", "dropped")}
+            natural = page.evaluate("[document.getElementById('output').naturalWidth, "
+                                    "document.getElementById('output').naturalHeight]")
+            page.screenshot(path=str(ARTIFACTS / "browser_e2e.png"), full_page=True)
+            page.click("#stop")
+        finally:
+            browser.close()
+    assert natural == [RES, RES]
+    assert hud["frames"] >= first["frames"] + 4 and hud["step"] > 0 and hud["g2g"] > 0
+    assert int(texts["frames"]) >= 8 and texts["step"] != "–" and texts["g2g"] != "–" and float(texts["fps"]) >= 0
+    assert not [line for line in console if line.startswith(("error", "pageerror"))], console
+    assert (ARTIFACTS / "browser_e2e.png").stat().st_size > 10_000

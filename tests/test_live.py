@@ -1,0 +1,272 @@
+"""Live mode: slots, sources, the animation worker, `run` with live sinks, Ctrl-C.
+
+The model is replaced by the EchoAnimator test double (personalive_trt/live/testing.py): the pipeline's
+interface and timing (outputs leave steps-1 calls after their inputs), output = (3 * driving + reference) / 4.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from personalive_trt.cli import app
+from personalive_trt.config import StreamConfig
+from personalive_trt.live.runner import LiveOptions, is_live_request, run_live
+from personalive_trt.live.slots import FrameRing, LatestSlot, PlayoutClock
+from personalive_trt.live.sources import SourceError, parse_source
+from personalive_trt.live.testing import EchoAnimator
+from personalive_trt.live.worker import AnimationWorker, StampedFrame
+from personalive_trt.media import MediaError, VideoReader, probe_video
+
+RES = 64
+
+
+# ------------------------------------------------------------------------------------------------ slots
+
+
+def test_latest_slot_keeps_the_newest_and_counts_what_it_replaced():
+    slot: LatestSlot[int] = LatestSlot()
+    for i in range(5):
+        slot.put(i)
+    assert slot.get(timeout=0) == 4 and slot.dropped == 4 and slot.put_count == 5
+    assert slot.get(timeout=0.01) is None
+    waiter = threading.Thread(target=lambda: result.append(slot.get(timeout=5)))
+    result: list = []
+    waiter.start()
+    time.sleep(0.05)
+    slot.close()
+    waiter.join(2)
+    assert result == [None] and not waiter.is_alive()  # close wakes a blocked reader
+    assert slot.put(9) is False
+
+
+def test_frame_ring_evicts_the_oldest():
+    ring: FrameRing[int] = FrameRing(3)
+    for i in range(5):
+        ring.put(i)
+    assert [ring.get(0) for _ in range(3)] == [2, 3, 4] and ring.dropped == 2 and ring.get(0.01) is None
+
+
+def test_playout_clock_spaces_frames_like_their_capture_without_drift():
+    clock = PlayoutClock(max_lag=0.25)
+    assert clock.wait(10.0, 100.0) == 0.0  # anchors
+    assert clock.wait(10.1, 100.0) == pytest.approx(0.1)  # four frames arriving together are spread out
+    assert clock.wait(10.2, 100.05) == pytest.approx(0.15)
+    assert clock.wait(10.3, 100.35) == 0.0  # slightly late: shown at once, still on the same timeline
+    assert clock.wait(10.4, 101.0) == 0.0  # 0.6 s late: re-anchored
+    assert clock.wait(10.5, 101.0) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+def test_parse_source_classifies_driving_values(tmp_path):
+    assert (parse_source("webcam").kind, parse_source("webcam").target) == ("camera", 0)
+    assert parse_source("webcam:2").target == 2 and parse_source("webcam:2").kind == "camera"
+    assert parse_source("/dev/video1").kind == "device"
+    assert parse_source("rtsp://127.0.0.1:8554/cam").kind == "url"
+    assert parse_source("https://example.invalid/stream.m3u8").kind == "url"
+    sample = parse_source("sample")
+    assert sample.kind == "file" and not sample.is_live and Path(sample.target).is_file()
+    assert parse_source("webcam").is_live
+    with pytest.raises(MediaError, match="nope.mp4"):
+        parse_source(str(tmp_path / "nope.mp4"))
+    with pytest.raises(ValueError, match="webcam:N"):
+        parse_source("webcam:front")
+    assert is_live_request("webcam", False, False) and is_live_request("sample", True, False)
+    assert not is_live_request("sample", False, False)
+
+
+def test_unopenable_camera_is_one_clear_error():
+    from personalive_trt.live.sources import open_source
+
+    with pytest.raises(SourceError, match="cannot open the device"):
+        open_source("/dev/video99")
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+
+def level_frame(value: int) -> np.ndarray:
+    return np.full((RES, RES, 3), value, np.uint8)
+
+
+def test_worker_aligns_outputs_with_their_driving_frames_and_skips_malformed_ones():
+    reference = level_frame(40)
+    outputs, errors = [], []
+    worker = AnimationWorker(EchoAnimator(StreamConfig(resolution=RES)), emit=outputs.append, on_error=errors.append)
+
+    def prepare(data):
+        if data is None:
+            raise ValueError("broken frame")
+        return level_frame(data)
+
+    try:
+        worker.start(reference, prepare)
+        assert worker.wait_idle()
+        sent = 0
+        for i in range(40):
+            data = None if i % 5 == 3 else 4 * i
+            while worker.inbox.pending:  # hand over one at a time: no drops, a deterministic stream
+                time.sleep(0.001)
+            worker.inbox.put(StampedFrame(data, time.monotonic(), i))
+            sent += 1
+        deadline = time.monotonic() + 5
+        while len(outputs) < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.close()
+    good = [i for i in range(40) if i % 5 != 3]  # 32 well-formed frames = 8 windows; 3 windows still inside
+    assert worker.stats.malformed == 8 and errors == []
+    assert [o.index for o in outputs] == good[:20]  # warm-up frames are not emitted; order and tags are exact
+    for out in outputs:
+        assert int(out.image[0, 0, 0]) == (3 * 4 * out.index + 40) // 4
+        assert out.latency >= 0
+
+
+def test_worker_survives_an_animator_failure_and_tags_streams():
+    class Failing(EchoAnimator):
+        def step(self, frames):
+            if frames[0, 0, 0, 0] == 13:
+                raise RuntimeError("boom")
+            return super().step(frames)
+
+    outputs, errors = [], []
+    worker = AnimationWorker(Failing(StreamConfig(resolution=RES, steps=1)), emit=outputs.append,
+                             on_error=errors.append)
+    try:
+        worker.start(level_frame(0), level_frame, tag="first")
+        assert worker.wait_idle()
+        for value in (13, 13, 13, 13):
+            worker.inbox.put(StampedFrame(value, time.monotonic(), 0))
+            time.sleep(0.02)
+        deadline = time.monotonic() + 5
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [str(e) for e in errors] == ["boom"] and not worker.active
+        worker.start(level_frame(0), level_frame, tag="second")
+        assert worker.wait_idle()
+        for value in range(8):
+            worker.inbox.put(StampedFrame(value, time.monotonic(), value))
+            time.sleep(0.02)
+        deadline = time.monotonic() + 5
+        while not outputs and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        worker.close()
+    assert outputs and {o.tag for o in outputs} == {"second"} and worker.stats.errors == 1
+
+
+# ------------------------------------------------------------------------------------------------ run (live)
+
+
+def test_run_live_from_a_paced_file_writes_the_output(tmp_path):
+    out = tmp_path / "live.mp4"
+    stats = run_live(LiveOptions(reference="sample", driving="sample", output=out, crop=False),
+                     status=lambda m: None, _animator=EchoAnimator(StreamConfig(resolution=RES)))
+    assert stats.stopped_by == "end of source" and stats.captured == 60
+    # frames still inside the pipeline when the source ends are not shown: (steps - 1) windows at most
+    assert 60 - 4 * 4 <= stats.frames <= 60 and stats.malformed == 0
+    info = probe_video(out)
+    assert info.fps == 25 and info.width == RES and info.frame_count == stats.frames
+    assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]
+
+
+def test_slow_animator_drops_stale_frames_instead_of_queueing_them(tmp_path):
+    """Step time 0.25 s for 4 frames (16 fps) against a 25 fps source: frames are dropped, latency stays bounded."""
+    stats = run_live(LiveOptions(reference="sample", driving="sample", output=tmp_path / "o.mp4", crop=False),
+                     status=lambda m: None, _animator=EchoAnimator(StreamConfig(resolution=RES), step_seconds=0.25))
+    assert stats.dropped_input > 5
+    assert stats.frames + stats.dropped_input <= stats.captured
+    # 3 steps of pipeline delay + gathering a window; a queue would grow with the clip instead
+    assert max(stats.latencies) < 4 * (0.25 + 4 / 25) + 0.5
+
+
+def test_run_live_stops_after_max_frames(tmp_path):
+    stats = run_live(LiveOptions(reference="sample", driving="sample", output=tmp_path / "o.mp4", crop=False,
+                                 max_frames=10, loop=True),
+                     status=lambda m: None, _animator=EchoAnimator(StreamConfig(resolution=RES)))
+    assert stats.frames == 10 and stats.stopped_by == "--max-frames 10"
+    assert probe_video(tmp_path / "o.mp4").frame_count == 10
+
+
+def test_ctrl_c_stops_cleanly_and_finalises_the_output(tmp_path):
+    out = tmp_path / "live.mp4"
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from personalive_trt.config import StreamConfig
+        from personalive_trt.live.runner import LiveOptions, run_live
+        from personalive_trt.live.testing import EchoAnimator
+        stats = run_live(LiveOptions(reference="sample", driving="sample", output=Path({str(out)!r}), crop=False,
+                                     loop=True), status=lambda m: print(m, flush=True),
+                         _animator=EchoAnimator(StreamConfig(resolution={RES})))
+        print("STOPPED", stats.stopped_by, stats.frames, flush=True)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        assert "Ctrl-C stops" in process.stdout.readline()
+        time.sleep(2.0)  # a looping source never ends by itself
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-2000:]
+    assert "STOPPED Ctrl-C" in stdout and "Traceback" not in stderr
+    frames = int(stdout.split("STOPPED Ctrl-C")[1].split()[0])
+    with VideoReader(out) as reader:
+        assert sum(1 for _ in reader) == frames > 10
+    assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]  # finalised: no temporary file left
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["run", *args])
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_cli_preview_without_a_display_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    line = one_error_line(invoke("-r", "sample", "-d", "sample", "--preview", "--no-crop", "--weights", "synthetic"))
+    assert "--preview needs a display" in line
+
+
+def test_cli_virtual_camera_without_pyvirtualcam_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyvirtualcam", None)
+    line = one_error_line(invoke("-r", "sample", "-d", "sample", "--virtual-camera", "--no-crop"))
+    assert "pyvirtualcam" in line and "personalive-trt[virtual-camera]" in line
+
+
+def test_cli_live_errors_are_one_line(tmp_path):
+    assert "cannot open the device" in one_error_line(invoke("-r", "sample", "-d", "/dev/video99", "--no-crop",
+                                                             "-o", str(tmp_path / "o.mp4")))
+    assert "--output is required" in one_error_line(invoke("-r", "sample", "-d", "sample"))
+    assert "at least one sink" in one_error_line(invoke("-r", "sample", "-d", "webcam:9", "--no-crop"))
+    assert "apply to live mode" in one_error_line(invoke("-r", "sample", "-d", "sample", "--loop",
+                                                         "-o", str(tmp_path / "o.mp4")))
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_serve_rejects_bad_options():
+    result = CliRunner().invoke(app, ["serve", "--port", "0"])
+    assert "--port 0" in one_error_line(result)
+    result = CliRunner().invoke(app, ["serve", "--max-sessions", "0"])
+    assert "must be positive" in one_error_line(result)

@@ -1,0 +1,321 @@
+"""`personalive-trt serve`: the HTTP/WebSocket API with FastAPI's test client and the EchoAnimator test double.
+
+The echo double (personalive_trt/live/testing.py) has the animator's interface and stream timing but no
+model, so these tests exercise uploads, the protocol, busy/disconnect handling and malformed input in
+seconds. The real pipeline in a real browser is tests/test_browser.py.
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+from fastapi.testclient import TestClient  # noqa: E402
+from starlette.websockets import WebSocketDisconnect  # noqa: E402
+
+from personalive_trt.config import StreamConfig  # noqa: E402
+from personalive_trt.framing import resize_square  # noqa: E402
+from personalive_trt.live.testing import EchoAnimator  # noqa: E402
+from personalive_trt.sample import sample_reference  # noqa: E402
+from personalive_trt.web.app import ServeSettings, create_app  # noqa: E402
+
+RES = 64
+
+
+def make_app(**overrides):
+    settings = ServeSettings(**{"crop": False, "stats_interval": 0.1, **overrides})
+    return create_app(lambda: EchoAnimator(StreamConfig(resolution=RES)), settings)
+
+
+@pytest.fixture
+def client():
+    with TestClient(make_app(max_upload_bytes=1_000_000, max_message_bytes=100_000)) as c:
+        yield c
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg(value: int, size=(80, 60)) -> bytes:
+    """A uniform grey JPEG: its level identifies the frame in the echo output."""
+    ok, data = cv2.imencode(".jpg", np.full((size[1], size[0], 3), value, np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    return data.tobytes()
+
+
+def upload_sample(client) -> str:
+    response = client.post("/api/reference", files={"file": ("ref.png", sample_reference().read_bytes(), "image/png")})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def receive_until(ws, predicate, seconds: float = 10.0) -> list[dict | bytes]:
+    """Messages up to and including the first one for which predicate(message) holds.
+
+    A started session sends stats every 0.1 s, so receive() returns often enough for the deadline to apply.
+    """
+    deadline = time.monotonic() + seconds
+    seen: list[dict | bytes] = []
+    while time.monotonic() < deadline:
+        raw = ws.receive()
+        if raw["type"] == "websocket.close":
+            raise AssertionError(f"socket closed ({raw.get('code')}); seen {seen[-5:]}")
+        item = raw["bytes"] if raw.get("bytes") is not None else json.loads(raw["text"])
+        seen.append(item)
+        if predicate(item):
+            return seen
+    raise AssertionError(f"timed out; last messages {[m if isinstance(m, dict) else len(m) for m in seen[-5:]]}")
+
+
+def is_type(kind):
+    return lambda m: isinstance(m, dict) and m.get("type") == kind
+
+
+def start(ws, reference: str) -> None:
+    ws.send_text(json.dumps({"type": "start", "reference": reference, "fps": 30}))
+    receive_until(ws, is_type("started"))
+
+
+def stream_frames(ws, values, pause: float = 0.003) -> None:
+    for value in values:
+        ws.send_bytes(jpeg(value))
+        time.sleep(pause)
+
+
+def outputs(messages) -> list[tuple[dict, bytes]]:
+    """(frame meta, jpeg) pairs in order."""
+    pairs, meta = [], None
+    for m in messages:
+        if isinstance(m, dict) and m.get("type") == "frame":
+            meta = m
+        elif isinstance(m, bytes):
+            pairs.append((meta, m))
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------------ HTTP
+
+
+def test_page_static_files_and_health(client):
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="output"' in page.text and "/static/app.js" in page.text
+    assert "WebSocket" in client.get("/static/app.js").text
+    assert client.get("/static/style.css").status_code == 200
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["sessions_active"] == 0 and health["max_sessions"] == 1
+    assert "echo test double" in health["animator"] and health["resolution"] == RES
+    assert health["host_memory_bytes"] > 10_000_000
+
+
+def test_upload_accepts_an_image_and_serves_the_framed_reference(client):
+    key = upload_sample(client)
+    image = client.get(f"/api/reference/{key}.jpg")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(image.content)).size == (RES, RES)
+    assert client.get("/api/reference/nope.jpg").status_code == 404
+
+
+def test_upload_over_the_size_limit_is_refused(client):
+    noise = np.random.default_rng(0).integers(0, 255, (700, 700, 3), np.uint8)  # ~1.5 MB as PNG
+    body = png_bytes(Image.fromarray(noise))
+    assert len(body) > 1_000_000
+    response = client.post("/api/reference", files={"file": ("big.png", body, "image/png")})
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+
+
+@pytest.mark.parametrize("case", ["garbage", "text_as_png", "truncated_png", "empty"])
+def test_upload_that_is_not_an_image_is_refused(client, case):
+    good = png_bytes(Image.fromarray(np.zeros((32, 32, 3), np.uint8)))
+    body = {"garbage": np.random.default_rng(1).bytes(5000), "text_as_png": b"<html>not an image</html>",
+            "truncated_png": good[: len(good) // 2], "empty": b""}[case]
+    response = client.post("/api/reference", files={"file": ("portrait.png", body, "image/png")})
+    assert response.status_code in (400, 415), response.text
+    assert response.json()["error"]
+
+
+def test_upload_with_too_many_pixels_is_refused_before_decoding(client):
+    body = png_bytes(Image.new("1", (9000, 5000)))  # 45 MP bilevel: a few KB on the wire
+    response = client.post("/api/reference", files={"file": ("huge.png", body, "image/png")})
+    assert response.status_code == 413 and "pixel" in response.json()["error"]
+
+
+def test_upload_without_a_face_is_refused_when_framing():
+    with TestClient(make_app(crop=True)) as client:
+        body = png_bytes(Image.fromarray(np.full((200, 200, 3), 128, np.uint8)))
+        response = client.post("/api/reference", files={"file": ("grey.png", body, "image/png")})
+    assert response.status_code == 422 and "no face" in response.json()["error"]
+
+
+# ------------------------------------------------------------------------------------------------ WebSocket
+
+
+def test_stream_returns_each_animated_frame_tagged_with_its_driving_frame(client):
+    key = upload_sample(client)
+    reference_mean = resize_square(np.asarray(Image.open(sample_reference()).convert("RGB")), RES).mean()
+    with client.websocket_connect("/api/ws") as ws:
+        hello = ws.receive_json()
+        assert hello["type"] == "hello" and hello["resolution"] == RES
+        start(ws, key)
+        values = [(7 * i) % 250 for i in range(40)]
+        stream_frames(ws, values, pause=0.01)
+        seen: list = []
+        deadline = time.monotonic() + 10
+        while len(outputs(seen)) < 12 and time.monotonic() < deadline:
+            seen += receive_until(ws, lambda m: isinstance(m, bytes), seconds=5)
+        pairs = outputs(seen)
+        assert len(pairs) >= 12
+        indices = [meta["index"] for meta, _ in pairs]
+        assert indices == sorted(indices) and len(set(indices)) == len(indices)
+        for meta, data in pairs:
+            out = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            assert out.shape == (RES, RES, 3)
+            # the echo output is (3 * driving + reference) / 4: the tag names the frame it animates
+            expected = (3 * values[meta["index"]] + reference_mean) / 4
+            assert abs(out.mean() - expected) < 3.0, (meta, out.mean(), expected)
+        stats = receive_until(ws, lambda m: is_type("stats")(m) and m["received"] == 40)[-1]
+        assert stats["frames_out"] >= 12 and stats["malformed"] == 0
+        assert stats["frames_in"] + stats["dropped_input"] <= 40
+        ws.send_text(json.dumps({"type": "stop"}))
+        receive_until(ws, is_type("stopped"))
+
+
+def test_mjpeg_endpoint_serves_the_latest_output(client):
+    key = upload_sample(client)
+    with client.websocket_connect("/api/ws") as ws:
+        ws.receive_json()
+        start(ws, key)
+        stream_frames(ws, range(0, 200, 10), pause=0.01)
+        receive_until(ws, lambda m: isinstance(m, bytes))
+        response = client.get("/api/stream.mjpg", params={"max_frames": 1, "timeout": 2})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("multipart/x-mixed-replace; boundary=frame")
+    body = response.content
+    assert body.startswith(b"--frame\r\nContent-Type: image/jpeg\r\n")
+    jpeg_start = body.index(b"\r\n\r\n") + 4
+    assert cv2.imdecode(np.frombuffer(body[jpeg_start:-2], np.uint8), cv2.IMREAD_COLOR).shape == (RES, RES, 3)
+
+
+def test_start_without_reference_and_bad_control_messages_are_answered_not_fatal(client):
+    with client.websocket_connect("/api/ws") as ws:
+        ws.receive_json()
+        ws.send_text(json.dumps({"type": "start", "reference": "unknown"}))
+        assert ws.receive_json()["code"] == "no_reference"
+        ws.send_text("{not json")
+        assert ws.receive_json()["code"] == "bad_message"
+        ws.send_text(json.dumps({"type": "dance"}))
+        assert ws.receive_json()["code"] == "bad_message"
+        ws.send_text(json.dumps({"type": "ping", "t": 5}))
+        assert ws.receive_json() == {"type": "pong", "t": 5}
+    assert client.get("/api/health").json()["counters"]["bad_messages"] == 2
+
+
+def test_second_session_is_busy_until_the_first_disconnects(client):
+    key = upload_sample(client)
+    with client.websocket_connect("/api/ws") as second:
+        second.receive_json()
+        with client.websocket_connect("/api/ws") as first:
+            first.receive_json()
+            start(first, key)
+            stream_frames(first, range(0, 100, 10))
+            second.send_text(json.dumps({"type": "start", "reference": key}))
+            busy = second.receive_json()
+            assert busy["type"] == "error" and busy["code"] == "busy" and "busy" in busy["message"]
+            assert client.get("/api/health").json()["sessions_active"] == 1
+        # the first client vanished mid-stream: its session is freed
+        deadline = time.monotonic() + 5
+        while client.get("/api/health").json()["sessions_active"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/api/health").json()["sessions_active"] == 0
+        start(second, key)
+        stream_frames(second, range(0, 200, 10))
+        assert receive_until(second, lambda m: isinstance(m, bytes))
+    assert client.get("/api/health").json()["counters"]["busy_refusals"] == 1
+
+
+def test_max_sessions_is_configurable():
+    with TestClient(make_app(max_sessions=2)) as client:
+        key = upload_sample(client)
+        with client.websocket_connect("/api/ws") as a, client.websocket_connect("/api/ws") as b:
+            a.receive_json(), b.receive_json()
+            start(a, key)
+            start(b, key)
+            assert client.get("/api/health").json()["sessions_active"] == 2
+
+
+def test_malformed_frames_are_counted_and_skipped(client):
+    key = upload_sample(client)
+    with client.websocket_connect("/api/ws") as ws:
+        ws.receive_json()
+        start(ws, key)
+        bad = [b"", b"\xff\xd8\xff garbage", np.random.default_rng(2).bytes(3000), jpeg(50, size=(8, 8))]
+        for i in range(24):
+            ws.send_bytes(bad[i % len(bad)] if i % 2 else jpeg(100))
+            time.sleep(0.005)
+        stream_frames(ws, range(0, 240, 10))
+        assert receive_until(ws, lambda m: isinstance(m, bytes))  # the worker survived and animates on
+        stats = receive_until(ws, lambda m: is_type("stats")(m) and m["malformed"] >= 1)[-1]
+        assert stats["errors"] == 0 and stats["malformed"] <= 12
+
+
+def test_oversize_message_closes_the_socket_with_1009(client):
+    with client.websocket_connect("/api/ws") as ws:
+        ws.receive_json()
+        ws.send_bytes(b"\0" * 100_001)
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    assert closed.value.code == 1009
+    assert client.get("/api/health").json()["counters"]["oversize_messages"] == 1
+
+
+def test_swap_reference_mid_stream(client):
+    key = upload_sample(client)
+    other = client.post("/api/reference", files={"file": ("grey.png", png_bytes(Image.new("RGB", (90, 90), "white")),
+                                                         "image/png")}).json()["id"]
+    with client.websocket_connect("/api/ws") as ws:
+        ws.receive_json()
+        ws.send_text(json.dumps({"type": "swap", "reference": key}))
+        assert ws.receive_json()["code"] == "not_started"
+        start(ws, key)
+        ws.send_text(json.dumps({"type": "swap", "reference": other}))
+        receive_until(ws, is_type("swapped"))
+        stream_frames(ws, [0] * 30)
+        pairs = []
+        while not pairs:
+            pairs = outputs(receive_until(ws, lambda m: isinstance(m, bytes)))
+        out = cv2.imdecode(np.frombuffer(pairs[0][1], np.uint8), cv2.IMREAD_COLOR)
+        assert abs(out.mean() - 255 / 4) < 3  # (3 * 0 + white) / 4: the new reference is in use
+
+
+def test_open_connections_are_capped():
+    with TestClient(make_app(max_connections=1)) as client:
+        with client.websocket_connect("/api/ws") as first:
+            assert first.receive_json()["type"] == "hello"
+            with client.websocket_connect("/api/ws") as second:
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    second.receive_json()
+            assert closed.value.code == 1013
+        with client.websocket_connect("/api/ws") as third:  # the first one's slot is free again
+            assert third.receive_json()["type"] == "hello"
+        assert client.get("/api/health").json()["counters"]["refused_connections"] == 1
+
+
+def test_streamed_upload_without_length_is_cut_off_at_the_limit(client):
+    def body():
+        yield b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
+        for _ in range(40):
+            yield b"\0" * 65536  # 2.5 MB, more than the 1 MB limit, with no Content-Length
+        yield b"\r\n--x--\r\n"
+
+    response = client.post("/api/reference", content=body(),
+                           headers={"content-type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 413 and "limit" in response.json()["error"]
