@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from personalive_trt.weights import (
     COMPONENTS,
     WeightsError,
     build_module,
-    check_weights_dir,
     load_models,
     synthetic_models,
 )
