@@ -15,6 +15,16 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+def _wait_until(cond: threading.Condition, ready, timeout: float | None) -> None:
+    """Wait (holding ``cond``) until ``ready()`` or ``timeout`` seconds pass (``None``: no limit)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not ready():
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
+        cond.wait(remaining)
+
+
 class LatestSlot(Generic[T]):
     """One item; ``put`` replaces an item nobody took yet (counted in ``dropped``).
 
@@ -42,13 +52,8 @@ class LatestSlot(Generic[T]):
             return True
 
     def get(self, timeout: float | None = None) -> T | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._full and not self.closed:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            _wait_until(self._cond, lambda: self._full or self.closed, timeout)
             if not self._full:
                 return None
             item, self._item, self._full = self._item, None, False
@@ -99,13 +104,8 @@ class FrameRing(Generic[T]):
             return True
 
     def get(self, timeout: float | None = None) -> T | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not self._items and not self.closed:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+            _wait_until(self._cond, lambda: bool(self._items) or self.closed, timeout)
             return self._items.popleft() if self._items else None
 
     def __len__(self) -> int:
