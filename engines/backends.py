@@ -445,7 +445,7 @@ class TensorRTBackend(PreallocatedBackend):
         self.context, self._shapes, self._addresses = binding
 
     def _new_context(self) -> Any:
-        trt, engine = self.trt, self.engine
+        trt, engine, mark = self.trt, self.engine, self.logger.count
         strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
         size = getattr(engine, "device_memory_size_v2", None)
         with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
@@ -458,7 +458,7 @@ class TensorRTBackend(PreallocatedBackend):
                 context.set_device_memory(self._scratch.data_ptr(), int(size))
         if context is None:
             raise EngineError(f"{self.spec.name}: TensorRT could not create another execution context: "
-                              f"{self.logger.errors_since(self.logger.count)}")
+                              f"{self.logger.errors_since(mark)}")
         return context
 
     def _run(self, inputs, shapes, *, stream=None):

@@ -56,6 +56,8 @@ class Networks:
         self.description = description
         self.bank_names = [safe_name(bank.name) for bank in shapes.banks]  # reference-UNet outputs
         self.kv_names = [kv_names(bank.name) for bank in shapes.banks]  # (key, value) denoising-UNet inputs
+        # The reference UNet always runs at t = 0: one constant, so no call creates a tensor.
+        self.zero_timestep = torch.zeros(shapes.batch, device=self.device)
         for backend in self.backends.values():
             backend.allocate()
 
@@ -112,8 +114,8 @@ class Networks:
 
     def reference_unet(self, latent: torch.Tensor, clip_embeds: torch.Tensor) -> list[torch.Tensor]:
         """The 16 banks (shapes.banks order) of a reference-UNet pass at t = 0."""
-        timestep = torch.zeros(latent.shape[0], device=self.device)
-        out = self.run("reference_unet", latent=latent, timestep=timestep, clip_embeds=clip_embeds)
+        out = self.run("reference_unet", latent=latent, timestep=self.zero_timestep[: latent.shape[0]],
+                       clip_embeds=clip_embeds)
         return list(out.values())
 
     def bank_projector(self, banks: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:

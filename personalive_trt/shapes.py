@@ -119,7 +119,11 @@ class StreamShapes:
 
     # ---- tensor shapes ---------------------------------------------------------------------------
     def latent_pile(self) -> tuple[int, ...]:
-        return (self.batch, LATENT_CHANNELS, self.pile, self.latent, self.latent)
+        return self.latent_chunk(self.pile)
+
+    def latent_chunk(self, frames: int) -> tuple[int, ...]:
+        """``frames`` consecutive pile frames, frames on axis 2 like the pile."""
+        return (self.batch, LATENT_CHANNELS, frames, self.latent, self.latent)
 
     def latent_frames(self, frames: int) -> tuple[int, ...]:
         return (frames, LATENT_CHANNELS, self.latent, self.latent)

@@ -46,7 +46,7 @@ from personalive_trt import keypoints as kp
 from personalive_trt.config import COND_SIZE, StreamConfig
 from personalive_trt.keypoints import crop_faces_device
 from personalive_trt.networks import BACKENDS, Networks
-from personalive_trt.pipeline import NonFiniteError, check_frames, encode_reference
+from personalive_trt.pipeline import NonFiniteError, check_frames, encode_reference, write_banks
 from personalive_trt.scheduler import DDIMSchedule
 
 NoiseFn = Callable[[torch.Tensor], object]
@@ -209,13 +209,12 @@ class StreamRuntime:
         self.kv = [tuple(zeros(*s.bank(i, cap), dtype=unet_dtypes[name]) for name in names)
                    for i, names in enumerate(self.nets.kv_names)]
         self.keyframe_latent = zeros(*s.latent_frames(1))
-        self.noise_buffer = zeros(*s.latent_pile()[:2], W, s.latent, s.latent)
-        self.warm_noise = zeros(*s.latent_pile()[:2], cfg.warmup_frames, s.latent, s.latent)
+        self.noise_buffer = zeros(*s.latent_chunk(W))
+        self.warm_noise = zeros(*s.latent_chunk(cfg.warmup_frames))
         self.video = zeros(W, R, R, 3)
         self.frames_out = zeros(W, R, R, 3, dtype=torch.uint8)
         self.flags = zeros(2, dtype=torch.float32)
         self.timesteps = torch.tensor(cfg.pile_timesteps, dtype=torch.int64, device=dev)
-        self.zero_timestep = zeros(1)
         self.warm_alphas = torch.linspace(0, 1, cfg.warmup_frames + 1, device=dev, dtype=dt).view(1, -1, 1, 1)
         self.threshold = float(cfg.keyframe_threshold)
         kp.prepare_device_tables(dev, R, cfg.warmup_frames + 1)
@@ -465,11 +464,8 @@ class StreamRuntime:
 
     def _write_keyframe(self, slot: int) -> None:
         """Banks of the last flagged call's clean latent -> key/value slot ``slot``."""
-        nets = self.nets
-        banks = nets.run("reference_unet", latent=self.keyframe_latent, timestep=self.zero_timestep,
-                         clip_embeds=self.clip_embeds)
-        banks = [bank.half() for bank in banks.values()]  # banks are fp16, as the original's reader keeps them
-        self._write_kv_slot(slot, nets.bank_projector(banks))
+        banks = write_banks(self.nets, self.keyframe_latent, self.clip_embeds)
+        self._write_kv_slot(slot, self.nets.bank_projector(banks))
 
     def _write_kv_slot(self, slot: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for pair, projected, bank in zip(self.kv, kv, self.shapes.banks):
