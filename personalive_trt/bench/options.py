@@ -1,0 +1,81 @@
+"""What ``personalive-trt bench`` measures: its options, their checks, and the stream config they imply."""
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
+MAX_KEYFRAMES = 3
+
+
+class BenchError(ValueError):
+    """A bad option or an impossible combination (printed as one line)."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to benchmark. ``device``/``dtype`` ``"auto"``: CUDA + fp16 when a GPU is present, else CPU + fp32."""
+
+    backend: str = "torch"
+    graphs: bool = True
+    weights: str = "auto"
+    engines: Optional[Path] = None
+    device: str = "auto"
+    dtype: str = "auto"
+    window: int = 4
+    resolution: int = 512
+    keyframes: int = 0
+    warmup: int = 8
+    calls: int = 30
+    capture_fps: Optional[float] = None
+    compare: bool = False
+    seed: int = 42
+    json: Optional[Path] = None
+    command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
+
+    def validate(self) -> None:
+        if self.backend not in BACKEND_NAMES:
+            raise BenchError(f"--backend {self.backend!r}: expected one of {', '.join(BACKEND_NAMES)}")
+        if not 0 <= self.keyframes <= MAX_KEYFRAMES:
+            raise BenchError(f"--keyframes {self.keyframes}: expected 0..{MAX_KEYFRAMES}")
+        if self.window < 1:
+            raise BenchError(f"--window {self.window}: expected a positive number of frames")
+        if self.resolution < 64 or self.resolution % 64:
+            raise BenchError(f"--resolution {self.resolution}: expected a positive multiple of 64")
+        if self.calls < 1:
+            raise BenchError(f"--calls {self.calls}: expected at least 1 measured call")
+        if self.warmup < 0:
+            raise BenchError(f"--warmup {self.warmup}: expected 0 or more calls")
+        if self.capture_fps is not None and not self.capture_fps > 0:
+            raise BenchError(f"--capture-fps {self.capture_fps}: expected a positive frame rate")
+        if self.dtype not in ("auto", "fp32", "fp16"):
+            raise BenchError(f"--dtype {self.dtype!r}: expected auto, fp32 or fp16")
+        if self.engines is not None and self.backend == "torch":
+            raise BenchError("--engines is for --backend onnxruntime or tensorrt")
+
+
+def resolve_device_dtype(options: BenchOptions):
+    import torch
+
+    from personalive_trt.animate import resolve_device
+
+    device = options.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = options.dtype
+    if dtype == "auto":
+        dtype = "fp32" if device == "cpu" else "fp16"
+    return resolve_device(device, dtype)
+
+
+def stream_config(options: BenchOptions):
+    from personalive_trt.config import StreamConfig
+
+    k = options.keyframes
+    if k == 0:
+        return StreamConfig(window=options.window, resolution=options.resolution, max_keyframes=0)
+    return StreamConfig(window=options.window, resolution=options.resolution, keyframe_threshold=-1.0,
+                        keyframe_start=0, max_keyframes=k)
