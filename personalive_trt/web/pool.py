@@ -1,0 +1,86 @@
+"""The animator pool: ``max_sessions`` animators, each on its own worker thread, leased to one session at a time.
+
+Animators are created once, when the server starts (a bad weights folder fails ``serve`` at start, not at the
+first click), and never per session: loading networks and capturing CUDA graphs takes seconds and device
+memory. A session leases an :class:`Engine` for as long as it animates; ``busy`` is the pool being empty.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from personalive_trt.live.worker import AnimationWorker, OutputFrame
+from personalive_trt.web.frames import encode_jpeg
+
+if TYPE_CHECKING:
+    from personalive_trt.web.session import Session
+
+log = logging.getLogger("personalive_trt.web")
+
+
+class Engine:
+    """An animator and its worker thread, leased to one session at a time."""
+
+    def __init__(self, animator, quality: int) -> None:
+        self.animator = animator
+        self.resolution = animator.config.resolution
+        self.quality = quality
+        self.session: Session | None = None
+        self.worker = AnimationWorker(animator, emit=self._emit, on_error=self._error, name="animation-worker")
+
+    def _emit(self, frame: OutputFrame) -> None:  # worker thread
+        session = self.session
+        if session is None or frame.tag is not session:
+            return  # the tail of a stream that has been stopped (possibly another client's)
+        jpeg = encode_jpeg(frame.image, self.quality)
+        frame.image = None  # the JPEG is all that travels on; do not keep the array alive
+        session.loop.call_soon_threadsafe(session.deliver, (jpeg, frame))
+
+    def _error(self, exc: BaseException) -> None:  # worker thread
+        session = self.session
+        if session is not None:
+            session.loop.call_soon_threadsafe(session.fail, f"{type(exc).__name__}: {exc}")
+
+
+class EnginePool:
+    def __init__(self, engines: list[Engine]) -> None:
+        self.engines = engines
+
+    @classmethod
+    def create(cls, animator_factory, count: int, quality: int) -> "EnginePool":
+        """``count`` engines from ``animator_factory()`` (called ``count`` times, now)."""
+        if count < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {count}")
+        return cls([Engine(animator_factory(), quality) for _ in range(count)])
+
+    @property
+    def active(self) -> int:
+        return sum(e.session is not None for e in self.engines)
+
+    @property
+    def animator(self):
+        """The first animator: every engine runs the same configuration (resolution, window, description)."""
+        return self.engines[0].animator
+
+    def acquire(self, session: Session) -> Engine | None:
+        for engine in self.engines:
+            if engine.session is None:
+                engine.session = session
+                session.engine = engine
+                return engine
+        return None
+
+    def release(self, session: Session) -> None:
+        engine = session.engine
+        if engine is not None and engine.session is session:
+            engine.worker.stop()
+            engine.session = None
+        session.engine = None
+
+    def close(self) -> None:
+        """End every worker thread, waiting for running steps (all asked first, so they finish together)."""
+        for engine in self.engines:
+            engine.worker.request_close()
+        for engine in self.engines:
+            if not engine.worker.close():
+                log.warning("an animation worker did not finish its step in time")

@@ -1,0 +1,190 @@
+"""The HTTP and WebSocket routes of the web app, as one ``APIRouter`` that reads its state from the app.
+
+Every route finds the :class:`~personalive_trt.web.state.ServerState` at ``app.state.server``, so a second
+server reuses them by calling :func:`mount` on its own FastAPI app instead of copying them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request, UploadFile, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from personalive_trt.web import session as protocol
+from personalive_trt.web.frames import encode_jpeg
+from personalive_trt.web.references import UploadRejected, decode_reference
+from personalive_trt.web.state import ServerState
+
+log = logging.getLogger("personalive_trt.web")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+router = APIRouter()
+
+
+def server_state(connection: Request | WebSocket) -> ServerState:
+    return connection.app.state.server
+
+
+def mount(app: FastAPI, state: ServerState) -> None:
+    """Give ``app`` the page, the static files, the API, the upload limit and one-line JSON errors."""
+    app.state.server = state
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(UploadLimit, path="/api/reference", limit=state.settings.max_upload_bytes + 64 * 1024)
+    app.include_router(router)
+    app.add_exception_handler(HTTPException, one_line_errors)
+
+
+async def one_line_errors(request, exc: HTTPException):
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+
+@router.get("/", include_in_schema=False)
+async def index():
+    return FileResponse(STATIC_DIR / "index.html")
+
+
+@router.get("/api/health")
+async def health(request: Request):
+    state = server_state(request)
+    pool = state.pool
+    return {
+        "status": "ok",
+        "animator": pool.animator.description,
+        "resolution": state.resolution,
+        "sessions_active": pool.active,
+        "max_sessions": state.settings.max_sessions,
+        "host_memory_bytes": host_memory_bytes(),
+        "device_memory_bytes": device_memory_bytes(),
+        "counters": dict(state.counters),
+        "workers": [e.worker.stats.snapshot() | {"dropped_input": e.worker.inbox.dropped} for e in pool.engines],
+    }
+
+
+@router.get("/api/sample-reference", include_in_schema=False)
+async def sample_reference():
+    from personalive_trt.sample import sample_reference as path
+
+    return FileResponse(path(), media_type="image/png")
+
+
+@router.post("/api/reference")
+async def upload_reference(request: Request, file: UploadFile):
+    state = server_state(request)
+    settings = state.settings
+    # UploadLimit has refused bodies far over the limit before parsing; this catches the margin.
+    data = await file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(413, f"upload is over the {settings.max_upload_bytes // 1024} KiB limit")
+    if not data:
+        raise HTTPException(400, "empty upload")
+    try:
+        image = await run_in_threadpool(decode_reference, data, state.resolution, settings)
+    except UploadRejected as exc:
+        raise HTTPException(exc.status, str(exc))
+    key = state.references.add(image)
+    return {"id": key, "resolution": state.resolution}
+
+
+@router.get("/api/reference/{key}.jpg")
+async def reference_image(request: Request, key: str):
+    image = server_state(request).references.get(key)
+    if image is None:
+        raise HTTPException(404, "unknown reference")
+    return Response(await run_in_threadpool(encode_jpeg, image, 90), media_type="image/jpeg")
+
+
+@router.get("/api/stream.mjpg")
+async def stream_mjpeg(request: Request, max_frames: int | None = None, timeout: float = 5.0):
+    """The newest animated frames as MJPEG (``multipart/x-mixed-replace``), e.g. an OBS browser/media source.
+
+    ``max_frames`` ends the response after that many frames (also when none come for ``timeout`` s).
+    """
+    if max_frames is not None and max_frames < 1:
+        raise HTTPException(400, "max_frames must be >= 1")
+    return StreamingResponse(server_state(request).mjpeg.frames(max_frames, max(0.1, min(timeout, 60.0))),
+                             media_type="multipart/x-mixed-replace; boundary=frame")
+
+
+@router.websocket("/api/ws")
+async def animate(ws: WebSocket):
+    await protocol.accept(ws, server_state(ws))
+
+
+class UploadLimit:
+    """ASGI middleware: refuse a POST to ``path`` whose body is (or turns out) larger than ``limit`` bytes,
+    before the multipart parser spools it. A body without Content-Length is counted as it streams."""
+
+    def __init__(self, app, path: str, limit: int) -> None:
+        self.app, self.path, self.limit = app, path, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await self._refuse(send)
+        seen = 0
+        too_large = refused = False
+
+        async def counting_receive():
+            nonlocal seen, too_large
+            if too_large:  # stop feeding the parser; it sees the client go away
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def replacing_send(message):
+            nonlocal refused
+            if not too_large:
+                return await send(message)
+            if not refused:  # whatever the app answers to the cut-off body, the client gets the 413
+                refused = True
+                await self._refuse(send)
+
+        try:
+            await self.app(scope, counting_receive, replacing_send)
+        except Exception:
+            if not too_large:
+                raise
+            if not refused:
+                refused = True
+                await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        body = json.dumps({"error": f"upload is over the {self.limit // 1024} KiB limit"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def host_memory_bytes() -> int | None:
+    """Resident set size of this process now (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def device_memory_bytes() -> int | None:
+    """CUDA memory allocated by torch in this process (None without CUDA)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            return int(torch.cuda.memory_allocated())
+    except Exception:  # memory reporting must never break a health check
+        log.debug("device memory query failed", exc_info=True)
+    return None

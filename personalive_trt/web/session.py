@@ -1,0 +1,236 @@
+"""The WebSocket session protocol (``/api/ws``): one browser tab, one connection, at most one animation.
+
+* server -> client, text JSON: ``hello`` (limits, animator), ``started``, ``swapped``, ``stopped``, ``fps``
+  (the rate the client asked for, echoed), ``pong``, ``stats`` (every ``stats_interval`` s while an animator is
+  leased: server fps, step latency, drops, malformed frames), ``frame`` (the ``index`` of the driving frame
+  the next binary message animates), ``error`` (``code``: ``busy``, ``bad_message``, ``no_reference``,
+  ``not_started``, ``animation_failed``).
+* client -> server, text JSON: ``start`` (``reference`` id from ``POST /api/reference``, ``fps``), ``swap``
+  (``reference``), ``fps``, ``stop``, ``ping`` (``t``, echoed in the ``pong``).
+* binary, both ways: one JPEG per message. The server numbers the client's binary messages 0, 1, 2... in
+  arrival order (WebSocket messages are ordered), so the client can match an output's ``index`` with the
+  moment it grabbed that camera frame: that is the glass-to-glass latency the page shows.
+
+Threads: the event loop only moves bytes. Decoding and face framing of driving frames, the animator step and
+JPEG encoding run on the leased engine's :class:`~personalive_trt.live.worker.AnimationWorker` thread.
+Driving frames reach the worker through a latest-frame-wins slot (frames that arrive during a step are
+dropped and counted, never queued); outputs come back through a small ring per session that evicts its
+oldest frame when the client reads too slowly. Unlike the original app's unbounded queues, nothing can build
+up latency.
+
+The protocol only needs a :class:`~personalive_trt.web.state.ServerState` and a Starlette ``WebSocket``, so
+any server that accepts the socket can run it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+
+from fastapi import WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from personalive_trt.live.slots import PlayoutClock
+from personalive_trt.live.worker import OutputFrame, StampedFrame
+from personalive_trt.web.frames import make_frame_decoder
+from personalive_trt.web.state import ServerState
+
+log = logging.getLogger("personalive_trt.web")
+
+#: Close code for a server at its ``max_connections`` (RFC 6455 1013, "try again later").
+CLOSE_TRY_AGAIN = 1013
+#: Close code for a message over ``max_message_bytes`` (RFC 6455 1009, "message too big").
+CLOSE_TOO_BIG = 1009
+
+
+class Session:
+    """One client's animation: an engine leased from the pool, and the outputs waiting to be sent."""
+
+    def __init__(self, session_id: int, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
+        self.id = session_id
+        self.loop = loop
+        self.outputs: deque[tuple[bytes, OutputFrame]] = deque()
+        self.capacity = capacity
+        self.dropped_output = 0
+        self.ready = asyncio.Event()
+        self.failure: str | None = None
+        self.engine = None  # personalive_trt.web.pool.Engine while leased
+
+    def deliver(self, item: tuple[bytes, OutputFrame]) -> None:
+        """Event-loop side of the hand-over; evicts the oldest output when the client lags."""
+        if len(self.outputs) >= self.capacity:
+            self.outputs.popleft()
+            self.dropped_output += 1
+        self.outputs.append(item)
+        self.ready.set()
+
+    def fail(self, message: str) -> None:
+        self.failure = message
+        self.ready.set()
+
+
+async def accept(ws: WebSocket, state: ServerState) -> None:
+    """Accept the socket, refuse it over ``max_connections`` (close 1013), else run the session to its end."""
+    settings, counters = state.settings, state.counters
+    await ws.accept()
+    if counters["connections"] >= settings.max_connections:
+        counters["refused_connections"] += 1
+        await ws.close(CLOSE_TRY_AGAIN, f"too many connections ({settings.max_connections}); try again later")
+        return
+    counters["connections"] += 1
+    try:
+        await WebSocketSession(ws, state).run()
+    finally:
+        counters["connections"] -= 1
+
+
+class WebSocketSession:
+    """The protocol on one accepted socket: a receive loop and two sender tasks (outputs, stats)."""
+
+    def __init__(self, ws: WebSocket, state: ServerState) -> None:
+        self.ws = ws
+        self.state = state
+        self.settings = state.settings
+        self.pool = state.pool
+        state.counters["sessions"] += 1
+        self.session = Session(state.counters["sessions"], asyncio.get_running_loop(),
+                               capacity=2 * self.pool.animator.config.window)
+        self.received = 0
+
+    async def send_json(self, payload: dict) -> None:
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            await self.ws.send_text(json.dumps(payload))
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message})
+
+    # ------------------------------------------------------------------------------------------ senders
+    async def send_outputs(self) -> None:
+        """Play outputs out spaced like their driving frames arrived (they leave the animator in windows)."""
+        session = self.session
+        clock = PlayoutClock()
+        while True:
+            await session.ready.wait()
+            session.ready.clear()
+            if session.failure is not None:
+                message, session.failure = session.failure, None
+                self.pool.release(session)
+                await self.error("animation_failed", message)
+                continue
+            while session.outputs:
+                jpeg, frame = session.outputs.popleft()
+                wait = clock.wait(frame.t_capture, time.monotonic())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                now = time.monotonic()
+                await self.send_json({"type": "frame", "index": frame.index,
+                                      "server_latency_ms": round(1000 * (now - frame.t_capture), 1)})
+                await self.ws.send_bytes(jpeg)
+                self.state.mjpeg.publish(jpeg)
+
+    async def send_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats_interval)
+            engine = self.session.engine
+            if engine is None:
+                continue
+            await self.send_json({"type": "stats", **engine.worker.stats.snapshot(), "received": self.received,
+                                  "dropped_input": engine.worker.inbox.dropped,
+                                  "dropped_output": self.session.dropped_output})
+
+    async def _logged(self, coroutine) -> None:
+        try:
+            await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a send to a vanished client ends the task; say so, do not hide it
+            log.info("session %d: sender stopped: %s: %s", self.session.id, type(exc).__name__, exc)
+
+    # ------------------------------------------------------------------------------------------ commands
+    async def start(self, message: dict, swap: bool) -> None:
+        session, settings = self.session, self.settings
+        image = self.state.references.get(message.get("reference"))
+        if image is None:
+            await self.error("no_reference", "upload a reference image first (POST /api/reference)")
+            return
+        if swap:
+            if session.engine is None:
+                await self.error("not_started", "start before swapping")
+                return
+            session.engine.worker.swap_reference(image)
+            await self.send_json({"type": "swapped"})
+            return
+        if session.engine is None and self.pool.acquire(session) is None:
+            self.state.counters["busy_refusals"] += 1
+            await self.error("busy", f"busy: {settings.max_sessions} animation session(s) already running; "
+                             "try again when it ends")
+            return
+        session.outputs.clear()
+        session.engine.worker.start(image, make_frame_decoder(self.state.resolution, settings), tag=session)
+        await self.send_json({"type": "started", "resolution": self.state.resolution})
+
+    async def command(self, text: str | None) -> None:
+        try:
+            command = json.loads(text or "")
+            kind = command["type"]
+        except (ValueError, KeyError, TypeError):
+            self.state.counters["bad_messages"] += 1
+            await self.error("bad_message", "expected a JSON object with a 'type' field")
+            return
+        if kind in ("start", "swap"):
+            await self.start(command, swap=kind == "swap")
+        elif kind == "stop":
+            self.pool.release(self.session)
+            self.session.outputs.clear()
+            await self.send_json({"type": "stopped"})
+        elif kind == "fps":
+            await self.send_json({"type": "fps", "fps": command.get("fps")})
+        elif kind == "ping":
+            await self.send_json({"type": "pong", "t": command.get("t")})
+        else:
+            self.state.counters["bad_messages"] += 1
+            await self.error("bad_message", f"unknown type {kind!r}")
+
+    # ------------------------------------------------------------------------------------------ receive loop
+    async def receive_loop(self) -> None:
+        """Until the client disconnects or sends a message over the limit (closed with 1009)."""
+        ws, session, settings = self.ws, self.session, self.settings
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data, text = message.get("bytes"), message.get("text")
+            size = len(data) if data is not None else len(text or "")
+            if size > settings.max_message_bytes:
+                self.state.counters["oversize_messages"] += 1
+                log.warning("session %d: %d-byte message over the %d-byte limit; closing", session.id, size,
+                            settings.max_message_bytes)
+                await ws.close(CLOSE_TOO_BIG, f"message over {settings.max_message_bytes} bytes")
+                return
+            if data is not None:
+                index, self.received = self.received, self.received + 1
+                if session.engine is not None:
+                    session.engine.worker.inbox.put(StampedFrame(data, time.monotonic(), index))
+                continue
+            await self.command(text)
+
+    async def run(self) -> None:
+        pool, session = self.pool, self.session
+        tasks = [asyncio.create_task(self._logged(self.send_outputs())),
+                 asyncio.create_task(self._logged(self.send_stats()))]
+        try:
+            await self.send_json({"type": "hello", "resolution": self.state.resolution,
+                                  "max_message_bytes": self.settings.max_message_bytes,
+                                  "animator": pool.animator.description, "max_sessions": self.settings.max_sessions,
+                                  "sessions_active": pool.active})
+            await self.receive_loop()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            pool.release(session)  # a vanished client frees its animator at once
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            log.info("session %d closed after %d frames", session.id, self.received)

@@ -1,0 +1,23 @@
+"""Limits and behaviour of the web app: one frozen record that every server running the session protocol reads
+(the single-process ``serve`` today; a multi-replica server reuses it unchanged)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and behaviour of the app (every field has a ``serve`` option or is fixed on purpose)."""
+
+    max_sessions: int = 1  # animations at once; each needs its own animator (GPU memory)
+    max_connections: int = 16  # open WebSockets (idle pages included); more are closed with 1013
+    max_upload_bytes: int = 10 * MiB  # reference image upload
+    max_image_pixels: int = 40_000_000  # decoded size guard (decompression bombs)
+    max_message_bytes: int = 2 * MiB  # one WebSocket message (a driving JPEG)
+    max_frame_side: int = 4096  # a driving frame larger than this is malformed
+    crop: bool = True  # frame driving frames and references around the face
+    references_kept: int = 16  # uploaded references remembered (oldest forgotten)
+    output_quality: int = 85  # JPEG quality of output frames
+    stats_interval: float = 0.5  # seconds between stats messages
