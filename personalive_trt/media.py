@@ -18,9 +18,21 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
-import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class _LazyPyAV:
+    """PyAV, imported on first use: images, the runtime and the benchmark must work where PyAV is not
+    installed (the GPU check's machine has none); only reading or writing video needs it."""
+
+    def __getattr__(self, name: str):
+        import av
+
+        return getattr(av, name)
+
+
+av = _LazyPyAV()
 
 __all__ = [
     "MediaError",

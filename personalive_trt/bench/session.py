@@ -7,17 +7,44 @@ from dataclasses import dataclass, field
 from personalive_trt.bench.options import BenchError
 from personalive_trt.bench.timing import Clock, StageProbe
 
-def sample_inputs(resolution: int, window: int):
-    """The built-in sample portrait and the sample driving clip cut into chunks (the session loops over them)."""
+
+
+def sample_frames(resolution: int):
+    """The built-in sample portrait and every frame of the sample driving clip, resized to ``resolution``.
+
+    The clip is decoded with OpenCV's bundled FFmpeg, not PyAV: the benchmark and the GPU check run where
+    PyAV is not installed (the device machine has OpenCV and no PyAV). On the sample both decoders give the
+    same pixels (checked in tests/test_imports.py).
+    """
+    import cv2
     import numpy as np
 
     from personalive_trt import framing, media, sample
 
     reference = framing.resize_square(media.read_image(sample.sample_reference()), resolution)
-    with media.VideoReader(sample.sample_driving()) as reader:
-        frames = [framing.resize_square(frame, resolution) for frame in reader]
+    path = sample.sample_driving()
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise BenchError(f"{path}: OpenCV cannot open the built-in driving sample")
+    frames = []
+    try:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            frames.append(framing.resize_square(np.ascontiguousarray(bgr[:, :, ::-1]), resolution))
+    finally:
+        capture.release()
     if not frames:
-        raise BenchError("the built-in driving sample has no frames")
+        raise BenchError(f"{path}: OpenCV decoded no frames from the built-in driving sample")
+    return reference, frames
+
+
+def sample_inputs(resolution: int, window: int):
+    """The sample portrait and the sample driving clip cut into chunks (the session loops over them)."""
+    import numpy as np
+
+    reference, frames = sample_frames(resolution)
     needed = max(len(frames) // window, 1) * window
     frames = [frames[i % len(frames)] for i in range(needed)]
     return reference, [np.stack(frames[i:i + window]) for i in range(0, needed, window)]
