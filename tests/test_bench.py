@@ -172,7 +172,21 @@ def test_reference_flops_interpolates_keyframes(tmp_path, monkeypatch):
     assert [bench.reference_flops(k)["denoising_unet"] for k in range(4)] == [300, 400, 500, 600]
     assert bench.reference_flops(0)["vae_decoder"] == 10
     monkeypatch.setenv(bench.FLOPS_JSON_ENV, str(tmp_path / "absent.json"))
-    assert bench.reference_flops(0) is None  # absence is handled: no FLOP figures, no crash
+    with pytest.raises(bench.BenchError, match="absent.json: cannot read the FLOP table"):
+        bench.reference_flops(0)  # the table ships with the package: its absence is an error, not "no figures"
+
+
+def test_flop_table_ships_with_the_package(monkeypatch):
+    """The default table is package data (no ../shared needed: the GPU check's machine has none)."""
+    monkeypatch.delenv(bench.FLOPS_JSON_ENV, raising=False)
+    path = bench_flops.flops_json_path()
+    assert path.parent == Path(bench_flops.__file__).resolve().parent and path.is_file()
+    assert sum(bench.reference_flops(0).values()) == pytest.approx(34_642.3e9, rel=1e-5)
+
+
+def test_shipped_flop_table_is_the_reference_copy(shared_reference):
+    shipped = json.loads(bench_flops.DEFAULT_FLOPS_JSON.read_text())
+    assert shipped == json.loads((shared_reference / "flops_full_512.json").read_text())
 
 
 def test_shared_flops_table_matches_the_readme(shared_reference):

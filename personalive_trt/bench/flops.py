@@ -6,13 +6,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only: the options and the probe import nothing from here
-    from personalive_trt.bench.options import BenchOptions
+from personalive_trt.bench.options import BenchError, BenchOptions
+
+if TYPE_CHECKING:  # annotations only
     from personalive_trt.bench.timing import StageProbe
 
 FLOPS_JSON_ENV = "PERSONALIVE_FLOPS_JSON"
-#: Where the full-size FLOP counts live (the reference data beside the repository).
-DEFAULT_FLOPS_JSON = Path(__file__).resolve().parents[3] / "shared" / "reference" / "flops_full_512.json"
+#: The full-size FLOP counts: a copy of the reference data's ``flops_full_512.json`` shipped as package data,
+#: so the benchmark counts TFLOP/s where ``../shared`` is absent (the GPU check's machine, an installed wheel).
+DEFAULT_FLOPS_JSON = Path(__file__).resolve().with_name("flops_full_512.json")
 STEADY_ROLES = ("pose_encoder", "motion_encoder", "pose_guider", "denoising_unet", "vae_decoder")
 _JSON_KEYS = {
     "pose_encoder": "step.motion_extractor (4 frames 256^2)",
@@ -28,15 +30,18 @@ def flops_json_path() -> Path:
     return Path(os.environ.get(FLOPS_JSON_ENV, DEFAULT_FLOPS_JSON))
 
 
-def reference_flops(keyframes: int) -> dict[str, int] | None:
-    """Per-network FLOPs of one steady call at full size, 512, window 4, from the reference JSON (None if absent)."""
+def reference_flops(keyframes: int) -> dict[str, int]:
+    """Per-network FLOPs of one steady call at full size, 512, window 4, from the table (``flops_json_path``).
+
+    The table ships with the package, so a missing or malformed one is an install defect: one-line error."""
     path = flops_json_path()
     try:
         data = json.loads(path.read_text())
         per_role = {role: int(data[key]) for role, key in _JSON_KEYS.items()}
         unet0, unet3 = int(data[_JSON_UNET[0]]), int(data[_JSON_UNET[1]])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"{path}: cannot read the FLOP table ({type(exc).__name__}: {exc}); expected the "
+                         f"JSON shipped as personalive_trt/bench/flops_full_512.json") from exc
     per_role["denoising_unet"] = unet0 + round((unet3 - unet0) * keyframes / 3)
     return per_role
 
@@ -51,13 +56,13 @@ def flops_report(runtime, options: BenchOptions, probe: StageProbe | None, step_
     per_role, source = None, None
     if is_full_size(runtime.shapes) and config.resolution == 512 and config.window == 4:
         per_role = reference_flops(options.keyframes)
-        source = f"reference_json ({flops_json_path()})" if per_role else None
+        source = f"reference_json ({flops_json_path()})"
     if per_role is None and probe is not None and probe.flops and sum(probe.flops.values()) > 0:
         per_role = {role: probe.flops.get(role, 0) for role in STEADY_ROLES}
         source = "counted (FlopCounterMode, one eager call of the measured kind)"
     if per_role is None:
-        why = ("engine backends cannot be counted and flops_full_512.json does not apply (or is missing)"
-               if options.backend != "torch" else "flops_full_512.json missing and nothing counted")
+        why = ("engine backends cannot be counted and flops_full_512.json does not apply"
+               if options.backend != "torch" else "flops_full_512.json does not apply and nothing was counted")
         return {"source": None, "per_step": None, "per_network": None, "tflops": None, "note": why}
     total = sum(per_role.values())
     return {"source": source, "per_step": total, "per_network": per_role,
