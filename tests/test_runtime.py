@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from personalive_trt import framing, media, sample
+from personalive_trt import framing
+from personalive_trt.bench.session import sample_frames
 from personalive_trt.config import StreamConfig
 from personalive_trt.pipeline import Animator, NonFiniteError
 from personalive_trt.runtime import StreamRuntime
@@ -43,9 +44,8 @@ def models():
 @pytest.fixture(scope="module")
 def inputs():
     size = CONFIG.resolution
-    reference = framing.resize_square(media.read_image(sample.sample_reference()), size)
-    with media.VideoReader(sample.sample_driving()) as reader:
-        frames = np.stack([framing.resize_square(frame, size) for frame in reader])
+    reference, frames = sample_frames(size)  # decoded with OpenCV: the GPU check's machine has no PyAV
+    frames = np.stack(frames)
     chunks = [frames[(4 * i) % 56: (4 * i) % 56 + 4] for i in range(CALLS_BEFORE_SWAP + CALLS_AFTER_SWAP)]
     swapped = np.ascontiguousarray(reference[:, ::-1])  # a second portrait: the mirror image
     return reference, swapped, chunks
