@@ -13,6 +13,7 @@ network                component           interface (W = window, P = pile, R = 
 ``pose_guider``        pose_guider         maps (1,3,F,R,R), F in [W, P] -> pose (1,C0,F,h,h)
 ``pose_encoder``       motion_extractor    images (N,3,256,256), N in [1, W] -> pitch, yaw, roll, t, scale, kp
 ``vae_decoder``        vae                 latents (W,4,h,h) (x0.18215) -> frames (W,3,R,R) in [0,1]
+``vae_decoder_tiny``   taesd               the same interface, decoded by TAESD (``StreamConfig.vae == "tiny"``)
 ``vae_encoder``        vae                 image (1,3,R,R) in [-1,1] -> latent (1,4,h,h) (posterior mean x0.18215)
 ``image_encoder``      image_encoder       pixels (1,3,224,224) -> clip_embeds (1,1,D)
 =====================  ==================  =====================================================================
@@ -144,6 +145,24 @@ class VaeDecoder(nn.Module):
         return ((decoded / 2 + 0.5).clamp(0, 1),)
 
 
+class TinyVaeDecoder(nn.Module):
+    """Pile latents (x LATENT_SCALE) -> frames in [0, 1] by TAESD: post-processing fused.
+
+    TAESD was distilled to decode SD's scaled latents as they are (its scaling factor is 1, checked when
+    its config is read), so unlike :class:`VaeDecoder` nothing divides by LATENT_SCALE. diffusers'
+    ``decode`` returns [-1, 1] (it maps the decoder's [0, 1] output there); ``/2 + 0.5`` and the clamp
+    undo that exactly as for the full decoder, so both decoders give the same output range.
+    """
+
+    def __init__(self, taesd: nn.Module) -> None:
+        super().__init__()
+        self.taesd = taesd
+
+    def forward(self, latents: torch.Tensor):
+        decoded = self.taesd.decode(latents).sample
+        return ((decoded / 2 + 0.5).clamp(0, 1),)
+
+
 class VaeEncoder(nn.Module):
     """Image in [-1, 1] -> posterior mean x LATENT_SCALE (the pipeline's reference latent)."""
 
@@ -181,6 +200,25 @@ def kv_inputs(shapes: StreamShapes) -> tuple[TensorSpec, ...]:
 
 def denoising_unet_name(window: int) -> str:
     return f"denoising_unet_w{window}"
+
+
+def vae_decoder_name(vae: str) -> str:
+    """The decoder network of ``StreamConfig.vae``: its own export, engine and cache key per decoder."""
+    return "vae_decoder" if vae == "full" else f"vae_decoder_{vae}"
+
+
+def vae_decoder_spec(shapes: StreamShapes) -> NetworkSpec:
+    """The per-step decoder of ``shapes.config.vae``: the full SD VAE decoder or TAESD, one interface."""
+    frames = shapes.batch * shapes.window
+    interface = dict(inputs=(TensorSpec.fixed("latents", shapes.latent_frames(frames)),),
+                     outputs=(TensorSpec.fixed("frames", shapes.frames(frames)),),
+                     tolerances={"fp32": DEFAULT_TOLERANCES["fp32"], "fp16": FP16_FRAMES_TOLERANCE})
+    if shapes.config.vae == "tiny":
+        return NetworkSpec(vae_decoder_name("tiny"), "taesd", wrap=TinyVaeDecoder, **interface,
+                           description="clean pile latents (x0.18215, decoded as they are) -> frames in [0,1] "
+                                       "by TAESD (/2+0.5 and clamp fused)")
+    return NetworkSpec(vae_decoder_name("full"), "vae", wrap=VaeDecoder, **interface,
+                       description="clean pile latents (x0.18215) -> frames in [0,1] (scale, /2+0.5 and clamp fused)")
 
 
 def network_specs(shapes: StreamShapes) -> dict[str, NetworkSpec]:
@@ -250,14 +288,7 @@ def network_specs(shapes: StreamShapes) -> dict[str, NetworkSpec]:
             keep_fp32=(_FP32_LAYER_NORMS, _GRN),
             description="LivePortrait motion extractor: 256x256 frames in [0,1] -> pose bins, t, scale, keypoints",
         ),
-        NetworkSpec(
-            "vae_decoder", "vae",
-            inputs=(TensorSpec.fixed("latents", shapes.latent_frames(B * W)),),
-            outputs=(TensorSpec.fixed("frames", shapes.frames(B * W)),),
-            wrap=VaeDecoder,
-            tolerances={"fp32": DEFAULT_TOLERANCES["fp32"], "fp16": FP16_FRAMES_TOLERANCE},
-            description="clean pile latents (x0.18215) -> frames in [0,1] (scale, /2+0.5 and clamp fused)",
-        ),
+        vae_decoder_spec(shapes),
         NetworkSpec(
             "vae_encoder", "vae",
             inputs=(TensorSpec.fixed("image", shapes.frames(B), sample="image_pm1"),),

@@ -44,6 +44,7 @@ class SessionOptions:
     backend: str = "torch"
     engines: Path | None = None
     window: int = 4
+    vae: str = "full"  # per-step decoder: "full" or "tiny" (TAESD), see StreamConfig.vae
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,7 +251,7 @@ def open_animator(
     else:
         validate_weights_folder(Path(location))
     if backend == "torch":
-        networks = Networks.from_models(load_models(weights, device=device, dtype=dtype), config)
+        networks = Networks.from_models(load_models(weights, device=device, dtype=dtype, vae=config.vae), config)
     else:
         from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
 
@@ -266,7 +267,7 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
 
     from personalive_trt import framing, media, sample
 
-    config = StreamConfig(window=options.window)
+    config = StreamConfig(window=options.window, vae=options.vae)
     if options.backend not in ("torch", "onnxruntime", "tensorrt"):
         raise ValueError(f"--backend {options.backend!r}: expected torch, onnxruntime or tensorrt")
     if options.loop not in LOOPS:

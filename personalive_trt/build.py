@@ -2,7 +2,7 @@
 
 Layout of an engines folder::
 
-    engines_dir/build.json              what was built: weights fingerprint, stream configs, UNet config
+    engines_dir/build.json              what was built: weights fingerprint, stream configs, UNet config, decoder
     engines_dir/onnx/manifest.json      export manifest (shapes, hashes, verification errors)
     engines_dir/onnx/<network>.<precision>/model.onnx
     engines_dir/tensorrt/               engine cache (keyed by ONNX hash, profile, precision, TRT, GPU)
@@ -26,7 +26,7 @@ import torch
 from personalive_trt.config import StreamConfig
 from personalive_trt.networks import ROLES, Networks, specs_by_role
 from personalive_trt.shapes import StreamShapes
-from personalive_trt.weights import load_models, parse_weights_spec
+from personalive_trt.weights import TAESD_DIR, load_models, parse_weights_spec, require_taesd
 
 BUILD_FILE = "build.json"
 DEFAULT_ENGINES_DIR = Path("engines_cache")
@@ -48,18 +48,21 @@ def require_onnx() -> None:
         raise BuildError(f"{' and '.join(missing)} not installed: pip install \"personalive-trt[onnx]\"")
 
 
-def weights_fingerprint(weights: str, seed: int = 0) -> str:
+def weights_fingerprint(weights: str, seed: int = 0, vae: str = "full") -> str:
     """Identifies the weights an engine was built from, without loading them.
 
     Synthetic weights: their spec and seed. A folder: sha256 over every file's relative path,
-    size and modification time.
+    size and modification time; ``taesd/`` counts only for ``vae="tiny"``, so adding it to a folder
+    leaves the engines built for the full decoder valid.
     """
     kind, value = parse_weights_spec(weights)
     if kind == "synthetic":
         return f"synthetic:{value}:seed{seed}"
     root = Path(value)
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and ".download" not in p.parts):
+    used = (lambda rel: True) if vae == "tiny" else (lambda rel: rel.parts[0] != TAESD_DIR)
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and ".download" not in p.parts
+                       and used(p.relative_to(root))):
         stat = path.stat()
         digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return f"folder:{digest.hexdigest()[:32]}"
@@ -77,9 +80,14 @@ class BuildRecord:
     backend: str
     overrides: dict = dataclasses.field(default_factory=dict)  # network/component -> precision
     seconds: float = 0.0
+    vae: str = "full"  # the per-step decoder (StreamConfig.vae); records written before it existed: "full"
 
     def shapes(self, config: StreamConfig) -> StreamShapes:
-        if dataclasses.asdict(config) not in self.configs:
+        if config.vae != self.vae:
+            raise BuildError(f"the engines were built for --vae {self.vae}, not --vae {config.vae}; rebuild with "
+                             f"`personalive-trt build --vae {config.vae}` (another --engines folder keeps both)")
+        built = [{**c, "vae": c.get("vae", self.vae)} for c in self.configs]  # older configs have no "vae"
+        if dataclasses.asdict(config) not in built:
             windows = sorted({c["window"] for c in self.configs})
             raise BuildError(f"the engines were built for window(s) {windows} and configs {self.configs}, "
                              f"not {config}; rebuild with `personalive-trt build --window {config.window}`")
@@ -126,6 +134,7 @@ def build(
     force: bool = False,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    vae: str = "full",
 ) -> BuildRecord:
     """Export (and for TensorRT, build) everything ``run --backend <backend>`` needs."""
     if backend not in DEFAULT_PRECISION:
@@ -141,12 +150,18 @@ def build(
     engines_dir = Path(engines_dir)
     engines_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    fingerprint = weights_fingerprint(weights, seed)
-    configs = [StreamConfig(window=w) for w in windows]
+    configs = [StreamConfig(window=w, vae=vae) for w in windows]
+    kind, location = parse_weights_spec(weights)
+    if vae == "tiny" and kind == "dir":
+        require_taesd(Path(location))  # one line, before minutes of export
+    fingerprint = weights_fingerprint(weights, seed, vae=vae)
 
     previous = None
     if (engines_dir / BUILD_FILE).is_file() and not force:
         previous = read_build(engines_dir)
+        if previous.vae != vae:
+            raise BuildError(f"{engines_dir} holds engines built for --vae {previous.vae}; use another --engines "
+                             f"folder for --vae {vae}, or --force to replace them")
         if previous.fingerprint != fingerprint:
             raise BuildError(f"{engines_dir} holds engines of other weights ({previous.weights}); "
                              "use another --engines folder or --force to replace them")
@@ -155,14 +170,14 @@ def build(
     onnx_dir = engines_dir / "onnx"
     unet_config = previous.unet_config if previous else None
     if unet_config is None:
-        models = load_models(weights, seed=seed)
+        models = load_models(weights, seed=seed, vae=vae)
         unet_config = dict(models.denoising_unet.config)
     shapes_list = [StreamShapes.from_unet_config(c, unet_config) for c in configs]
     names = sorted({spec.name for s in shapes_list for spec in specs_by_role(s).values()})
     if force or not _export_is_current(onnx_dir, names, precisions):
         from personalive_trt.export.onnx_export import export_all
 
-        models = models or load_models(weights, seed=seed)
+        models = models or load_models(weights, seed=seed, vae=vae)
         export_all(models, shapes_list, onnx_dir, precisions=precisions, networks=names, log=log)
     else:
         log(f"ONNX exports in {onnx_dir} are up to date ({len(names)} networks, {', '.join(precisions)})")
@@ -170,7 +185,7 @@ def build(
 
     record = BuildRecord(weights=str(weights), fingerprint=fingerprint, unet_config=_plain(unet_config),
                          configs=[dataclasses.asdict(c) for c in configs], precisions=precisions, backend=backend,
-                         overrides=overrides)
+                         overrides=overrides, vae=vae)
     if backend == "tensorrt":
         engine_paths(record, engines_dir, shapes_list, overrides, allow_build=True, log=log)
     record.seconds = round(time.perf_counter() - started, 1)
@@ -234,7 +249,8 @@ def load_networks(engines_dir: Path, backend: str, weights: str, config: StreamC
 
         require_tensorrt()
     record = read_build(engines_dir)
-    fingerprint = weights_fingerprint(weights, seed)
+    # taesd/ counts as the record's decoder says; a decoder mismatch is refused by record.shapes below.
+    fingerprint = weights_fingerprint(weights, seed, vae=record.vae)
     if record.fingerprint != fingerprint:
         raise BuildError(f"{engines_dir} was built from weights {record.weights!r}, not {weights!r}; run "
                          f"`personalive-trt build --weights {weights} --engines {engines_dir}`")

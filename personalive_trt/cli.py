@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from personalive_trt.config import VAE_HELP
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="PersonaLive real-time portrait animation: run, build engines, manage weights.")
 weights_app = typer.Typer(no_args_is_help=True, help="Check or download the released weights.")
@@ -62,6 +64,7 @@ def run(
     loop: bool = typer.Option(False, "--loop", help="Live: replay a file source until Ctrl-C."),
     reference_loop: bool = typer.Option(False, "--reference-loop", help="File mode: run the plain-PyTorch reference "
                                         "loop (Animator) instead of the streaming runtime."),
+    vae: str = typer.Option("full", "--vae", help=VAE_HELP),
 ) -> None:
     """Animate REFERENCE with DRIVING: a video file into OUTPUT, or live (camera, stream, --preview,
     --virtual-camera) until Ctrl-C."""
@@ -72,7 +75,7 @@ def run(
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if is_live_request(driving, preview, virtual_camera):
         _run_live(reference, driving, output, weights, max_frames, seed, device, dtype, no_crop, backend, engines,
-                  window, preview, virtual_camera, fps, loop)
+                  window, preview, virtual_camera, fps, loop, vae=vae)
         return
     if output is None:
         fail("--output is required for a driving file (or add --preview / --virtual-camera for live mode)")
@@ -83,7 +86,7 @@ def run(
 
     options = RunOptions(reference=reference, driving=driving, output=output, weights=weights,
                          max_frames=max_frames, seed=seed, device=device, dtype=dtype, crop=not no_crop,
-                         backend=backend, engines=engines, window=window,
+                         backend=backend, engines=engines, window=window, vae=vae,
                          loop="reference" if reference_loop else "runtime")
     try:
         stats = animate_file(options)
@@ -93,7 +96,7 @@ def run(
 
 
 def _run_live(reference, driving, output, weights, max_frames, seed, device, dtype, no_crop, backend, engines,
-              window, preview, virtual_camera, fps, loop) -> None:
+              window, preview, virtual_camera, fps, loop, vae="full") -> None:
     from personalive_trt.live.runner import LiveOptions, run_live
 
     if backend not in ("torch", "onnxruntime", "tensorrt"):
@@ -101,7 +104,7 @@ def _run_live(reference, driving, output, weights, max_frames, seed, device, dty
     options = LiveOptions(reference=reference, driving=driving, output=output, preview=preview,
                           virtual_camera=virtual_camera, weights=weights, max_frames=max_frames, seed=seed,
                           device=device, dtype=dtype, crop=not no_crop, backend=backend, engines=engines,
-                          window=window, fps=fps, loop=loop)
+                          window=window, fps=fps, loop=loop, vae=vae)
     try:
         stats = run_live(options, status=lambda message: typer.echo(message, err=True))
     except user_errors() as exc:
@@ -126,6 +129,7 @@ def serve(
     max_sessions: int = typer.Option(1, help="Animations at once (one animator each); others are told 'busy'."),
     max_upload_mb: float = typer.Option(10.0, help="Largest reference upload, MiB."),
     max_message_kb: int = typer.Option(2048, help="Largest WebSocket message (one driving JPEG), KiB."),
+    vae: str = typer.Option("full", "--vae", help=VAE_HELP),
 ) -> None:
     """Serve the live web page: upload a portrait, animate it with your camera in the browser."""
     try:
@@ -156,7 +160,7 @@ def serve(
             require_tensorrt()
         torch_device, torch_dtype = resolve_device(device, dtype)
         resolved = resolve_weights(weights)
-        config = StreamConfig(window=window)
+        config = StreamConfig(window=window, vae=vae)
         web_app = create_app(lambda: open_animator(resolved, backend=backend, engines=engines, device=torch_device,
                                                    dtype=torch_dtype, seed=seed, config=config), settings)
     except user_errors() as exc:
@@ -176,6 +180,7 @@ def build(
                                             "onnxruntime)."),
     override: list[str] = typer.Option([], help="Per-network precision, e.g. pose_encoder=fp32 (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Re-export and rebuild everything."),
+    vae: str = typer.Option("full", "--vae", help=VAE_HELP + " The engines folder is built for this one."),
 ) -> None:
     """Export every network to verified ONNX and build the engines `run --backend` uses."""
     from personalive_trt.animate import resolve_weights
@@ -188,7 +193,7 @@ def build(
             fail(f"--override {item!r}: expected NETWORK=fp16|fp32")
         overrides[name] = value
     try:
-        record = build_all(resolve_weights(weights), engines, backend=backend, windows=window, precision=precision,
+        record = build_all(resolve_weights(weights), engines, backend=backend, windows=window, vae=vae, precision=precision,
                            precision_overrides=overrides, force=force)
     except user_errors() as exc:
         fail(str(exc))
@@ -207,7 +212,9 @@ def weights_check(directory: Path = typer.Argument(..., help="Weights folder in 
         fail(str(exc))
     width = max(len(f.path) for r in reports for f in r.files) if any(r.files for r in reports) else 20
     for report in reports:
-        typer.echo(f"\n{report.name}: {'ok' if report.ok else 'PROBLEMS'}")
+        typer.echo(f"\n{report.name}: {report.absent or ('ok' if report.ok else 'PROBLEMS')}")
+        if report.absent:
+            continue
         typer.echo(f"  {'file':<{width}}  {'tensors':>7}  {'parameters':>13}  {'dtype':<9}  status")
         for f in report.files:
             typer.echo(f"  {f.path:<{width}}  {f.tensors:>7}  {f.parameters:>13,}  {f.dtypes:<9}  {f.status}")
@@ -216,7 +223,9 @@ def weights_check(directory: Path = typer.Argument(..., help="Weights folder in 
     bad = [r.name for r in reports if not r.ok]
     if bad:
         fail(f"{directory}: problems in {', '.join(bad)}")
-    typer.echo(f"\n{directory}: all {len(reports)} components ok")
+    absent = [r.name for r in reports if r.absent]
+    typer.echo(f"\n{directory}: all {len(reports) - len(absent)} components ok"
+               + (f" ({', '.join(absent)}: absent, optional)" if absent else ""))
 
 
 @weights_app.command("download")

@@ -24,6 +24,11 @@ POSE_CANVAS = 512  # draw_keypoints / get_boxes assume a 512 x 512 canvas
 FACE_SIZE = 224  # motion-encoder face crops
 COND_SIZE = 256  # motion-extractor input size
 CLIP_SIZE = 224
+# Per-step VAE decoders: "full" = the released SD VAE (sd-vae-ft-mse) decoder; "tiny" = TAESD
+# (madebyollin/taesd, diffusers' AutoencoderTiny), which decodes the x0.18215 latents directly.
+VAE_DECODERS = ("full", "tiny")
+VAE_HELP = ("Per-step decoder: full (the SD VAE decoder) or tiny (TAESD: ~1/18 of the full decoder's FLOPs, a "
+            "distilled, slightly blurrier decode; needs taesd/ in the weights folder, see `weights download`).")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,11 @@ class StreamConfig:
         keyframe_start (`int`, defaults to 8): keyframes are checked once more than this many
             calls have finished (i.e. from the 10th call on with the default).
         max_keyframes (`int`, defaults to 3): history keyframes appended to the reference banks.
+        vae (`str`, defaults to ``"full"``): the decoder of every step's frames: ``"full"`` (the released
+            SD VAE decoder, ~10 of the ~35 TFLOP of a full-size step) or ``"tiny"`` (TAESD: ~0.6 TFLOP,
+            a distilled approximation of the same decode; needs ``taesd/`` in the weights folder). The
+            reference is always encoded by the full VAE encoder: it runs once per reference, and the
+            reference UNet was trained on that encoder's latents.
     """
 
     window: int = 4
@@ -54,8 +64,11 @@ class StreamConfig:
     keyframe_threshold: float = 17.0
     keyframe_start: int = 8
     max_keyframes: int = 3
+    vae: str = "full"
 
     def __post_init__(self) -> None:
+        if self.vae not in VAE_DECODERS:
+            raise ValueError(f"StreamConfig.vae {self.vae!r}: expected one of {', '.join(VAE_DECODERS)}")
         for name in ("window", "steps", "step_length", "resolution"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from personalive_trt.weights import BASE, PERSONALIVE, VAE_DIR
+from personalive_trt.weights import BASE, PERSONALIVE, TAESD_DIR, VAE_DIR
 
 # (hub repository, file in the repository, destination relative to the weights folder)
 WEIGHT_FILES = (
@@ -15,6 +15,8 @@ WEIGHT_FILES = (
     *(("huaichang/PersonaLive", f"pretrained_weights/personalive/{name}.pth", f"{PERSONALIVE}/{name}.pth")
       for name in ("denoising_unet", "reference_unet", "motion_encoder", "pose_guider", "temporal_module",
                    "motion_extractor")),
+    # The tiny decoder of `--vae tiny` (diffusers layout, ~10 MB); last, so the required files come first.
+    *(("madebyollin/taesd", f, f"{TAESD_DIR}/{f}") for f in ("config.json", "diffusion_pytorch_model.safetensors")),
 )
 
 

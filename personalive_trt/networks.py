@@ -24,11 +24,13 @@ BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def specs_by_role(shapes: StreamShapes) -> dict[str, "NetworkSpec"]:  # noqa: F821
-    """Role (``"denoising_unet"``) -> the spec of this stream's network (``"denoising_unet_w4"``)."""
-    from personalive_trt.export.specs import denoising_unet_name, network_specs
+    """Role (``"denoising_unet"``) -> the spec of this stream's network (``"denoising_unet_w4"``;
+    ``"vae_decoder_tiny"`` for the ``vae_decoder`` role of ``StreamConfig(vae="tiny")``)."""
+    from personalive_trt.export.specs import denoising_unet_name, network_specs, vae_decoder_name
 
     specs = network_specs(shapes)
-    return {role: specs[denoising_unet_name(shapes.window) if role == "denoising_unet" else role] for role in ROLES}
+    names = {"denoising_unet": denoising_unet_name(shapes.window), "vae_decoder": vae_decoder_name(shapes.config.vae)}
+    return {role: specs[names.get(role, role)] for role in ROLES}
 
 
 class Networks:
@@ -67,6 +69,11 @@ class Networks:
         """Torch backends over the loaded modules (the reference path)."""
         from personalive_trt.engines.backends import TorchBackend
 
+        if config.vae == "tiny" and models.taesd is None:
+            from personalive_trt.weights import WeightsError
+
+            raise WeightsError(f"StreamConfig(vae='tiny') needs the TAESD decoder, which {models.source} was loaded "
+                               "without: load_models(..., vae='tiny')")
         shapes = StreamShapes.from_unet_config(config, models.denoising_unet.config)
         precision = "fp16" if models.dtype == torch.float16 else "fp32"
         backends = {role: TorchBackend(spec, spec.wrap(getattr(models, spec.component)), precision=precision)

@@ -69,22 +69,41 @@ VAE_FULL = {
     "sample_size": 256,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
+# TAESD (madebyollin/taesd): diffusers' AutoencoderTiny defaults, which are that repository's config.json.
+TAESD_FULL = {
+    "act_fn": "relu",
+    "decoder_block_out_channels": [64, 64, 64, 64],
+    "encoder_block_out_channels": [64, 64, 64, 64],
+    "force_upcast": False,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "latent_magnitude": 3,
+    "latent_shift": 0.5,
+    "num_decoder_blocks": [3, 3, 3, 1],
+    "num_encoder_blocks": [1, 3, 3, 3],
+    "out_channels": 3,
+    "scaling_factor": 1.0,
+    "upsampling_scaling_factor": 2,
+}
 _CLIP_SMALL = dict(CLIP_FULL, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)
 _VAE_SMALL = dict(VAE_FULL, block_out_channels=[32, 32, 64, 64], layers_per_block=1)
+# Narrowed like _VAE_SMALL (16 wide: 1/16 of the released decoder's FLOPs), so that with the small and tiny
+# weights the tiny decoder stays cheaper than the narrowed full one, as it is at the released sizes.
+_TAESD_SMALL = dict(TAESD_FULL, decoder_block_out_channels=[16] * 4, encoder_block_out_channels=[16] * 4)
 CONFIGS = {
     # the released sizes (benchmarks)
-    "full": {"sd_unet": SD_UNET_FULL, "image_encoder": CLIP_FULL, "vae": VAE_FULL},
+    "full": {"sd_unet": SD_UNET_FULL, "image_encoder": CLIP_FULL, "vae": VAE_FULL, "taesd": TAESD_FULL},
     # the reference data's SMALL config: released layout for the fixed-size networks, exactly the
     # golden weights with seed 0. Its first UNet level keeps 320 channels (the released pose guider's
     # width), so a step still costs ~80 s on 2 CPU cores.
     "small": {"sd_unet": dict(SD_UNET_FULL, block_out_channels=[320, 64, 128, 128]),
-              "image_encoder": _CLIP_SMALL, "vae": _VAE_SMALL},
+              "image_encoder": _CLIP_SMALL, "vae": _VAE_SMALL, "taesd": _TAESD_SMALL},
     # the default of `--weights synthetic`: fast on CPU (a few seconds per step). The pose guider is
     # built as wide as the first UNet level (32), so its tensors are not the released shape.
     # One attention head (`attention_head_dim` is the head count in SD1 configs): CPU attention kernels
     # run ~8x faster on 32-wide heads than on 8 heads of width 4.
     "tiny": {"sd_unet": dict(SD_UNET_FULL, block_out_channels=[32, 32, 64, 64], attention_head_dim=1),
-             "image_encoder": _CLIP_SMALL, "vae": _VAE_SMALL},
+             "image_encoder": _CLIP_SMALL, "vae": _VAE_SMALL, "taesd": _TAESD_SMALL},
 }
 DEFAULT_SYNTHETIC = "tiny"
 
@@ -98,6 +117,9 @@ _RULES = [
     (re.compile(r"grn\.(gamma|beta)$"), ("const", 0.0, 0.1)),
     (re.compile(r"running_mean$"), ("const", 0.0, 0.1)),
     (re.compile(r"running_var$"), ("const", 1.0, 0.5 / math.sqrt(3.0))),
+    # TAESD's decoder maps to [0, 1] through plain convolutions: biases around 0.5 (first and last
+    # convolution; the others have none) put random-weight frames mid-grey instead of half clamped at 0.
+    (re.compile(r"^decoder\.layers\.\d+\.bias$"), ("const", 0.5, 0.1)),
 ]
 
 

@@ -6,6 +6,7 @@ A weights folder has the released layout::
     sd-image-variations-diffusers/unet/{config.json, diffusion_pytorch_model.(safetensors|bin)}
     sd-image-variations-diffusers/image_encoder/{config.json, (model.safetensors|pytorch_model.bin)}
     sd-vae-ft-mse/{config.json, diffusion_pytorch_model.(safetensors|bin)}
+    taesd/{config.json, diffusion_pytorch_model.(safetensors|bin)}   optional: the tiny decoder (``vae="tiny"``)
 
 The denoising UNet is assembled as the original does it (base SD UNet inflated, then
 ``denoising_unet.pth``, then ``temporal_module.pth``; later files win), but strictly: every
@@ -24,11 +25,13 @@ from pathlib import Path
 import torch
 import yaml
 
+from personalive_trt.config import LATENT_CHANNELS, VAE_DECODERS
 from personalive_trt.configs import config_path
 
 PERSONALIVE = "personalive"
 BASE = "sd-image-variations-diffusers"
 VAE_DIR = "sd-vae-ft-mse"
+TAESD_DIR = "taesd"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 # Public repositories of the released weights (huggingface_hub ids) -> folder in the layout.
@@ -36,6 +39,7 @@ HUB_REPOS = {
     "lambdalabs/sd-image-variations-diffusers": BASE,
     "stabilityai/sd-vae-ft-mse": VAE_DIR,
     "huaichang/PersonaLive": ".",
+    "madebyollin/taesd": TAESD_DIR,
 }
 
 
@@ -91,6 +95,8 @@ COMPONENTS = (
     Component("image_encoder", (f"{BASE}/image_encoder/model|pytorch_model",), remap=_clip_remap),
     Component("vae", (f"{VAE_DIR}/diffusion_pytorch_model",), remap=_vae_remap),
 )
+# Optional: loaded only for ``vae="tiny"``; checked when its folder exists.
+TAESD = Component("taesd", (f"{TAESD_DIR}/diffusion_pytorch_model",))
 
 
 def resolve_weight_file(root: Path, spec: str) -> Path:
@@ -135,6 +141,7 @@ class ComponentReport:
     name: str
     files: list[FileReport] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    absent: str = ""  # an optional component not in the folder: why that is fine (not a problem)
 
     @property
     def ok(self) -> bool:
@@ -241,6 +248,10 @@ def build_module(name: str, configs: Mapping[str, dict]) -> torch.nn.Module:
         from diffusers import AutoencoderKL
 
         return AutoencoderKL.from_config(dict(configs["vae"]))
+    if name == "taesd":
+        from diffusers import AutoencoderTiny
+
+        return AutoencoderTiny.from_config(dict(configs["taesd"]))
     raise KeyError(name)
 
 
@@ -250,6 +261,52 @@ def folder_configs(root: Path) -> dict[str, dict]:
         "image_encoder": read_json(root / BASE / "image_encoder" / "config.json"),
         "vae": read_json(root / VAE_DIR / "config.json"),
     }
+
+
+TAESD_ABSENT = "absent (optional: needed only for --vae tiny; `personalive-trt weights download` fetches it)"
+# TAESD for SD1 decodes the UNet's latents as they are (x0.18215): its config must not rescale them.
+# Defaults are diffusers' AutoencoderTiny defaults (older config.json files omit shift_factor).
+_TAESD_REQUIRED = (("latent_channels", 4, LATENT_CHANNELS), ("scaling_factor", 1.0, 1.0), ("shift_factor", 0.0, 0.0))
+
+
+def taesd_config(root: Path) -> dict:
+    """``taesd/config.json``, checked to be an SD1 TAESD (4 latent channels, scaling factor 1, no shift)."""
+    path = root / TAESD_DIR / "config.json"
+    config = read_json(path)
+    kind = config.get("_class_name", "AutoencoderTiny")
+    if kind != "AutoencoderTiny":
+        raise WeightsError(f"{path}: _class_name {kind!r}, expected 'AutoencoderTiny' (madebyollin/taesd)")
+    for key, default, expected in _TAESD_REQUIRED:
+        value = config.get(key, default)
+        if value is None or float(value) != expected:
+            raise WeightsError(f"{path}: {key} = {value!r}, expected {expected} (TAESD for SD1.x decodes the "
+                               "UNet's x0.18215 latents directly)")
+    return config
+
+
+def require_taesd(root: Path) -> None:
+    """``vae="tiny"`` on a folder without ``taesd/``: one line naming the folder and the way to get it."""
+    if not (root / TAESD_DIR).is_dir():
+        raise WeightsError(f"{root / TAESD_DIR}: missing TAESD folder (needed for --vae tiny); fetch it with "
+                           f"`personalive-trt weights download {root}`")
+
+
+def _check_component(component: Component, configs: Mapping[str, dict], root: Path) -> ComponentReport:
+    with torch.device("meta"):
+        module = build_module(component.name, configs)
+    expected = {k: v.shape for k, v in module.state_dict().items()}
+    return match_state(component, expected, root)[1]
+
+
+def check_taesd(root: Path) -> ComponentReport:
+    """The optional TAESD decoder: strict when ``taesd/`` exists, reported as absent (not a problem) otherwise."""
+    if not (root / TAESD_DIR).is_dir():
+        return ComponentReport(TAESD.name, absent=TAESD_ABSENT)
+    try:
+        configs = {"taesd": taesd_config(root)}
+    except WeightsError as exc:
+        return ComponentReport(TAESD.name, problems=[str(exc)])
+    return _check_component(TAESD, configs, root)
 
 
 def check_weights_dir(root: str | Path) -> list[ComponentReport]:
@@ -262,14 +319,7 @@ def check_weights_dir(root: str | Path) -> list[ComponentReport]:
     except WeightsError as exc:
         report = ComponentReport("configs", problems=[str(exc)])
         return [report]
-    reports = []
-    for component in COMPONENTS:
-        with torch.device("meta"):
-            module = build_module(component.name, configs)
-        expected = {k: v.shape for k, v in module.state_dict().items()}
-        _, report = match_state(component, expected, root)
-        reports.append(report)
-    return reports
+    return [*(_check_component(component, configs, root) for component in COMPONENTS), check_taesd(root)]
 
 
 def validate_weights_folder(root: Path) -> None:
@@ -314,11 +364,16 @@ class Models:
     vae: torch.nn.Module
     source: str
     synthetic: bool = False
+    taesd: torch.nn.Module | None = None  # the tiny decoder, loaded for vae="tiny" only
 
     NAMES = tuple(c.name for c in COMPONENTS)
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {name: getattr(self, name) for name in self.NAMES}
+        """Every loaded network by component name (``taesd`` only when it was loaded)."""
+        named = {name: getattr(self, name) for name in self.NAMES}
+        if self.taesd is not None:
+            named[TAESD.name] = self.taesd
+        return named
 
     @property
     def device(self) -> torch.device:
@@ -361,20 +416,28 @@ def _synthetic_namespace(component: str) -> Callable[[str], str]:
     return lambda key: component
 
 
+def check_vae(vae: str) -> None:
+    if vae not in VAE_DECODERS:
+        raise WeightsError(f"vae {vae!r}: expected one of {', '.join(VAE_DECODERS)}")
+
+
 def synthetic_models(
-    size: str = "tiny", seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    size: str = "tiny", seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    vae: str = "full",
 ) -> Models:
     """Deterministic random networks in the released layout, built in memory.
 
     ``size`` is ``"tiny"`` (fast on CPU), ``"small"`` (the reference data's small config: with
     seed 0 the tensors equal its synthesized golden weights) or ``"full"`` (released sizes).
+    ``vae="tiny"`` adds the TAESD decoder (its tensors in their own ``taesd`` namespace).
     """
     from personalive_trt.synthetic import CONFIGS, synth_state_dict
 
     if size not in CONFIGS:
         raise WeightsError(f"synthetic weights size {size!r}: expected one of {sorted(CONFIGS)}")
+    check_vae(vae)
     modules = {}
-    for component in COMPONENTS:
+    for component in COMPONENTS + ((TAESD,) if vae == "tiny" else ()):
         module = build_module(component.name, CONFIGS[size])
         module.load_state_dict(synth_state_dict(module, seed, _synthetic_namespace(component.name)), strict=True)
         modules[component.name] = module
@@ -400,6 +463,7 @@ def load_models(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    vae: str = "full",
 ) -> Models:
     """Load every PersonaLive network.
 
@@ -410,12 +474,19 @@ def load_models(
         device, dtype: where and in which precision the networks run (cast after loading,
             as the original does).
         seed (`int`, defaults to 0): seed of synthetic weights (ignored for a folder).
+        vae (`str`, defaults to ``"full"``): ``"tiny"`` also loads the TAESD decoder from ``taesd/``
+            (``Models.taesd``; the full VAE stays loaded: its encoder encodes the reference).
     """
+    check_vae(vae)
     kind, value = parse_weights_spec(weights)
     if kind == "synthetic":
-        return synthetic_models(str(value), seed=seed, device=device, dtype=dtype)
+        return synthetic_models(str(value), seed=seed, device=device, dtype=dtype, vae=vae)
     root = Path(value)
     validate_weights_folder(root)
+    if vae == "tiny":
+        require_taesd(root)  # before minutes of loading the rest
     configs = folder_configs(root)
     modules = {c.name: load_component(c, configs, root) for c in COMPONENTS}
+    if vae == "tiny":
+        modules[TAESD.name] = load_component(TAESD, {"taesd": taesd_config(root)}, root)
     return _finish(modules, device, dtype, str(root), synthetic=False)

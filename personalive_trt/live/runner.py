@@ -92,7 +92,8 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
     if options.fps is not None and not 0 < options.fps <= 240:
         raise ValueError(f"--fps {options.fps}: expected a rate in (0, 240]")
     config = _animator.config if _animator is not None else StreamConfig(window=options.window,
-                                                                         resolution=options.resolution)
+                                                                         resolution=options.resolution,
+                                                                         vae=options.vae)
     resolution = config.resolution
     device, dtype = resolve_device(options.device, options.dtype)
     weights = resolve_weights(options.weights)
