@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -230,3 +231,143 @@ def test_tiny_decoder_exports_and_verifies(tiny_models, tmp_path):
         assert record["verification"]["passed"] is True, (precision, record["verification"])
         assert (tmp_path / record["onnx"]).is_file()
     assert records["fp32"]["sha256"] != records["fp16"]["sha256"]
+
+
+# ---- build records ---------------------------------------------------------------------------------------
+def old_build_record(engines: Path, unet_config) -> None:
+    """A build.json as written before --vae existed: no "vae" in the record nor in its configs."""
+    from personalive_trt.build import BUILD_FILE, _plain
+
+    config = {k: v for k, v in dataclasses.asdict(StreamConfig(resolution=64, window=2)).items() if k != "vae"}
+    engines.mkdir(parents=True, exist_ok=True)
+    (engines / BUILD_FILE).write_text(json.dumps({
+        "weights": "synthetic", "fingerprint": "synthetic:tiny:seed0", "unet_config": _plain(unet_config),
+        "configs": [config], "precisions": ["fp32"], "backend": "onnxruntime", "overrides": {}, "seconds": 1.0}))
+
+
+def test_build_record_without_vae_means_full_and_the_other_decoder_is_refused(tiny_models, tmp_path):
+    from personalive_trt.build import BuildError, build, load_networks, read_build
+
+    engines = tmp_path / "engines"
+    old_build_record(engines, tiny_models.denoising_unet.config)
+    record = read_build(engines)
+    assert record.vae == "full"
+    assert record.shapes(StreamConfig(resolution=64, window=2)).config.vae == "full"  # old engines keep working
+    refusal = r"the engines were built for --vae full, not --vae tiny; rebuild with `personalive-trt build --vae tiny`"
+    with pytest.raises(BuildError, match=refusal):
+        record.shapes(StreamConfig(resolution=64, window=2, vae="tiny"))
+    with pytest.raises(BuildError, match=refusal):
+        load_networks(engines, "onnxruntime", "synthetic", StreamConfig(resolution=64, window=2, vae="tiny"), "cpu")
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(BuildError, match=r"holds engines built for --vae full; use another --engines folder"):
+        build("synthetic", engines, backend="onnxruntime", windows=(2,), vae="tiny", log=lambda message: None)
+    result = CliRunner().invoke(app, ["run", "--reference", "sample", "--driving", "sample", "--no-crop",
+                                      "--output", str(tmp_path / "out.mp4"), "--weights", "synthetic",
+                                      "--device", "cpu", "--backend", "onnxruntime", "--engines", str(engines),
+                                      "--window", "2", "--vae", "tiny"])
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "built for --vae full, not --vae tiny" in errors[0], result.output
+
+
+def test_taesd_counts_in_the_fingerprint_only_for_the_tiny_decoder(folder_copy):
+    from personalive_trt.build import weights_fingerprint
+
+    full, tiny = weights_fingerprint(str(folder_copy)), weights_fingerprint(str(folder_copy), vae="tiny")
+    assert full != tiny
+    config = folder_copy / TAESD_DIR / "config.json"
+    text = config.read_text()
+    config.unlink()
+    config.write_text(text + "\n")  # another taesd/ (size and time differ)
+    assert weights_fingerprint(str(folder_copy)) == full  # engines of the full decoder stay valid
+    assert weights_fingerprint(str(folder_copy), vae="tiny") != tiny
+    for path in sorted((folder_copy / TAESD_DIR).iterdir()):
+        path.unlink()
+    (folder_copy / TAESD_DIR).rmdir()
+    assert weights_fingerprint(str(folder_copy)) == full  # ... with taesd/ added or removed
+
+
+# ---- the stream ------------------------------------------------------------------------------------------
+def test_stream_runs_the_tiny_decoder(tiny_models):
+    """StreamRuntime with --vae tiny: the decoder role is vae_decoder_tiny (so its CUDA graphs replay TAESD), it
+    matches the reference Animator, never reads the device nor allocates, and its frames are not the full decoder's."""
+    from test_runtime import CONFIG, TORCH_TOLERANCE, HostSyncGuard, relative, seeded_noise
+
+    from personalive_trt import framing, media, sample
+    from personalive_trt.pipeline import Animator
+    from personalive_trt.runtime import StreamRuntime
+
+    size, calls = CONFIG.resolution, 4
+    reference = framing.resize_square(media.read_image(sample.sample_reference()), size)
+    with media.VideoReader(sample.sample_driving(), max_frames=CONFIG.window * calls) as reader:
+        frames = [framing.resize_square(frame, size) for frame in reader]
+    chunks = [np.stack(frames[i:i + CONFIG.window]) for i in range(0, len(frames), CONFIG.window)]
+    tiny = dataclasses.replace(CONFIG, vae="tiny")
+
+    def stream(loop, guard=None):
+        loop.fuse_reference(reference)
+        out = []
+        for chunk in chunks:
+            if guard is None:
+                out.append(loop.step_float(chunk))
+            else:
+                with guard.active():
+                    out.append(loop.step_float(chunk))
+        return out
+
+    runtime = StreamRuntime.from_models(tiny_models, tiny, noise=seeded_noise(1))
+    assert runtime.nets.backends["vae_decoder"].spec.name == "vae_decoder_tiny"
+    guard = HostSyncGuard(runtime.nets)
+    got = stream(runtime, guard)
+    expected = stream(Animator(tiny_models, tiny, noise=seeded_noise(1)))
+    full = stream(StreamRuntime.from_models(tiny_models, CONFIG, noise=seeded_noise(1)))
+    assert len(got) == calls
+    assert max(relative(a, b) for a, b in zip(got, expected)) <= TORCH_TOLERANCE
+    assert guard.violations == []
+    assert min(float((a - b).abs().max()) for a, b in zip(got, full)) > 0.05
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------------
+def test_bench_follows_the_decoder(tmp_path):
+    """--vae tiny: the report says so (top level, config, options) and counts TAESD's FLOPs, not the full decoder's."""
+    from personalive_trt import bench
+    from personalive_trt.bench.flops import tiny_decoder_flops
+    from personalive_trt.synthetic import SD_UNET_FULL
+
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(bench.standalone_app(), ["--weights", "synthetic", "--resolution", "64", "--warmup",
+                                                         "0", "--calls", "1", "--vae", "tiny", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "vae tiny" in result.output
+    report = json.loads(out.read_text())
+    assert report["vae"] == report["config"]["vae"] == report["options"]["vae"] == "tiny"
+    shapes = StreamShapes.from_unet_config(StreamConfig(resolution=64, max_keyframes=0), SD_UNET_FULL)
+    # the eager call's counted decode is the synthetic tiny TAESD's, not the (narrowed) full decoder's
+    assert report["flops"]["per_network"]["vae_decoder"] == tiny_decoder_flops(shapes, CONFIGS["tiny"]["taesd"])
+
+    bad = CliRunner().invoke(bench.standalone_app(), ["--vae", "huge"])
+    assert bad.exit_code == 1
+    assert bad.output.strip() == "error: --vae 'huge': expected one of full, tiny"
+
+
+def test_full_size_flops_with_the_tiny_decoder():
+    """The shipped table has only the full decoder: with --vae tiny its entry becomes TAESD's count (565.4 GFLOP
+    at 512 and window 4, ~1/18 of the full decoder's), everything else stays the table's."""
+    from types import SimpleNamespace
+
+    from personalive_trt.bench.flops import flops_report, reference_flops
+    from personalive_trt.bench.options import BenchOptions
+    from personalive_trt.synthetic import SD_UNET_FULL
+
+    table = reference_flops(0)
+    reports = {}
+    for vae in ("full", "tiny"):
+        config = StreamConfig(vae=vae, max_keyframes=0)
+        runtime = SimpleNamespace(config=config, shapes=StreamShapes.from_unet_config(config, SD_UNET_FULL))
+        reports[vae] = flops_report(runtime, BenchOptions(vae=vae), None, step_p50_ms=1000.0)
+    assert reports["full"]["per_network"] == table
+    tiny = reports["tiny"]["per_network"]
+    assert tiny["vae_decoder"] == 565_400_567_808  # FlopCounterMode on AutoencoderTiny(), latents (4, 4, 64, 64)
+    assert {k: v for k, v in tiny.items() if k != "vae_decoder"} == {k: v for k, v in table.items() if k != "vae_decoder"}
+    assert reports["tiny"]["per_step"] == reports["full"]["per_step"] - table["vae_decoder"] + tiny["vae_decoder"]
+    assert "TAESD" in reports["tiny"]["source"]

@@ -49,7 +49,9 @@ interpolated linearly between its 0- and 3-keyframe counts: only the reference-a
 grows with K). Otherwise the torch backend counts one eager call of the measured kind with
 ``torch.utils.flop_counter.FlopCounterMode`` per network (``"counted"``; CPU flash attention, which the
 counter misses, is counted with the SDPA formula). Both count 2 FLOPs per multiply-accumulate of matmuls,
-convolutions and attention, networks only. ``tflops`` = FLOPs per step / step time p50.
+convolutions and attention, networks only. ``tflops`` = FLOPs per step / step time p50. The table has only the
+full VAE decoder: with ``--vae tiny`` its ``vae_decoder`` entry is replaced by TAESD's decode at the released
+config (madebyollin/taesd), counted the same way on the meta device (no weights, no compute).
 """
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
     if options.backend == "torch":
         weights = resolve_weights(options.weights)
         log(f"bench: loading {weights} on {device} ({str(dtype).removeprefix('torch.')})")
-        models = load_models(weights, device=device, dtype=dtype)
+        models = load_models(weights, device=device, dtype=dtype, vae=config.vae)
         runtime = StreamRuntime.from_models(models, config, backend="torch", seed=options.seed, graphs=graphs)
     else:
         from personalive_trt.build import DEFAULT_ENGINES_DIR, read_build
@@ -155,7 +157,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         "graphs": runtime.use_graphs,
         "weights": weights,
         "dtype": str(runtime.dtype).removeprefix("torch."),
-        "config": {"window": config.window, "steps": config.steps, "resolution": config.resolution,
+        "vae": config.vae,  # the per-step decoder: "full" (SD VAE) or "tiny" (TAESD)
+        "config": {"vae": config.vae, "window": config.window, "steps": config.steps, "resolution": config.resolution,
                    "keyframes": options.keyframes, "keyframe_threshold": config.keyframe_threshold,
                    "keyframe_start": config.keyframe_start, "max_keyframes": config.max_keyframes},
         "keyframes": session.keyframes,
@@ -227,7 +230,7 @@ def compare_reference(options: BenchOptions, models, config, device, dtype, refe
         from personalive_trt.build import DEFAULT_ENGINES_DIR, read_build
 
         weights = read_build(Path(options.engines or DEFAULT_ENGINES_DIR)).weights
-        models = load_models(weights, device=device, dtype=dtype)
+        models = load_models(weights, device=device, dtype=dtype, vae=config.vae)
     log("bench: --compare: the reference Animator on the same inputs")
     animator = Animator(models, config, seed=options.seed)
     clock = Clock(device)

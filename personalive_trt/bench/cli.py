@@ -8,12 +8,13 @@ import typer
 
 from personalive_trt.bench.benchmark import run_benchmark
 from personalive_trt.bench.options import BenchError, BenchOptions
+from personalive_trt.config import VAE_HELP
 
 def summary(report: dict) -> str:
     s, c, g = report["step_ms"], report["chunk_latency_ms"], report["glass_to_glass_ms"]
     lines = [
         f"{report['runtime']} on {report['device']} ({report['dtype']}, window {report['config']['window']}, "
-        f"{report['config']['resolution']}px, {report['keyframes']} keyframes)",
+        f"{report['config']['resolution']}px, {report['keyframes']} keyframes, vae {report['vae']})",
         f"  step      p50 {s['p50']:.1f}  p95 {s['p95']:.1f}  p99 {s['p99']:.1f} ms   {report['fps']:.2f} fps "
         f"({report['throughput_mode']})",
         f"  chunk     p50 {c['p50']:.1f}  p95 {c['p95']:.1f}  p99 {c['p99']:.1f} ms   glass-to-glass p50 "
@@ -67,11 +68,12 @@ def bench(
     compare: bool = typer.Option(False, "--compare", help="Also run the reference Animator; print the speed ratio."),
     seed: int = typer.Option(42, help="Seed of the diffusion noise."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
+    vae: str = typer.Option("full", "--vae", help=VAE_HELP),
 ) -> None:
     """Benchmark the streaming runtime: fps, step and chunk latency, glass-to-glass, stages, TFLOP/s, memory."""
     options = BenchOptions(backend=backend, graphs=not no_graph, weights=weights, engines=engines, device=device,
                            dtype=dtype, window=window, resolution=resolution, keyframes=keyframes, warmup=warmup,
-                           calls=calls, capture_fps=capture_fps, compare=compare, seed=seed, json=json_path)
+                           calls=calls, capture_fps=capture_fps, compare=compare, seed=seed, json=json_path, vae=vae)
     try:
         report = run_benchmark(options)
     except _user_errors() as exc:

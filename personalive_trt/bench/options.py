@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from personalive_trt.config import VAE_DECODERS
+
 BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
 MAX_KEYFRAMES = 3
 
@@ -34,6 +36,7 @@ class BenchOptions:
     compare: bool = False
     seed: int = 42
     json: Optional[Path] = None
+    vae: str = "full"
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def validate(self) -> None:
@@ -53,6 +56,8 @@ class BenchOptions:
             raise BenchError(f"--capture-fps {self.capture_fps}: expected a positive frame rate")
         if self.dtype not in ("auto", "fp32", "fp16"):
             raise BenchError(f"--dtype {self.dtype!r}: expected auto, fp32 or fp16")
+        if self.vae not in VAE_DECODERS:
+            raise BenchError(f"--vae {self.vae!r}: expected one of {', '.join(VAE_DECODERS)}")
         if self.engines is not None and self.backend == "torch":
             raise BenchError("--engines is for --backend onnxruntime or tensorrt")
 
@@ -76,6 +81,6 @@ def stream_config(options: BenchOptions):
 
     k = options.keyframes
     if k == 0:
-        return StreamConfig(window=options.window, resolution=options.resolution, max_keyframes=0)
+        return StreamConfig(window=options.window, resolution=options.resolution, max_keyframes=0, vae=options.vae)
     return StreamConfig(window=options.window, resolution=options.resolution, keyframe_threshold=-1.0,
-                        keyframe_start=0, max_keyframes=k)
+                        keyframe_start=0, max_keyframes=k, vae=options.vae)
