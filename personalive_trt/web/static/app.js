@@ -11,7 +11,8 @@ const state = {
   pendingMeta: null, metaByUrl: new Map(), shownUrl: null,
   shown: [], frames: 0, g2g: null, clientDropped: 0, serverDropped: 0, malformed: 0, step: null,
 };
-window.__hud = { frames: 0, fps: 0, g2g: null, step: null };  // read by the browser test
+const DECODERS = { full: "full (SD VAE)", tiny: "tiny (TAESD)" };  // hello.vae -> HUD text
+window.__hud = { frames: 0, fps: 0, g2g: null, step: null, vae: null };  // read by the browser test
 
 function setStatus(text, kind = "idle") {
   const el = $("status");
@@ -71,6 +72,8 @@ function onMessage(msg) {
   switch (msg.type) {
     case "hello":
       state.hello = msg;
+      $("hud-vae").textContent = DECODERS[msg.vae] || msg.vae || "–";  // the animator's per-step decoder
+      window.__hud.vae = msg.vae || null;
       $("animator").textContent = `animator: ${msg.animator} · ${msg.resolution}px · sessions ${msg.sessions_active}/${msg.max_sessions}`;
       setStatus("connected");
       break;
