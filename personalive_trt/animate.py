@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from personalive_trt.config import StreamConfig
+from personalive_trt.devices import DTYPES, canonical_device, describe, resolve_device  # noqa: F401  (re-exported)
 from personalive_trt.networks import Networks
 from personalive_trt.pipeline import Animator
 from personalive_trt.runtime import StreamRuntime
 from personalive_trt.weights import SYNTHETIC_NOTICE, load_models, parse_weights_spec, validate_weights_folder
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 DEFAULT_WEIGHTS_DIR = Path("pretrained_weights")
 LOOPS = ("runtime", "reference")
 
@@ -38,8 +38,8 @@ class SessionOptions:
     weights: str = "auto"
     max_frames: int | None = None
     seed: int = 42
-    device: str = "cpu"
-    dtype: str = "fp32"
+    device: str = "auto"  # the GPU when there is one (personalive_trt.devices)
+    dtype: str = "auto"  # follows the device unless given
     crop: bool = True
     backend: str = "torch"
     engines: Path | None = None
@@ -72,18 +72,6 @@ def resolve_weights(spec: str) -> str:
     if spec != "auto":
         return spec
     return str(DEFAULT_WEIGHTS_DIR) if DEFAULT_WEIGHTS_DIR.is_dir() else "synthetic"
-
-
-def resolve_device(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of {sorted(DTYPES)}")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device {device!r}: expected cpu, cuda or cuda:N")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available (torch {torch.__version__})")
-    if dtype == "fp16" and device == "cpu":
-        raise ValueError("--dtype fp16 needs --device cuda (fp16 on CPU is unsupported for these networks)")
-    return torch.device(device), DTYPES[dtype]
 
 
 def chunked(frames: Iterator[np.ndarray], window: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -244,7 +232,8 @@ def open_animator(
     if loop not in LOOPS:
         raise ValueError(f"--loop {loop!r}: expected one of {', '.join(LOOPS)}")
     config = config or StreamConfig()
-    device = torch.device(device)
+    device = canonical_device(device)
+    print(f"running on {describe(device, dtype)}, {backend} backend", file=sys.stderr)
     kind, location = parse_weights_spec(weights)
     if kind == "synthetic":
         print(SYNTHETIC_NOTICE.format(spec=f"{weights}"), file=sys.stderr)
@@ -279,7 +268,7 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
     output = media.check_output_path(options.output)
     reference_path = sample.resolve_media(options.reference, "reference")
     driving_path = sample.resolve_media(options.driving, "driving")
-    device, dtype = resolve_device(options.device, options.dtype)
+    device, dtype = resolve_device(options.device, options.dtype, options.backend)
     weights = resolve_weights(options.weights)
     if options.max_frames is not None and options.max_frames < 1:
         raise ValueError(f"--max-frames {options.max_frames}: expected a positive number of frames")

@@ -48,8 +48,8 @@ def run(
     max_frames: Optional[int] = typer.Option(None, help="Animate only the first N driving frames (live: stop after "
                                              "N output frames)."),
     seed: int = typer.Option(42, help="Seed of the diffusion noise."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("fp32", help="fp32 or fp16 (fp16 needs cuda)."),
+    device: str = typer.Option("auto", help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (fp16 on a GPU, fp32 on the CPU), fp32 or fp16 (fp16 needs cuda)."),
     no_crop: bool = typer.Option(False, "--no-crop", help="Resize whole frames instead of framing the face."),
     backend: str = typer.Option("torch", help="torch (PyTorch modules), onnxruntime or tensorrt (built by "
                                 "`personalive-trt build`)."),
@@ -121,8 +121,8 @@ def serve(
                                 "./pretrained_weights if present, else synthetic)."),
     backend: str = typer.Option("torch", help="torch, onnxruntime or tensorrt (built by `personalive-trt build`)."),
     engines: Optional[Path] = typer.Option(None, help="Engines folder of `build` (default ./engines_cache)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    dtype: str = typer.Option("fp32", help="fp32 or fp16 (fp16 needs cuda)."),
+    device: str = typer.Option("auto", help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("auto", help="auto (fp16 on a GPU, fp32 on the CPU), fp32 or fp16 (fp16 needs cuda)."),
     seed: int = typer.Option(42, help="Seed of the diffusion noise."),
     window: int = typer.Option(4, help="Frames per chunk (the engines must be built for it)."),
     no_crop: bool = typer.Option(False, "--no-crop", help="Resize whole frames instead of framing the face."),
@@ -158,14 +158,17 @@ def serve(
             from personalive_trt.engines import require_tensorrt
 
             require_tensorrt()
-        torch_device, torch_dtype = resolve_device(device, dtype)
+        torch_device, torch_dtype = resolve_device(device, dtype, backend)
         resolved = resolve_weights(weights)
         config = StreamConfig(window=window, vae=vae)
         web_app = create_app(lambda: open_animator(resolved, backend=backend, engines=engines, device=torch_device,
                                                    dtype=torch_dtype, seed=seed, config=config), settings)
     except user_errors() as exc:
         fail(str(exc))
-    typer.echo(f"serving on http://{'[' + host + ']' if ':' in host else host}:{port}  (Ctrl-C stops)", err=True)
+    from personalive_trt.devices import describe
+
+    typer.echo(f"serving on http://{'[' + host + ']' if ':' in host else host}:{port} with {backend} on "
+               f"{describe(torch_device, torch_dtype)}  (Ctrl-C stops)", err=True)
     uvicorn.run(web_app, host=host, port=port, ws_max_size=settings.max_message_bytes, log_level="info")
 
 

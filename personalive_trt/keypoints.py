@@ -72,8 +72,12 @@ def _constant(name: str, device: torch.device, size: int = 0) -> torch.Tensor:
 
 def prepare_device_tables(device: torch.device, size: int, num_interp: int = WARMUP_FRAMES) -> None:
     """Build every cached table the streaming calls read (keypoint drawing at ``size``, warm-up
-    interpolation, face-crop taps), so no call creates one: call before capturing a CUDA graph."""
-    device = torch.device(device)
+    interpolation, face-crop taps), so no call creates one: call before capturing a CUDA graph.
+
+    The tables are cached per device as the calls' tensors report it (``cuda:0``, never ``cuda``)."""
+    from personalive_trt.devices import canonical_device
+
+    device = canonical_device(device)
     for name in ("bins", "drawn", "colors"):
         _constant(name, device)
     _constant("grid", device, size)

@@ -279,6 +279,8 @@ class Animator:
                                                    num_interp=cfg.warmup_frames + 1)
         else:
             kp_draw, kps_dri = kp.transfer_keypoints(ref.detector, self.frame0_detector, detector)
+        if not bool(torch.isfinite(kp_draw).all() & torch.isfinite(kps_dri).all()):  # a host read: the reference loop
+            raise NonFiniteError(f"step {self.count}: the pose encoder's keypoints contain NaN/Inf (dtype {self.dtype})")
         maps = kp.draw_keypoints(kp_draw, size=cfg.resolution)
         boxes = kp.face_boxes(kps_dri, size=cfg.resolution)
         faces = kp.crop_faces(images, boxes)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from personalive_trt import keypoints as kp
 from personalive_trt.config import COND_SIZE, StreamConfig
+from personalive_trt.devices import canonical_device
 from personalive_trt.keypoints import crop_faces_device
 from personalive_trt.networks import BACKENDS, Networks
 from personalive_trt.pipeline import NonFiniteError, check_frames, encode_reference, write_banks
@@ -79,13 +80,22 @@ class Output:
     def wait(self) -> np.ndarray:
         """Block until the frames are on the host; raises NonFiniteError if the call produced NaN/Inf."""
         self.event.synchronize()
+        if self._flags[FLAG_NONFINITE_POSE] > 0:
+            raise NonFiniteError(f"call {self.index}: the pose encoder's keypoints contain NaN/Inf (fp16 overflow?); "
+                                 "reset() before streaming on")
         if self._flags[FLAG_NONFINITE] > 0:
             raise NonFiniteError(f"call {self.index}: the denoised latents or decoded frames contain NaN/Inf "
                                  "(fp16 overflow?); reset() before streaming on")
         return self.frames
 
 
-FLAG_KEYFRAME, FLAG_NONFINITE = 0, 1
+# The call's flags buffer, copied to the host with its frames: [keyframe taken, latents/frames non-finite,
+# keypoints non-finite].
+FLAG_KEYFRAME, FLAG_NONFINITE, FLAG_NONFINITE_POSE = 0, 1, 2
+NUM_FLAGS = 3
+# Keypoints are clamped to this many canvas half-widths before they become pixels: far outside any canvas,
+# so finite keypoints are never changed in effect, and float->int conversion stays defined.
+KEYPOINT_LIMIT = 1e4
 
 
 class StreamRuntime:
@@ -118,7 +128,8 @@ class StreamRuntime:
         # Outputs are consumed (copied into the runtime's buffers) before the same network runs again.
         self.nets.clone_outputs = False
         self.shapes = networks.shapes
-        self.device, self.dtype = networks.device, networks.dtype
+        # "cuda" and "cuda:0" are one device: buffers report the index, so the runtime keeps it too.
+        self.device, self.dtype = canonical_device(networks.device), networks.dtype
         self.backend = _backend_kind(networks)
         cuda = self.device.type == "cuda"
         if graphs is None:
@@ -140,6 +151,10 @@ class StreamRuntime:
         self.schedule = DDIMSchedule(self.config.step_length, device=self.device)
         self.stream = torch.cuda.Stream(self.device) if cuda else None
         self._allocate()
+        if cuda:
+            # The buffers were allocated (and zeroed) on the current stream; the runtime's stream, which
+            # is not synchronised with it, must see them finished before its first use.
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self.reference_fused = False
         self.reset()
@@ -213,7 +228,7 @@ class StreamRuntime:
         self.warm_noise = zeros(*s.latent_chunk(cfg.warmup_frames))
         self.video = zeros(W, R, R, 3)
         self.frames_out = zeros(W, R, R, 3, dtype=torch.uint8)
-        self.flags = zeros(2, dtype=torch.float32)
+        self.flags = zeros(NUM_FLAGS, dtype=torch.float32)
         self.timesteps = torch.tensor(cfg.pile_timesteps, dtype=torch.int64, device=dev)
         self.warm_alphas = torch.linspace(0, 1, cfg.warmup_frames + 1, device=dev, dtype=dt).view(1, -1, 1, 1)
         self.threshold = float(cfg.keyframe_threshold)
@@ -221,7 +236,7 @@ class StreamRuntime:
 
         self.host_in = host(self.ring, W, R, R, 3, dtype=torch.uint8)
         self.host_out = host(self.ring, W, R, R, 3, dtype=torch.uint8)
-        self.host_flags = host(self.ring, 2, dtype=torch.float32)
+        self.host_flags = host(self.ring, NUM_FLAGS, dtype=torch.float32)
         self._host_in_np = self.host_in.numpy()
         self._host_out_np = self.host_out.numpy()
         self._host_flags_np = self.host_flags.numpy()
@@ -329,7 +344,15 @@ class StreamRuntime:
     def step_float(self, frames: np.ndarray) -> torch.Tensor:
         """As ``step`` but returns the decoded frames before quantisation: (W,R,R,3) in [0,1], a copy."""
         self.step(frames)
-        return self.video.clone()
+        # The copy is ordered on the runtime's stream (after this call, before any later one rewrites
+        # ``video``), then handed to the caller's stream.
+        with self._on_stream():
+            video = self.video.clone()
+        if self.stream is not None:
+            caller = torch.cuda.current_stream(self.device)
+            caller.wait_stream(self.stream)
+            video.record_stream(caller)
+        return video
 
     # ---- host-side scheduling ----------------------------------------------------------------------
     def _keyframe_from_previous_call(self) -> bool:
@@ -404,6 +427,7 @@ class StreamRuntime:
             kp_draw, kps_dri = kp.warmup_keypoints(self.ref_detector, None, detector, num_interp=warmup + 1)
         else:
             kp_draw, kps_dri = kp.transfer_keypoints(self.ref_detector, {"t": self.frame0_t}, detector)
+        kp_draw, kps_dri = self._finite_keypoints(kp_draw, kps_dri)
         maps = kp.draw_keypoints(kp_draw, size=cfg.resolution)
         faces = crop_faces_device(images, kp.face_boxes(kps_dri, size=cfg.resolution))
         if first:
@@ -426,6 +450,20 @@ class StreamRuntime:
         fresh = self.ref_latent.unsqueeze(2).expand(-1, -1, W, -1, -1)
         fresh = self.schedule.add_noise(fresh, self.noise_buffer, self.timesteps[-1:])
         self.latent_pile[:, :, P - W:].copy_(fresh)
+
+    def _finite_keypoints(self, *keypoints: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Flag non-finite keypoints on the device and make them safe to draw and to crop with.
+
+        NaN/Inf keypoints (an fp16 overflow in the pose encoder, or a non-finite reference detection)
+        would become out-of-range gather indices in the face crops: an indexing error on the CPU, and
+        on CUDA a device-side assert that takes the whole process (every session of a server) down.
+        So they are replaced by 0 and clamped, and the call's flag makes ``Output.wait`` raise
+        ``NonFiniteError`` for it instead.
+        """
+        finite = torch.stack([torch.isfinite(k).all() for k in keypoints]).all()
+        self.flags[FLAG_NONFINITE_POSE].copy_(~finite)
+        return tuple(torch.nan_to_num(k, nan=0.0, posinf=0.0, neginf=0.0).clamp(-KEYPOINT_LIMIT, KEYPOINT_LIMIT)
+                     for k in keypoints)
 
     def _denoise_and_decode(self, keyframes: int, check: bool) -> None:
         cfg, dt = self.config, self.dtype

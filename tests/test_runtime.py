@@ -224,6 +224,49 @@ def test_non_finite_output_is_reported_at_collect(models, inputs):
         runtime.collect().wait()
 
 
+def nan_pose_encoder(networks, after_calls: int):
+    """Makes the pose encoder's outputs NaN from its ``after_calls``-th call on (on the instance)."""
+    backend = networks.backends["pose_encoder"]
+    infer, calls = backend.infer, [0]
+
+    def poisoned(inputs, *args, **kwargs):
+        outputs = infer(inputs, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] > after_calls:
+            for value in outputs.values():
+                value.fill_(float("nan"))
+        return outputs
+
+    backend.infer = poisoned
+    return backend
+
+
+def test_non_finite_keypoints_end_the_call_cleanly(models, inputs):
+    """NaN keypoints are flagged on the device and raised at collect, never turned into gather indices
+    (on CUDA an out-of-range gather is a device-side assert that kills the process)."""
+    runtime = StreamRuntime.from_models(models, CONFIG, noise=seeded_noise(4))
+    reference, _, chunks = inputs
+    runtime.fuse_reference(reference)
+    backend = nan_pose_encoder(runtime.nets, after_calls=1)
+    runtime.step(chunks[0])  # call 0: finite
+    runtime.submit(chunks[1])
+    with pytest.raises(NonFiniteError, match="call 1: the pose encoder's keypoints contain NaN/Inf"):
+        runtime.collect().wait()
+    del backend.infer
+    runtime.swap_reference(reference)  # the session can start over
+    assert runtime.step(chunks[0]).shape == (4, 128, 128, 3)
+
+
+def test_non_finite_keypoints_in_the_animator_raise(models, inputs):
+    animator = Animator(models, CONFIG, noise=seeded_noise(4))
+    reference, _, chunks = inputs
+    animator.fuse_reference(reference)
+    backend = nan_pose_encoder(animator.nets, after_calls=1)
+    with pytest.raises(NonFiniteError, match="keypoints contain NaN/Inf"):
+        animator.step(chunks[0])
+    del backend.infer
+
+
 def test_config_must_match_the_networks(models):
     runtime = StreamRuntime.from_models(models, StreamConfig(resolution=128))
     with pytest.raises(ValueError, match="networks were built for"):

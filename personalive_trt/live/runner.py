@@ -95,7 +95,7 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
                                                                          resolution=options.resolution,
                                                                          vae=options.vae)
     resolution = config.resolution
-    device, dtype = resolve_device(options.device, options.dtype)
+    device, dtype = resolve_device(options.device, options.dtype, options.backend)
     weights = resolve_weights(options.weights)
     if options.output is not None:
         media.check_output_path(options.output)
