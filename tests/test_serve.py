@@ -165,6 +165,7 @@ def test_stream_returns_each_animated_frame_tagged_with_its_driving_frame(client
     with client.websocket_connect("/api/ws") as ws:
         hello = ws.receive_json()
         assert hello["type"] == "hello" and hello["resolution"] == RES
+        assert hello["vae"] == "full"  # the HUD's decoder field
         start(ws, key)
         values = [(7 * i) % 250 for i in range(40)]
         stream_frames(ws, values, pause=0.01)

@@ -223,7 +223,8 @@ class WebSocketSession:
         try:
             await self.send_json({"type": "hello", "resolution": self.state.resolution,
                                   "max_message_bytes": self.settings.max_message_bytes,
-                                  "animator": pool.animator.description, "max_sessions": self.settings.max_sessions,
+                                  "animator": pool.animator.description, "vae": pool.animator.config.vae,
+                                  "max_sessions": self.settings.max_sessions,
                                   "sessions_active": pool.active})
             await self.receive_loop()
         except WebSocketDisconnect:
