@@ -68,6 +68,17 @@ def small_weights_dir(shared_reference, tmp_path_factory) -> Path:
     return out
 
 
+def symlink_tree(source: Path, root: Path) -> Path:
+    """A copy of the folder ``source`` at ``root`` made of symlinks to its files (tests then add, drop or
+    replace single files in it without touching the original)."""
+    for src in source.rglob("*"):
+        if src.is_file():
+            dst = root / src.relative_to(source)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(src, dst)
+    return root
+
+
 def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
+
+from conftest import symlink_tree
 
 from personalive_trt.cli import app
 from personalive_trt.config import StreamConfig
@@ -78,13 +79,7 @@ def weights_dir(tiny_models, tmp_path_factory) -> Path:
 @pytest.fixture
 def folder_copy(weights_dir, tmp_path) -> Path:
     """A folder of symlinks to ``weights_dir``; tests add, drop or replace single files in it."""
-    root = tmp_path / "weights"
-    for src in weights_dir.rglob("*"):
-        if src.is_file():
-            dst = root / src.relative_to(weights_dir)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(src, dst)
-    return root
+    return symlink_tree(weights_dir, tmp_path / "weights")
 
 
 # ---- config ----------------------------------------------------------------------------------------------

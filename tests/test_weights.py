@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
+
+from conftest import symlink_tree
 
 from personalive_trt.cli import app
 from personalive_trt.synthetic import CONFIGS, tensor_digest
@@ -79,13 +80,7 @@ def test_load_models_from_folder_equals_synthetic(small_weights_dir, synthetic_s
 @pytest.fixture
 def weights_copy(small_weights_dir, tmp_path) -> Path:
     """A weights folder of symlinks to the small weights; tests replace single files in it."""
-    root = tmp_path / "weights"
-    for src in small_weights_dir.rglob("*"):
-        if src.is_file():
-            dst = root / src.relative_to(small_weights_dir)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(src, dst)
-    return root
+    return symlink_tree(small_weights_dir, tmp_path / "weights")
 
 
 def rewrite(root: Path, rel: str, edit) -> None:
