@@ -41,7 +41,7 @@ def report(tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("bench") / "report.json"
     args = ["--weights", "synthetic", "--resolution", "64", "--warmup", "0", "--calls", "2", "--compare",
-            "--json", str(out)]
+            "--json", str(out), "--device", "cpu"]  # asked for: on a GPU machine auto would pick CUDA
     saved, sys.argv = sys.argv, ["personalive-trt", "bench", *args]  # what the report records as the command
     try:
         result = invoke(*args)
@@ -60,7 +60,7 @@ def test_report_identity_fields(report):
     assert report["backend"] == "torch" and report["graphs"] is False
     assert report["weights"] == "synthetic" and report["dtype"] == "float32"
     assert report["config"] == {"window": 4, "steps": 4, "resolution": 64, "keyframes": 0, "keyframe_threshold": 17.0,
-                                "keyframe_start": 8, "max_keyframes": 0}
+                                "keyframe_start": 8, "max_keyframes": 0, "vae": "full"}
     assert report["keyframes"] == 0 and report["warmup_calls"] == 0 and report["measured_calls"] == 2
     assert isinstance(report["threads"], int) and report["threads"] >= 1
 

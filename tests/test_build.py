@@ -61,7 +61,8 @@ def test_build_record_and_up_to_date(engines_dir):
     record = read_build(engines_dir)
     assert record.weights == "synthetic" and record.precisions == ["fp32"] and record.backend == "onnxruntime"
     assert record.configs == [{"window": 4, "steps": 4, "step_length": 333, "resolution": 512,
-                               "keyframe_threshold": 17.0, "keyframe_start": 8, "max_keyframes": 3}]
+                               "keyframe_threshold": 17.0, "keyframe_start": 8, "max_keyframes": 3, "vae": "full"}]
+    assert record.vae == "full"
     lines: list[str] = []
     build("synthetic", engines_dir, backend="onnxruntime", log=lines.append)  # nothing to redo
     assert any("up to date" in line for line in lines) and not any(line.startswith("exporting") for line in lines)
