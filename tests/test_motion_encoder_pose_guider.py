@@ -130,5 +130,7 @@ def test_pose_guider_is_per_frame(pose_guider):
     assert output.shape == (2, 320, 3, 8, 6)
     for batch, frame in [(0, 0), (1, 2)]:
         single = pose_guider(maps[batch : batch + 1, :, frame : frame + 1])
-        assert relative_error(single[0, :, 0], output[batch, :, frame]) <= 1e-6
+        # fp32 rounding only: the batched and the single-frame convolutions may pick different kernels
+        # (measured 2.6e-6 on a fresh CPU install, 2026-12-02); mixing frames would be O(1).
+        assert relative_error(single[0, :, 0], output[batch, :, frame]) <= 1e-5
     assert torch.isfinite(output).all()
