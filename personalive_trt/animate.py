@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from personalive_trt.config import StreamConfig
-from personalive_trt.devices import DTYPES, canonical_device, describe, resolve_device  # noqa: F401  (re-exported)
+from personalive_trt.devices import canonical_device, describe, resolve_device
 from personalive_trt.networks import Networks
 from personalive_trt.pipeline import Animator
 from personalive_trt.runtime import StreamRuntime

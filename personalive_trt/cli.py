@@ -138,7 +138,8 @@ def serve(
         from personalive_trt.web.app import ServeSettings, create_app
     except ImportError as exc:
         fail(f"serve needs the web extra ({exc.name} is missing): pip install 'personalive-trt[serve]'")
-    from personalive_trt.animate import open_animator, resolve_device, resolve_weights
+    from personalive_trt.animate import open_animator, resolve_weights
+    from personalive_trt.devices import resolve_device
     from personalive_trt.config import StreamConfig
 
     if not 0 < port < 65536:

@@ -1,8 +1,10 @@
 """Device and dtype choice: ``auto`` takes the GPU when there is one, ``cuda`` is ``cuda:N``, refusals are one line."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,8 +65,7 @@ def test_refusals_name_the_value(monkeypatch, device, dtype, backend, message):
 
 def test_run_with_tensorrt_on_the_cpu_is_refused_in_one_line(tmp_path):
     """TensorRT must never be handed host pointers: the CLI refuses before loading anything."""
-    stub = str(__import__("pathlib").Path(__file__).parent / "tensorrt_stub")
-    env = {**__import__("os").environ, "PYTHONPATH": stub}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "tensorrt_stub")}
     out = tmp_path / "out.mp4"
     result = subprocess.run([sys.executable, "-m", "personalive_trt.cli", "run", "--reference", "sample", "--driving",
                              "sample", "--output", str(out), "--backend", "tensorrt", "--device", "cpu"],

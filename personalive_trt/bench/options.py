@@ -63,17 +63,9 @@ class BenchOptions:
 
 
 def resolve_device_dtype(options: BenchOptions):
-    import torch
+    from personalive_trt.devices import resolve_device
 
-    from personalive_trt.animate import resolve_device
-
-    device = options.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = options.dtype
-    if dtype == "auto":
-        dtype = "fp32" if device == "cpu" else "fp16"
-    return resolve_device(device, dtype)
+    return resolve_device(options.device, options.dtype)
 
 
 def stream_config(options: BenchOptions):

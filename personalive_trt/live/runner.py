@@ -79,8 +79,9 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
     ``_animator`` (tests) replaces the loaded animator; it must have the animator interface.
     """
     from personalive_trt import framing, media, sample
-    from personalive_trt.animate import open_animator, resolve_device, resolve_weights
+    from personalive_trt.animate import open_animator, resolve_weights
     from personalive_trt.config import StreamConfig
+    from personalive_trt.devices import resolve_device
     from personalive_trt.live.sinks import FileSink, PreviewSink, VirtualCameraSink
     from personalive_trt.live.sources import SourceError, open_source
 
