@@ -10,19 +10,25 @@ For each :class:`~personalive_trt.export.spec.NetworkSpec`:
    spec's ``keep_fp32`` islands (:mod:`personalive_trt.export.fp16`);
 4. every file is run in ONNX Runtime (CPU) on both cases and compared with the torch FP32 outputs;
    an fp16 file is also checked through its fp16-storage emulation (the CPU provider computes most
-   fp16 ops in float32, see :mod:`~personalive_trt.export.fp16`). A metric beyond the spec's
-   :class:`~personalive_trt.export.spec.Tolerance` raises :class:`ExportError`;
+   fp16 ops in float32, see :mod:`~personalive_trt.export.fp16`). ONNX Runtime runs the file's
+   fused-attention copy (``model.fused.onnx``, :mod:`~personalive_trt.export.attention`): the plain
+   attention TensorRT fuses would make ONNX Runtime materialise every score matrix. A metric beyond
+   the spec's :class:`~personalive_trt.export.spec.Tolerance` raises :class:`ExportError`;
 5. only when every requested precision has passed are the exports moved into place (``out_dir/<name>.<precision>/model.onnx``, plus
    ``model.onnx.data`` when the weights exceed ``external_data_bytes``); a failed export leaves
    nothing behind and an earlier export of the same network untouched.
 
 Memory: weights are streamed tensor by tensor from the traced file into the final file(s), so a
-6.7 GB UNet is not held twice by this module (the tracer and ONNX Runtime hold their own copies).
+6.7 GB UNet is not held twice by this module (the tracer and ONNX Runtime hold their own copies);
+one ONNX Runtime session exists at a time. The peak RSS and the time of each network's export and
+verification are measured (:class:`PeakRss`) and written into its manifest record (``memory``,
+``export_seconds``, ``verify_seconds``).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import datetime
 import hashlib
 import json
@@ -41,6 +47,7 @@ from personalive_trt.config import StreamConfig
 from personalive_trt.shapes import StreamShapes
 
 from . import fp16 as fp16_graph
+from .attention import fuse_attention
 from .spec import ExportError, NetworkSpec
 from .specs import merge_specs, network_specs, sample_inputs, verification_cases
 
@@ -49,6 +56,9 @@ PRECISIONS = ("fp32", "fp16")
 # Above this many bytes of weights the ONNX file keeps them in `model.onnx.data` (protobuf's 2 GiB cap).
 EXTERNAL_DATA_BYTES = 1_800_000_000
 MODEL_FILE = "model.onnx"
+# The verification (and ONNX Runtime backend) copy: the same graph with fused attention, reading the
+# same weights (see :mod:`personalive_trt.export.attention`). TensorRT parses MODEL_FILE.
+FUSED_FILE = "model.fused.onnx"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
@@ -131,6 +141,42 @@ def dead_nodes(model) -> list[str]:
             alive.add(index)
             needed.update(name for name in node.input if name)
     return [node.name for i, node in enumerate(model.graph.node) if i not in alive]
+
+
+# ---- measured memory -----------------------------------------------------------------------------------
+class PeakRss:
+    """Peak resident memory of this process over one phase, read from ``/proc/self/status`` (VmHWM).
+
+    ``reset()`` writes 5 to ``/proc/self/clear_refs``, which sets the high-water mark back to the
+    current RSS (Linux >= 4.0), so each network's export and verification get their own peak while
+    running in this process. Where that file is not writable the peak is the process high-water mark
+    since start (``method`` says which), an upper bound of the phase's peak.
+    """
+
+    def __init__(self) -> None:
+        self.method = "VmHWM reset per phase via /proc/self/clear_refs"
+        self.reset()
+
+    def reset(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self.method = "process high-water mark (VmHWM/ru_maxrss; not resettable here)"
+
+    @staticmethod
+    def peak() -> int:
+        """Bytes."""
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ---- metrics -----------------------------------------------------------------------------------------------
@@ -265,14 +311,39 @@ def _build(candidate: _Candidate, traced, store, lookup, external_data_bytes: in
     return model, values
 
 
+def _fused_copy(source: Path, target: Path) -> int:
+    """Write ``target``: ``source``'s graph with fused attention; returns the attentions fused.
+
+    The graph is loaded without external data, so a large export's copy keeps pointing at the same
+    ``model.onnx.data`` (it must sit in the same folder); a small export's embedded weights are copied.
+    """
+    import onnx
+
+    fused, count = fuse_attention(onnx.load(str(source), load_external_data=False))
+    with open(target, "wb") as f:
+        f.write(fused.SerializeToString())
+    return count
+
+
 def _verify(candidate: _Candidate, model, values, cases, references, scratch: Path,
             external_data_bytes: int) -> None:
-    """Run the written file (and, for fp16, its storage emulation) on every case; raise on a miss."""
+    """Run the written file's fused-attention copy (and, for fp16, its storage emulation) on every case;
+    raise on a miss.
+
+    ONNX Runtime runs ``model.fused.onnx`` (kept beside ``model.onnx`` for the ONNX Runtime backend),
+    not the plain graph: the plain attention would materialise every score matrix (tens of GB at 512²,
+    see :mod:`~personalive_trt.export.attention`). One session exists at a time and is freed before
+    the next.
+    """
     spec, precision = candidate.spec, candidate.precision
     tolerance = spec.tolerance(precision)
-    runs = {"onnxruntime": candidate.folder / MODEL_FILE}
+    fused_path = candidate.folder / FUSED_FILE
+    fused = _fused_copy(candidate.folder / MODEL_FILE, fused_path)
+    candidate.files.append(fused_path)
+    runs = {"onnxruntime": fused_path}
     if precision == "fp16":
         emulated, dtypes = fp16_graph.emulate_fp16_storage(model)
+        emulated, _ = fuse_attention(emulated)
         emulated_values = lambda tensor: values(tensor).astype(dtypes[tensor.name])  # noqa: E731
         size = _weights_bytes(emulated, lambda tensor: dtypes[tensor.name])
         write_model(emulated, emulated_values, scratch / "emulate" / MODEL_FILE, size > external_data_bytes)
@@ -295,8 +366,14 @@ def _verify(candidate: _Candidate, model, values, cases, references, scratch: Pa
             results.append({"run": run_name, "case": label, "shapes": {t.name: list(x.shape) for t, x in zip(spec.inputs, inputs)},
                             "outputs": per_output, "worst_rel": worst["rel"],
                             "worst_psnr": min(m["psnr"] for m in per_output.values())})
+            del outputs, inputs
         del session
+        gc.collect()
+    candidate.record["onnx_fused"] = f"{spec.name}.{precision}/{FUSED_FILE}"
     candidate.record["verification"] = {"reference": "torch fp32 module on the same (fp16-representable) inputs",
+                                        "graph": f"{FUSED_FILE}: {MODEL_FILE} with {fused} attention block(s) as "
+                                                 "com.microsoft.MultiHeadAttention, every other node the same",
+                                        "fused_attention": fused,
                                         "tolerance": tolerance.describe(), "cases": results,
                                         "passed": not failures}
     if failures:
@@ -336,14 +413,17 @@ def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions
     out_dir.mkdir(parents=True, exist_ok=True)
     wrapper = spec.wrap(module).eval()
     cases = verification_cases(spec)
+    rss = PeakRss()
     started = time.perf_counter()
     references = [torch_reference(spec, wrapper, sample_inputs(spec, which, "fp32", seed))
                   for _, which, seed in cases] if verify else []
     reference_seconds = time.perf_counter() - started
+    reference_peak = rss.peak()
 
     scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=out_dir))
     records = {}
     try:
+        rss.reset()
         started = time.perf_counter()
         trace_path = scratch / "trace" / MODEL_FILE
         try:
@@ -354,19 +434,24 @@ def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions
         store = fp16_graph.TensorStore(traced, trace_path.parent)
         lookup = _island_lookup(spec, wrapper, module) if "fp16" in precisions else None
         trace_seconds = time.perf_counter() - started
+        trace_peak = rss.peak()
         unused = dead_nodes(traced)
         candidates = []
         for precision in precisions:
             candidate = _Candidate(spec, precision, scratch / f"{spec.name}.{precision}")
+            rss.reset()
             started = time.perf_counter()
             model, values = _build(candidate, traced, store, lookup, external_data_bytes)
             onnx.checker.check_model(str(candidate.folder / MODEL_FILE), full_check=False)
             export_seconds = time.perf_counter() - started + trace_seconds
+            export_peak = max(rss.peak(), trace_peak)
+            rss.reset()
             started = time.perf_counter()
             if verify:
                 _verify(candidate, model, values, cases, references, scratch / precision, external_data_bytes)
             else:
                 candidate.record["verification"] = {"passed": None, "skipped": True}
+            verify_peak = max(rss.peak(), reference_peak) if verify else None
             candidate.record.update(
                 network=spec.name, component=spec.component, precision=precision, opset=opset,
                 onnx=f"{spec.name}.{precision}/{MODEL_FILE}",
@@ -377,6 +462,11 @@ def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions
                 export_seconds=round(export_seconds, 3),
                 verify_seconds=round(time.perf_counter() - started + (reference_seconds if verify else 0), 3),
                 verified=verify, versions=versions(),
+                # Peak RSS of this process (bytes): export = trace (shared by the precisions) + this
+                # precision's conversion and write; verify = torch reference outputs or the ONNX
+                # Runtime sessions of this precision, whichever is higher. See PeakRss.
+                memory={"export_peak_rss_bytes": export_peak, "verify_peak_rss_bytes": verify_peak,
+                        "method": rss.method},
             )
             candidates.append(candidate)
         # Everything passed: move into place.
@@ -409,13 +499,22 @@ def all_specs(shapes: StreamShapes | Iterable[StreamShapes]) -> dict[str, Networ
 def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int], out_dir: str | Path,
                precisions: Sequence[str] = PRECISIONS, networks: Iterable[str] | None = None, verify: bool = True,
                *, opset: int = DEFAULT_OPSET, external_data_bytes: int = EXTERNAL_DATA_BYTES,
+               fingerprint: str | None = None, release_components: bool = False,
                log: Callable[[str], None] | None = None) -> dict:
     """Export every network (or ``networks``) of one or several configurations; writes ``manifest.json``.
 
     ``shapes``: a :class:`StreamShapes`, a window size (default :class:`StreamConfig` otherwise), or a
     sequence of them (one denoising UNet per window; shared networks cover every window's range).
     An existing manifest in ``out_dir`` is updated: entries of networks exported now are replaced,
-    the others kept. Returns the manifest.
+    the others kept -- unless it records other weights: ``fingerprint`` (see
+    :func:`personalive_trt.build.weights_fingerprint`) is written into the manifest, and a manifest
+    with another (or no) fingerprint is started afresh, so one manifest never mixes exports of two
+    sets of weights. Returns the manifest.
+
+    ``release_components`` (for a caller that loaded ``models`` only for this export, as ``build``
+    does): networks are exported smallest component first, and each component is dropped from
+    ``models`` after its last network, so the largest (the denoising UNet, 6.7 GB at the released
+    size) is exported with little else resident.
     """
     out_dir = Path(out_dir)
     items = [shapes] if isinstance(shapes, (StreamShapes, int)) else list(shapes)
@@ -427,9 +526,13 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     unknown = [n for n in names if n not in specs]
     if unknown:
         raise ExportError(f"unknown network(s) {unknown}; expected some of {list(specs)}")
+    if release_components:
+        names = _smallest_component_first(models, specs, names)
     manifest = read_manifest(out_dir) if (out_dir / MANIFEST).is_file() else {}
+    if manifest.get("weights_fingerprint") != fingerprint:
+        manifest = {}  # exports of other weights: none of them may be reused
     entries = manifest.get("networks", {})
-    for name in names:
+    for index, name in enumerate(names):
         if log:
             log(f"exporting {name} ({', '.join(precisions)})")
         records = export_precisions(specs[name], models, out_dir, precisions, verify, opset=opset,
@@ -438,15 +541,44 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
         entry.update(spec=specs[name].describe(), component=specs[name].component)
         entry.setdefault("precisions", {}).update(records)
         entries[name] = entry
+        if log:
+            for precision, record in records.items():
+                log(measured_line(name, record))
         manifest = {
             "format": MANIFEST_FORMAT,
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "weights": getattr(models, "source", "?"), "synthetic": bool(getattr(models, "synthetic", False)),
+            "weights_fingerprint": fingerprint,
             "configs": [dataclasses.asdict(s.config) | {"batch": s.batch} for s in shape_list],
             "versions": versions(), "networks": entries,
         }
         _write_json(out_dir / MANIFEST, manifest)  # after every network: a crash keeps what is done
+        if release_components and all(specs[n].component != specs[name].component for n in names[index + 1:]):
+            setattr(models, specs[name].component, None)
+            del records
+            gc.collect()
     return manifest
+
+
+def _smallest_component_first(models, specs: dict[str, NetworkSpec], names: list[str]) -> list[str]:
+    def size(component: str) -> int:
+        return sum(t.numel() * t.element_size() for t in getattr(models, component).state_dict().values())
+
+    sizes = {component: size(component) for component in {specs[n].component for n in names}}
+    return sorted(names, key=lambda n: (sizes[specs[n].component], specs[n].component, names.index(n)))
+
+
+def measured_line(name: str, record: dict) -> str:
+    """One line of a network's measured export/verification time and peak memory (``build`` prints it)."""
+    memory = record.get("memory", {})
+
+    def gib(value) -> str:
+        return "?" if value is None else f"{value / 2**30:.2f} GiB"
+
+    verify = (f"verify {record['verify_seconds']:.1f} s, peak {gib(memory.get('verify_peak_rss_bytes'))}"
+              if record.get("verified") else "not verified")
+    return (f"  {name} [{record['precision']}]: export {record['export_seconds']:.1f} s, peak "
+            f"{gib(memory.get('export_peak_rss_bytes'))}; {verify}")
 
 
 def read_manifest(out_dir: str | Path) -> dict:

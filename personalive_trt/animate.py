@@ -244,7 +244,7 @@ def open_animator(
     else:
         from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
 
-        networks = load_networks(engines or DEFAULT_ENGINES_DIR, backend, weights, config, device)
+        networks = load_networks(engines or DEFAULT_ENGINES_DIR, backend, weights, config, device, dtype=dtype)
     if loop == "reference":
         return Animator(networks, config, seed=seed)
     return StreamRuntime(networks, config, seed=seed)

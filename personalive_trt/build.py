@@ -26,7 +26,7 @@ import torch
 from personalive_trt.config import StreamConfig
 from personalive_trt.networks import ROLES, Networks, specs_by_role
 from personalive_trt.shapes import StreamShapes
-from personalive_trt.weights import TAESD_DIR, load_models, parse_weights_spec, require_taesd
+from personalive_trt.weights import SYNTHETIC_NOTICE, TAESD_DIR, load_models, parse_weights_spec, require_taesd
 
 BUILD_FILE = "build.json"
 DEFAULT_ENGINES_DIR = Path("engines_cache")
@@ -81,6 +81,16 @@ class BuildRecord:
     overrides: dict = dataclasses.field(default_factory=dict)  # network/component -> precision
     seconds: float = 0.0
     vae: str = "full"  # the per-step decoder (StreamConfig.vae); records written before it existed: "full"
+    # The base precision (--precision): every network not in ``overrides`` is built in it. Records
+    # written before this field existed (None) were built with fp16 as the base whenever fp16 was
+    # among ``precisions`` (what engine_paths did then), which is what ``base_precision`` returns.
+    precision: str | None = None
+
+    @property
+    def base_precision(self) -> str:
+        if self.precision is not None:
+            return self.precision
+        return "fp16" if "fp16" in self.precisions else "fp32"
 
     def shapes(self, config: StreamConfig) -> StreamShapes:
         if config.vae != self.vae:
@@ -111,12 +121,18 @@ def _write_build(engines_dir: Path, record: BuildRecord) -> None:
     os.replace(tmp, engines_dir / BUILD_FILE)
 
 
-def _export_is_current(onnx_dir: Path, names: Sequence[str], precisions: Sequence[str]) -> bool:
+def _export_is_current(onnx_dir: Path, names: Sequence[str], precisions: Sequence[str], fingerprint: str) -> bool:
+    """Every export is there, and the manifest says it was exported from these weights (a manifest
+    of other weights, or one written before manifests carried the fingerprint, is not current:
+    build.json alone cannot tell, since a build may stop between the export and build.json)."""
     from personalive_trt.export.onnx_export import MANIFEST, read_manifest
 
     if not (onnx_dir / MANIFEST).is_file():
         return False
-    entries = read_manifest(onnx_dir).get("networks", {})
+    manifest = read_manifest(onnx_dir)
+    if manifest.get("weights_fingerprint") != fingerprint:
+        return False
+    entries = manifest.get("networks", {})
     return all(
         precision in entries.get(name, {}).get("precisions", {})
         and (onnx_dir / entries[name]["precisions"][precision]["onnx"]).is_file()
@@ -129,6 +145,7 @@ def build(
     engines_dir: Path,
     backend: str = "tensorrt",
     windows: Sequence[int] = (4,),
+    resolution: int = StreamConfig.resolution,
     precision: str | None = None,
     precision_overrides: Mapping[str, str] | None = None,
     force: bool = False,
@@ -150,8 +167,10 @@ def build(
     engines_dir = Path(engines_dir)
     engines_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    configs = [StreamConfig(window=w, vae=vae) for w in windows]
+    configs = [StreamConfig(window=w, resolution=resolution, vae=vae) for w in windows]
     kind, location = parse_weights_spec(weights)
+    if kind == "synthetic":
+        log(SYNTHETIC_NOTICE.format(spec=weights))  # the notice `run` prints, also for --weights auto
     if vae == "tiny" and kind == "dir":
         require_taesd(Path(location))  # one line, before minutes of export
     fingerprint = weights_fingerprint(weights, seed, vae=vae)
@@ -174,18 +193,26 @@ def build(
         unet_config = dict(models.denoising_unet.config)
     shapes_list = [StreamShapes.from_unet_config(c, unet_config) for c in configs]
     names = sorted({spec.name for s in shapes_list for spec in specs_by_role(s).values()})
-    if force or not _export_is_current(onnx_dir, names, precisions):
+    if force or not _export_is_current(onnx_dir, names, precisions, fingerprint):
         from personalive_trt.export.onnx_export import export_all
 
         models = models or load_models(weights, seed=seed, vae=vae)
-        export_all(models, shapes_list, onnx_dir, precisions=precisions, networks=names, log=log)
+        export_all(models, shapes_list, onnx_dir, precisions=precisions, networks=names, fingerprint=fingerprint,
+                   release_components=True, log=log)
     else:
-        log(f"ONNX exports in {onnx_dir} are up to date ({len(names)} networks, {', '.join(precisions)})")
+        from personalive_trt.export.onnx_export import measured_line, read_manifest
+
+        log(f"ONNX exports in {onnx_dir} are up to date ({len(names)} networks, {', '.join(precisions)}); measured "
+            "when exported:")
+        entries = read_manifest(onnx_dir)["networks"]
+        for name in names:
+            for p in precisions:
+                log(measured_line(name, entries[name]["precisions"][p]))
     del models
 
     record = BuildRecord(weights=str(weights), fingerprint=fingerprint, unet_config=_plain(unet_config),
                          configs=[dataclasses.asdict(c) for c in configs], precisions=precisions, backend=backend,
-                         overrides=overrides, vae=vae)
+                         overrides=overrides, vae=vae, precision=precision)
     if backend == "tensorrt":
         engine_paths(record, engines_dir, shapes_list, overrides, allow_build=True, log=log)
     record.seconds = round(time.perf_counter() - started, 1)
@@ -198,8 +225,15 @@ def _plain(config: Mapping) -> dict:
     return json.loads(json.dumps(dict(config), default=list))
 
 
-def onnx_paths(engines_dir: Path, shapes: StreamShapes, precision: str) -> dict[str, Path]:
-    """Role -> exported model.onnx for this stream configuration and precision."""
+def onnx_paths(engines_dir: Path, shapes: StreamShapes, precision: str, for_tensorrt: bool = False) -> dict[str, Path]:
+    """Role -> exported ONNX for this stream configuration and precision.
+
+    ONNX Runtime gets the fused-attention copy the build verified (``model.fused.onnx``: same weights,
+    attention as one ``MultiHeadAttention`` node; on the CPU ~5x faster than the plain graph and
+    without its score matrices, see :mod:`personalive_trt.export.attention`); exports written before
+    the copy existed fall back to ``model.onnx``. TensorRT (``for_tensorrt``) parses ``model.onnx``,
+    whose plain attention it fuses itself.
+    """
     from personalive_trt.export.onnx_export import read_manifest
 
     onnx_dir = engines_dir / "onnx"
@@ -210,7 +244,7 @@ def onnx_paths(engines_dir: Path, shapes: StreamShapes, precision: str) -> dict[
         if record is None:
             raise BuildError(f"{onnx_dir}: no {precision} export of {spec.name}; run `personalive-trt build "
                              f"--engines {engines_dir}`")
-        paths[role] = onnx_dir / record["onnx"]
+        paths[role] = onnx_dir / (record["onnx"] if for_tensorrt else record.get("onnx_fused", record["onnx"]))
     return paths
 
 
@@ -223,8 +257,8 @@ def engine_paths(record: BuildRecord, engines_dir: Path, shapes_list: Sequence[S
     paths: dict[str, Path] = {}
     for shapes in shapes_list:
         by_role = specs_by_role(shapes)
-        fp32_paths = onnx_paths(engines_dir, shapes, "fp32") if "fp32" in record.precisions else {}
-        fp16_paths = onnx_paths(engines_dir, shapes, "fp16") if "fp16" in record.precisions else {}
+        fp32_paths = onnx_paths(engines_dir, shapes, "fp32", for_tensorrt=True) if "fp32" in record.precisions else {}
+        fp16_paths = onnx_paths(engines_dir, shapes, "fp16", for_tensorrt=True) if "fp16" in record.precisions else {}
         by_name = {spec.name: role for role, spec in by_role.items()}
 
         def onnx_for(spec, precision, _fp32=fp32_paths, _fp16=fp16_paths, _roles=by_name):
@@ -234,16 +268,29 @@ def engine_paths(record: BuildRecord, engines_dir: Path, shapes_list: Sequence[S
             return source[_roles[spec.name]]
 
         built = build_engines(list(by_role.values()), onnx_for, engines_dir / "tensorrt",
-                              precision=DEFAULT_PRECISION["tensorrt"] if "fp16" in record.precisions else "fp32",
+                              precision=record.base_precision,
                               precision_overrides=dict(overrides) or None, allow_build=allow_build, progress=log)
         paths = {role: built[spec.name] for role, spec in by_role.items()}
     return paths
 
 
-def load_networks(engines_dir: Path, backend: str, weights: str, config: StreamConfig, device: torch.device,
-                  seed: int = 0) -> Networks:
-    """The networks of a built engines folder, checked against the requested weights and config."""
+def load_networks(engines_dir: Path, backend: str, weights: str, config: StreamConfig, device: torch.device | str,
+                  seed: int = 0, dtype: torch.dtype | None = None) -> Networks:
+    """The networks of a built engines folder, checked against the requested weights, config, device and dtype.
+
+    ``dtype`` (``torch.float16``/``torch.float32``) is the precision to run: the fp16 or fp32 ONNX export
+    for ONNX Runtime, the engines' base precision for TensorRT (per-network overrides recorded at build
+    time stay as built). ``None`` runs what was built. A precision that was not built is refused in one
+    line naming what was, never swapped for another. ``device`` is where every backend runs (ONNX Runtime
+    on that device's provider; TensorRT on CUDA only).
+    """
+    from personalive_trt.devices import DTYPE_NAMES, DTYPES, canonical_device
+
     engines_dir = Path(engines_dir)
+    device = canonical_device(device)
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype {dtype}: expected one of {', '.join(str(d) for d in DTYPE_NAMES)}")
+    wanted = DTYPE_NAMES[dtype] if dtype is not None else None
     if backend == "tensorrt":
         from personalive_trt.engines import require_tensorrt
 
@@ -257,12 +304,22 @@ def load_networks(engines_dir: Path, backend: str, weights: str, config: StreamC
     shapes = record.shapes(config)
     if backend == "onnxruntime":
         require_onnx()
-        precision = "fp32" if "fp32" in record.precisions else record.precisions[0]
-        dtype = torch.float32
-        return Networks.from_onnx(onnx_paths(engines_dir, shapes, precision), shapes, dtype, device)
+        built = record.precisions
+        precision = wanted or ("fp32" if "fp32" in built else built[0])
+        if precision not in built:
+            raise BuildError(f"{engines_dir}: --dtype {precision} asked, but its ONNX exports are {', '.join(built)}; "
+                             f"rebuild with `personalive-trt build --backend onnxruntime --precision {precision} "
+                             f"--engines {engines_dir}` or run with --dtype {built[0]}")
+        return Networks.from_onnx(onnx_paths(engines_dir, shapes, precision), shapes, DTYPES[precision], device)
     if backend == "tensorrt":
+        base = record.base_precision  # what engine_paths builds every network not overridden in
+        precision = wanted or base
+        if precision != base:
+            raise BuildError(f"{engines_dir}: --dtype {precision} asked, but its TensorRT engines were built {base}; "
+                             f"rebuild with `personalive-trt build --precision {precision} --engines {engines_dir}` "
+                             f"or run with --dtype {base}")
         paths = engine_paths(record, engines_dir, [shapes], record.overrides, allow_build=False)
-        return Networks.from_engines(paths, shapes, torch.float16, device)
+        return Networks.from_engines(paths, shapes, DTYPES[precision], device)
     raise ValueError(f"--backend {backend!r}: expected torch, onnxruntime or tensorrt")
 
 

@@ -185,6 +185,9 @@ def test_manifest_fields(exported, specs):
             assert record["opset"] >= 17 and record["precision"] == precision
             assert record["onnx"] == f"{name}.{precision}/model.onnx"
             assert record["export_seconds"] > 0 and record["verify_seconds"] > 0
+            memory = record["memory"]  # measured peak RSS of the export and of the verification
+            assert memory["export_peak_rss_bytes"] > 2**27 and memory["verify_peak_rss_bytes"] > 2**27, memory
+            assert memory["method"].startswith("VmHWM reset")
             assert set(record["versions"]) >= {"torch", "onnx", "onnxruntime"}
             dtypes = {t["name"]: t["dtype"] for t in record["spec"]["inputs"] + record["spec"]["outputs"]}
             for tensor in (*specs[name].inputs, *specs[name].outputs):
@@ -229,6 +232,39 @@ def test_fp16_graph_is_strongly_typed(exported, models, specs, name):
     assert sum(t.data_type == FLOAT16 for t in weights) > 0.5 * len(weights)
     fp32_model = onnx.load(str(out / f"{name}.fp32" / "model.onnx"))
     assert FLOAT16 not in fp16_graph.elem_types(fp32_model).values()
+
+
+ATTENTION_NETWORKS = ("reference_unet", "denoising_unet_w2", "motion_encoder", "vae_decoder", "vae_encoder",
+                      "image_encoder")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", NETWORKS)
+def test_fused_attention_copy_matches_plain_graph(exported, specs, name, precision):
+    """model.fused.onnx (what verification and the ONNX Runtime backend run) equals model.onnx (what
+    TensorRT parses) at the far end of the dynamic range (the whole bank range for the UNet).
+
+    Tolerance (max error / max |plain|): fp32 1e-5 (measured <= 3.3e-6: summation order in the fused
+    softmax); fp16 5e-3 (measured <= 2.5e-3: the plain fp16 graph rounds scores to fp16, the fused
+    node keeps them in float32)."""
+    out, _ = exported
+    spec, record = specs[name], _record(exported, name, precision)
+    plain, fused_path = out / record["onnx"], out / record["onnx_fused"]
+    fused_model = onnx.load(str(fused_path), load_external_data=False)
+    fused_ops = [n for n in fused_model.graph.node if n.op_type == "MultiHeadAttention"]
+    assert len(fused_ops) == record["verification"]["fused_attention"]
+    if precision == "fp32" and name in ATTENTION_NETWORKS:
+        assert fused_ops and not [n for n in fused_model.graph.node if n.op_type == "Softmax"]
+    assert {n.op_type for n in fused_model.graph.node} - {"MultiHeadAttention", "Shape", "Concat", "Cast"} <= {
+        n.op_type for n in onnx.load(str(plain), load_external_data=False).graph.node}
+    which = "max" if any(t.dynamic_axes for t in spec.inputs) else "opt"
+    inputs = sample_inputs(spec, which, precision, seed=11)
+    feed = {t.name: x.numpy() for t, x in zip(spec.inputs, inputs)}
+    expected = _session(plain).run(None, feed)
+    actual = _session(fused_path).run(None, feed)
+    limit = 1e-5 if precision == "fp32" else 5e-3
+    for tensor, a, e in zip(spec.outputs, actual, expected):
+        assert oe.compare(a, e)["rel"] <= limit, (tensor.name, oe.compare(a, e))
 
 
 def test_timestep_features_stay_fp32(exported, specs):
@@ -336,8 +372,14 @@ def test_external_data_layout(models, specs, tmp_path):
     """Weights above the threshold go to model.onnx.data (the >2 GB path, exercised with a 0-byte threshold)."""
     record = oe.export_network(specs["pose_guider"], models, tmp_path, "fp16", external_data_bytes=0)
     folder = tmp_path / "pose_guider.fp16"
-    assert record["external_data"] and sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model.onnx.data"]
-    assert set(record["files"]) == {"pose_guider.fp16/model.onnx", "pose_guider.fp16/model.onnx.data"}
+    # the fused-attention copy (what ONNX Runtime runs) reads the same data file: no second copy of the weights
+    assert record["external_data"] and sorted(p.name for p in folder.iterdir()) == [
+        "model.fused.onnx", "model.onnx", "model.onnx.data"]
+    assert set(record["files"]) == {"pose_guider.fp16/model.onnx", "pose_guider.fp16/model.onnx.data",
+                                    "pose_guider.fp16/model.fused.onnx"}
+    fused = onnx.load(str(folder / "model.fused.onnx"), load_external_data=False)
+    assert {e.value for t in fused.graph.initializer for e in t.external_data if e.key == "location"} == {
+        "model.onnx.data"}
     assert record["verification"]["passed"]
     assert (folder / "model.onnx").stat().st_size < 100_000  # graph only
     model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
