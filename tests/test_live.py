@@ -23,7 +23,7 @@ from personalive_trt.live.runner import LiveOptions, is_live_request, run_live
 from personalive_trt.live.slots import FrameRing, LatestSlot, PlayoutClock
 from personalive_trt.live.sources import SourceError, parse_source
 from personalive_trt.live.testing import EchoAnimator
-from personalive_trt.live.worker import AnimationWorker, StampedFrame
+from personalive_trt.live.worker import AnimationWorker, MalformedFrameError, MalformedStreamError, StampedFrame
 from personalive_trt.media import MediaError, VideoReader, probe_video
 
 RES = 64
@@ -106,7 +106,7 @@ def test_worker_aligns_outputs_with_their_driving_frames_and_skips_malformed_one
 
     def prepare(data):
         if data is None:
-            raise ValueError("broken frame")
+            raise MalformedFrameError("broken frame")
         return level_frame(data)
 
     try:
@@ -130,6 +130,71 @@ def test_worker_aligns_outputs_with_their_driving_frames_and_skips_malformed_one
     for out in outputs:
         assert int(out.image[0, 0, 0]) == (3 * 4 * out.index + 40) // 4
         assert out.latency >= 0
+
+
+def feed(worker: AnimationWorker, items) -> None:
+    """Hand ``items`` over one at a time (no drops), waiting for the worker to take each."""
+    for i, data in enumerate(items):
+        deadline = time.monotonic() + 5
+        while worker.inbox.pending and time.monotonic() < deadline:
+            time.sleep(0.001)
+        worker.inbox.put(StampedFrame(data, time.monotonic(), i))
+
+
+def wait_for(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_worker_ends_the_stream_when_prepare_fails_for_another_reason_than_bad_data():
+    """A bug in prepare (here a TypeError) is not a malformed frame: the stream ends with it, once."""
+    errors = []
+    worker = AnimationWorker(EchoAnimator(StreamConfig(resolution=RES)), emit=lambda frame: None,
+                             on_error=errors.append)
+
+    def prepare(data):
+        raise TypeError("prepare has a bug")
+
+    try:
+        worker.start(level_frame(0), prepare)
+        assert worker.wait_idle()
+        feed(worker, range(6))
+        assert wait_for(lambda: errors)
+        time.sleep(0.1)
+    finally:
+        worker.close()
+    assert [type(e) for e in errors] == [TypeError] and not worker.active
+    assert worker.stats.malformed == 0 and worker.stats.errors == 1
+
+
+def test_worker_ends_the_stream_after_n_malformed_frames_in_a_row():
+    """Scattered bad frames are skipped; ``max_malformed_in_a_row`` in a row end the stream."""
+    outputs, errors = [], []
+    worker = AnimationWorker(EchoAnimator(StreamConfig(resolution=RES, steps=1)), emit=outputs.append,
+                             on_error=errors.append, max_malformed_in_a_row=3)
+
+    def prepare(data):
+        if data is None:
+            raise MalformedFrameError("bad bytes")
+        return level_frame(data)
+
+    try:
+        worker.start(level_frame(0), prepare)
+        assert worker.wait_idle()
+        feed(worker, [None, None, 1, None, None, 2, 3, 4])  # never 3 in a row: one window animated
+        assert wait_for(lambda: len(outputs) == 4)
+        assert errors == [] and worker.active and worker.stats.malformed == 4
+        feed(worker, [None, None, None, 5])
+        assert wait_for(lambda: errors)
+    finally:
+        worker.close()
+    assert len(errors) == 1 and isinstance(errors[0], MalformedStreamError) and not worker.active
+    assert "3 malformed driving frames in a row" in str(errors[0]) and "bad bytes" in str(errors[0])
+    assert worker.stats.malformed == 7
+    with pytest.raises(ValueError, match="max_malformed_in_a_row"):
+        AnimationWorker(EchoAnimator(), emit=print, max_malformed_in_a_row=0)
 
 
 def test_worker_survives_an_animator_failure_and_tags_streams():

@@ -29,9 +29,9 @@ from personalive_trt.web.app import ServeSettings, create_app  # noqa: E402
 RES = 64
 
 
-def make_app(**overrides):
+def make_app(animator=EchoAnimator, **overrides):
     settings = ServeSettings(**{"crop": False, "stats_interval": 0.1, **overrides})
-    return create_app(lambda: EchoAnimator(StreamConfig(resolution=RES)), settings)
+    return create_app(lambda: animator(StreamConfig(resolution=RES)), settings)
 
 
 @pytest.fixture
@@ -134,13 +134,20 @@ def test_upload_over_the_size_limit_is_refused(client):
 
 
 @pytest.mark.parametrize("case", ["garbage", "text_as_png", "truncated_png", "empty"])
-def test_upload_that_is_not_an_image_is_refused(client, case):
+def test_upload_that_is_not_an_image_is_refused_with_415(client, case):
+    """The README's promise: whatever the name or content type says, bytes that are not an image get 415."""
     good = png_bytes(Image.fromarray(np.zeros((32, 32, 3), np.uint8)))
     body = {"garbage": np.random.default_rng(1).bytes(5000), "text_as_png": b"<html>not an image</html>",
             "truncated_png": good[: len(good) // 2], "empty": b""}[case]
     response = client.post("/api/reference", files={"file": ("portrait.png", body, "image/png")})
-    assert response.status_code in (400, 415), response.text
-    assert response.json()["error"]
+    assert response.status_code == 415, response.text
+    error = response.json()["error"]
+    assert "\n" not in error and ("not an image" in error or "empty" in error), error
+
+
+def test_upload_without_a_file_field_is_one_line_400(client):
+    response = client.post("/api/reference", data={"other": "x"})
+    assert response.status_code == 400 and "'file'" in response.json()["error"], response.text
 
 
 def test_upload_with_too_many_pixels_is_refused_before_decoding(client):
@@ -266,6 +273,93 @@ def test_malformed_frames_are_counted_and_skipped(client):
         assert receive_until(ws, lambda m: isinstance(m, bytes))  # the worker survived and animates on
         stats = receive_until(ws, lambda m: is_type("stats")(m) and m["malformed"] >= 1)[-1]
         assert stats["errors"] == 0 and stats["malformed"] <= 12
+
+
+def expect_close(ws, seconds: float = 10.0) -> tuple[int, list]:
+    """Read until the server closes the socket; returns the close code and the JSON messages before it."""
+    deadline = time.monotonic() + seconds
+    seen: list = []
+    while time.monotonic() < deadline:
+        raw = ws.receive()
+        if raw["type"] == "websocket.close":
+            return raw["code"], seen
+        if raw.get("text") is not None:
+            seen.append(json.loads(raw["text"]))
+    raise AssertionError(f"the socket stayed open; last messages {seen[-5:]}")
+
+
+def wait_idle(client) -> None:
+    deadline = time.monotonic() + 5
+    while client.get("/api/health").json()["sessions_active"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.get("/api/health").json()["sessions_active"] == 0
+
+
+@pytest.mark.parametrize("failure", ["exception", "non_finite"])
+def test_animator_failure_sends_the_error_then_closes_1011_and_frees_the_animator(failure):
+    from personalive_trt.pipeline import NonFiniteError
+
+    class Failing(EchoAnimator):
+        fail = True
+
+        def step(self, frames):
+            if Failing.fail:
+                raise RuntimeError("boom") if failure == "exception" else NonFiniteError("step 0: NaN/Inf")
+            return super().step(frames)
+
+    with TestClient(make_app(animator=Failing)) as client:
+        key = upload_sample(client)
+        with client.websocket_connect("/api/ws") as ws:
+            ws.receive_json()
+            start(ws, key)
+            stream_frames(ws, range(0, 120, 10))
+            code, seen = expect_close(ws)
+        errors = [m for m in seen if m.get("type") == "error"]
+        assert code == 1011 and len(errors) == 1 and errors[0]["code"] == "animation_failed"
+        assert ("RuntimeError: boom" if failure == "exception" else "NonFiniteError") in errors[0]["message"]
+        wait_idle(client)
+        Failing.fail = False  # the worker thread survived: the next client animates
+        with client.websocket_connect("/api/ws") as ws:
+            ws.receive_json()
+            start(ws, key)
+            stream_frames(ws, range(0, 200, 10))
+            assert receive_until(ws, lambda m: isinstance(m, bytes))
+
+
+def test_malformed_frames_in_a_row_end_the_session_with_1007():
+    with TestClient(make_app(max_malformed_in_a_row=5)) as client:
+        key = upload_sample(client)
+        with client.websocket_connect("/api/ws") as ws:
+            ws.receive_json()
+            start(ws, key)
+            for _ in range(5):
+                ws.send_bytes(b"\xff\xd8\xff not a jpeg")
+                time.sleep(0.01)
+            code, seen = expect_close(ws)
+        errors = [m for m in seen if m.get("type") == "error"]
+        assert code == 1007 and [e["code"] for e in errors] == ["malformed_frames"]
+        assert "5 malformed driving frames in a row" in errors[0]["message"]
+        wait_idle(client)
+
+
+def test_a_sender_that_dies_closes_the_socket_with_1011_and_logs_an_error(client, monkeypatch, caplog):
+    from personalive_trt.web.state import MjpegBroadcast
+
+    def broken(self, jpeg):
+        raise RuntimeError("publish broke")
+
+    monkeypatch.setattr(MjpegBroadcast, "publish", broken)
+    key = upload_sample(client)
+    with caplog.at_level("ERROR", logger="personalive_trt.web"):
+        with client.websocket_connect("/api/ws") as ws:
+            ws.receive_json()
+            start(ws, key)
+            stream_frames(ws, range(0, 200, 10))
+            code, _ = expect_close(ws)
+        wait_idle(client)
+    assert code == 1011
+    failures = [r for r in caplog.records if r.levelname == "ERROR" and "outputs task failed" in r.getMessage()]
+    assert failures and "publish broke" in str(failures[0].exc_info[1])
 
 
 def test_oversize_message_closes_the_socket_with_1009(client):

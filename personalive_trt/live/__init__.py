@@ -11,6 +11,8 @@ The pieces, each usable on its own:
 * :mod:`.testing` -- :class:`EchoAnimator`, a cheap stand-in animator (a test double) for the serving path.
 """
 from personalive_trt.live.slots import FrameRing, LatestSlot
-from personalive_trt.live.worker import AnimationWorker, OutputFrame, StampedFrame, WorkerStats
+from personalive_trt.live.worker import (AnimationWorker, MalformedFrameError, MalformedStreamError, OutputFrame,
+                                         StampedFrame, WorkerStats)
 
-__all__ = ["AnimationWorker", "FrameRing", "LatestSlot", "OutputFrame", "StampedFrame", "WorkerStats"]
+__all__ = ["AnimationWorker", "FrameRing", "LatestSlot", "MalformedFrameError", "MalformedStreamError",
+           "OutputFrame", "StampedFrame", "WorkerStats"]

@@ -29,6 +29,21 @@ log = logging.getLogger("personalive_trt.live")
 
 #: Malformed input is logged for the first few occurrences, then once every this many (counted always).
 LOG_EVERY = 100
+#: Malformed driving frames in a row that end a stream (a second of camera frames at 30 fps): a source that
+#: only sends bad frames is broken, and skipping them for ever would look like a stream that animates.
+MAX_MALFORMED_IN_A_ROW = 30
+
+
+class MalformedFrameError(ValueError):
+    """A driving frame that cannot be animated (undecodable bytes, a wrong size or shape): it is skipped.
+
+    ``prepare`` functions raise it for bad *data*; any other exception they raise is a failure (a bug, a
+    broken face detector) and ends the stream like an animator failure does.
+    """
+
+
+class MalformedStreamError(ValueError):
+    """The stream ended because ``max_malformed_in_a_row`` driving frames in a row were malformed."""
 
 
 @dataclass
@@ -126,13 +141,22 @@ class AnimationWorker:
 
     ``emit(OutputFrame)`` and ``on_error(exc)`` run on the worker thread: keep them short (hand the frame to a
     slot/ring, encode a JPEG). Call :meth:`start` with a reference image (already framed to the animator's
-    resolution) and a ``prepare(data) -> (R, R, 3) uint8`` function (decode, frame the face); a ``prepare``
-    that raises marks that frame malformed: it is counted, logged and skipped.
+    resolution) and a ``prepare(data) -> (R, R, 3) uint8`` function (decode, frame the face). Only a
+    :class:`MalformedFrameError` (from ``prepare``, or a prepared frame of the wrong shape) marks a frame
+    malformed: it is counted, logged and skipped, and ``max_malformed_in_a_row`` of them in a row end the
+    stream with :class:`MalformedStreamError`. Any other exception -- in ``prepare``, the animator (a
+    ``NonFiniteError`` included) or ``emit`` -- ends the stream too. A stream that ends reports its exception
+    to ``on_error`` once; the thread stays, ready for the next :meth:`start`.
     """
 
     def __init__(self, animator, emit: Callable[[OutputFrame], None],
-                 on_error: Callable[[BaseException], None] | None = None, name: str = "animation-worker") -> None:
+                 on_error: Callable[[BaseException], None] | None = None, name: str = "animation-worker",
+                 max_malformed_in_a_row: int = MAX_MALFORMED_IN_A_ROW) -> None:
+        if max_malformed_in_a_row < 1:
+            raise ValueError(f"max_malformed_in_a_row must be >= 1, got {max_malformed_in_a_row}")
         self.animator = animator
+        self.max_malformed_in_a_row = max_malformed_in_a_row
+        self._malformed_run = 0  # malformed frames since the last good one
         self.config = animator.config
         self.emit = emit
         self.on_error = on_error
@@ -211,7 +235,11 @@ class AnimationWorker:
                 self._wake.wait(0.1)
                 self._wake.clear()
                 continue
-            frames = self._gather()
+            try:
+                frames = self._gather()
+            except Exception as exc:  # a failing prepare (not bad data) or too many bad frames ends the stream
+                self._fail(exc)
+                continue
             if frames is not None:
                 self._step(frames)
 
@@ -239,10 +267,15 @@ class AnimationWorker:
         self.animator.reset()
         self.animator.fuse_reference(reference)
         self.inbox.clear()  # frames that waited through the (slow) fuse are stale
+        self._malformed_run = 0
         self._active = True
 
     def _gather(self) -> list[StampedFrame] | None:
-        """Collect ``window`` fresh, well-formed frames; None when a command or close interrupts."""
+        """Collect ``window`` fresh, well-formed frames; None when a command or close interrupts.
+
+        Raises what ``prepare`` raises other than :class:`MalformedFrameError`, and
+        :class:`MalformedStreamError` at ``max_malformed_in_a_row`` malformed frames in a row.
+        """
         window, resolution = self.config.window, self.config.resolution
         batch: list[StampedFrame] = []
         while len(batch) < window:
@@ -258,14 +291,19 @@ class AnimationWorker:
                 image = self._prepare(item.data)
                 if not (isinstance(image, np.ndarray) and image.dtype == np.uint8
                         and image.shape == (resolution, resolution, 3)):
-                    raise ValueError(f"prepared frame has shape {getattr(image, 'shape', None)} "
-                                     f"dtype {getattr(image, 'dtype', None)}, expected ({resolution}, "
-                                     f"{resolution}, 3) uint8")
-            except Exception as exc:
+                    raise MalformedFrameError(f"prepared frame has shape {getattr(image, 'shape', None)} "
+                                              f"dtype {getattr(image, 'dtype', None)}, expected ({resolution}, "
+                                              f"{resolution}, 3) uint8")
+            except MalformedFrameError as exc:
                 count = self.stats.record_malformed(exc)
+                self._malformed_run += 1
+                if self._malformed_run >= self.max_malformed_in_a_row:
+                    raise MalformedStreamError(f"{self._malformed_run} malformed driving frames in a row; the "
+                                               f"last (frame {item.index}): {exc}") from exc
                 if count <= 5 or count % LOG_EVERY == 0:
                     log.warning("malformed driving frame %d skipped (%d so far): %s", item.index, count, exc)
                 continue
+            self._malformed_run = 0
             batch.append(StampedFrame(image, item.t_capture, item.index))
         return batch
 

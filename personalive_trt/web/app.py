@@ -11,7 +11,8 @@ The pieces, each in its own module so that another server (several replicas, sev
 
 Safety: ``max_sessions`` animations at once (one animator each; others get ``busy``), uploads capped in
 bytes and pixels and decoded before they are trusted, WebSocket messages capped in size (close code 1009),
-malformed frames counted and skipped, a disconnect frees the session.
+malformed frames counted and skipped (too many in a row end the session: 1007), a failing animator or a
+failing sender ends its session with 1011, a disconnect frees the session.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def create_app(animator_factory: Callable[[], object], settings: ServeSettings |
     The animators are created eagerly so that bad weights fail ``serve`` at start, not at the first click.
     """
     settings = settings or ServeSettings()
-    pool = EnginePool.create(animator_factory, settings.max_sessions, settings.output_quality)
+    pool = EnginePool.create(animator_factory, settings)
     state = ServerState(settings=settings, pool=pool, references=ReferenceStore(settings.references_kept))
 
     @asynccontextmanager

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from personalive_trt.live.worker import MalformedFrameError
 from personalive_trt.web.settings import ServeSettings
 
 
@@ -18,9 +19,11 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 
 def make_frame_decoder(resolution: int, settings: ServeSettings) -> Callable[[bytes], np.ndarray]:
-    """A ``prepare`` for the worker: JPEG/PNG bytes -> framed (R, R, 3) RGB; raises ValueError on bad data.
+    """A ``prepare`` for the worker: JPEG/PNG bytes -> framed (R, R, 3) RGB.
 
-    A new decoder per session, as the face framer follows one video.
+    Bytes that do not decode, or decode to absurd dimensions, raise :class:`MalformedFrameError` (the frame is
+    skipped); anything else that fails is a failure of the session, not of the client's data. A new decoder
+    per session, as the face framer follows one video.
     """
     import cv2
 
@@ -29,12 +32,16 @@ def make_frame_decoder(resolution: int, settings: ServeSettings) -> Callable[[by
     framer = framing.DrivingFramer(size=resolution) if settings.crop else None
 
     def decode(data: bytes) -> np.ndarray:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        try:
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        except cv2.error as exc:  # some corrupt streams make the codec raise instead of returning None
+            raise MalformedFrameError(f"{len(data)} bytes that do not decode as an image "
+                                      f"({str(exc).strip().splitlines()[-1][:80]})") from exc
         if bgr is None:
-            raise ValueError(f"{len(data)} bytes that do not decode as an image")
+            raise MalformedFrameError(f"{len(data)} bytes that do not decode as an image")
         h, w = bgr.shape[:2]
         if min(h, w) < 16 or max(h, w) > settings.max_frame_side:
-            raise ValueError(f"frame is {w}x{h}; expected sides within 16..{settings.max_frame_side}")
+            raise MalformedFrameError(f"frame is {w}x{h}; expected sides within 16..{settings.max_frame_side}")
         rgb = np.ascontiguousarray(bgr[:, :, ::-1])
         return framer(rgb) if framer is not None else framing.resize_square(rgb, resolution)
 

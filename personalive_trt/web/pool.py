@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from personalive_trt.live.worker import AnimationWorker, OutputFrame
 from personalive_trt.web.frames import encode_jpeg
+from personalive_trt.web.settings import ServeSettings
 
 if TYPE_CHECKING:
     from personalive_trt.web.session import Session
@@ -21,12 +22,13 @@ log = logging.getLogger("personalive_trt.web")
 class Engine:
     """An animator and its worker thread, leased to one session at a time."""
 
-    def __init__(self, animator, quality: int) -> None:
+    def __init__(self, animator, quality: int, max_malformed_in_a_row: int) -> None:
         self.animator = animator
         self.resolution = animator.config.resolution
         self.quality = quality
         self.session: Session | None = None
-        self.worker = AnimationWorker(animator, emit=self._emit, on_error=self._error, name="animation-worker")
+        self.worker = AnimationWorker(animator, emit=self._emit, on_error=self._error, name="animation-worker",
+                                      max_malformed_in_a_row=max_malformed_in_a_row)
 
     def _emit(self, frame: OutputFrame) -> None:  # worker thread
         session = self.session
@@ -39,7 +41,7 @@ class Engine:
     def _error(self, exc: BaseException) -> None:  # worker thread
         session = self.session
         if session is not None:
-            session.loop.call_soon_threadsafe(session.fail, f"{type(exc).__name__}: {exc}")
+            session.loop.call_soon_threadsafe(session.fail, exc)
 
 
 class EnginePool:
@@ -47,11 +49,12 @@ class EnginePool:
         self.engines = engines
 
     @classmethod
-    def create(cls, animator_factory, count: int, quality: int) -> "EnginePool":
-        """``count`` engines from ``animator_factory()`` (called ``count`` times, now)."""
-        if count < 1:
-            raise ValueError(f"max_sessions must be >= 1, got {count}")
-        return cls([Engine(animator_factory(), quality) for _ in range(count)])
+    def create(cls, animator_factory, settings: ServeSettings) -> "EnginePool":
+        """``settings.max_sessions`` engines from ``animator_factory()`` (called that many times, now)."""
+        if settings.max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {settings.max_sessions}")
+        return cls([Engine(animator_factory(), settings.output_quality, settings.max_malformed_in_a_row)
+                    for _ in range(settings.max_sessions)])
 
     @property
     def active(self) -> int:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, UploadFile, WebSocket
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -38,10 +39,19 @@ def mount(app: FastAPI, state: ServerState) -> None:
     app.add_middleware(UploadLimit, path="/api/reference", limit=state.settings.max_upload_bytes + 64 * 1024)
     app.include_router(router)
     app.add_exception_handler(HTTPException, one_line_errors)
+    app.add_exception_handler(RequestValidationError, one_line_request_errors)
 
 
 async def one_line_errors(request, exc: HTTPException):
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+
+async def one_line_request_errors(request, exc: RequestValidationError):
+    """A request without a required part (an upload without its ``file`` field, a query value that is not a
+    number): 400 with one line naming the part, not FastAPI's list of validation records."""
+    problems = "; ".join(f"{error['loc'][-1]!r} in the {error['loc'][0]}: {error['msg'].lower()}"
+                         for error in exc.errors())
+    return JSONResponse({"error": f"bad request: {problems}"}, status_code=400)
 
 
 @router.get("/", include_in_schema=False)
@@ -81,8 +91,8 @@ async def upload_reference(request: Request, file: UploadFile):
     data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise HTTPException(413, f"upload is over the {settings.max_upload_bytes // 1024} KiB limit")
-    if not data:
-        raise HTTPException(400, "empty upload")
+    if not data:  # not an image either: the same 415 as any other bytes that are not one
+        raise HTTPException(415, "empty upload: not an image; send a PNG, JPEG or WebP")
     try:
         image = await run_in_threadpool(decode_reference, data, state.resolution, settings)
     except UploadRejected as exc:

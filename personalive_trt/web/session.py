@@ -4,7 +4,7 @@
   (the rate the client asked for, echoed), ``pong``, ``stats`` (every ``stats_interval`` s while an animator is
   leased: server fps, step latency, drops, malformed frames), ``frame`` (the ``index`` of the driving frame
   the next binary message animates), ``error`` (``code``: ``busy``, ``bad_message``, ``no_reference``,
-  ``not_started``, ``animation_failed``).
+  ``not_started`` -- the session goes on; ``animation_failed``, ``malformed_frames`` -- the session ends).
 * client -> server, text JSON: ``start`` (``reference`` id from ``POST /api/reference``, ``fps``), ``swap``
   (``reference``), ``fps``, ``stop``, ``ping`` (``t``, echoed in the ``pong``).
 * binary, both ways: one JPEG per message. The server numbers the client's binary messages 0, 1, 2... in
@@ -17,6 +17,13 @@ Driving frames reach the worker through a latest-frame-wins slot (frames that ar
 dropped and counted, never queued); outputs come back through a small ring per session that evicts its
 oldest frame when the client reads too slowly. Unlike the original app's unbounded queues, nothing can build
 up latency.
+
+How a session ends: the client disconnects or sends ``stop``-then-leaves; a message over ``max_message_bytes``
+closes it with 1009; ``max_malformed_in_a_row`` malformed driving frames in a row send ``malformed_frames`` and
+close it with 1007; a failing animator step (an exception, a ``NonFiniteError``) or a failing prepare (not bad
+data) sends ``animation_failed`` and closes it with 1011; a sender task that dies (an exception while the
+socket is still open), or a bug in the receive loop, is logged at error level and closes it with 1011. In
+every case the animator goes back to the pool at once; nothing keeps animating for a client that is gone.
 
 The protocol only needs a :class:`~personalive_trt.web.state.ServerState` and a Starlette ``WebSocket``, so
 any server that accepts the socket can run it.
@@ -33,7 +40,7 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from personalive_trt.live.slots import PlayoutClock
-from personalive_trt.live.worker import OutputFrame, StampedFrame
+from personalive_trt.live.worker import MalformedStreamError, OutputFrame, StampedFrame
 from personalive_trt.web.frames import make_frame_decoder
 from personalive_trt.web.state import ServerState
 
@@ -43,6 +50,15 @@ log = logging.getLogger("personalive_trt.web")
 CLOSE_TRY_AGAIN = 1013
 #: Close code for a message over ``max_message_bytes`` (RFC 6455 1009, "message too big").
 CLOSE_TOO_BIG = 1009
+#: Close code after ``max_malformed_in_a_row`` malformed driving frames (RFC 6455 1007, "invalid payload data").
+CLOSE_BAD_DATA = 1007
+#: Close code for a server-side failure: the animator, a sender, a bug (RFC 6455 1011, "internal error").
+CLOSE_INTERNAL = 1011
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to the 123 bytes a close frame's reason may hold (UTF-8, never mid-character)."""
+    return text.encode()[:123].decode(errors="ignore")
 
 
 class Session:
@@ -55,7 +71,7 @@ class Session:
         self.capacity = capacity
         self.dropped_output = 0
         self.ready = asyncio.Event()
-        self.failure: str | None = None
+        self.failure: BaseException | None = None  # why the worker ended the stream
         self.engine = None  # personalive_trt.web.pool.Engine while leased
 
     def deliver(self, item: tuple[bytes, OutputFrame]) -> None:
@@ -66,8 +82,8 @@ class Session:
         self.outputs.append(item)
         self.ready.set()
 
-    def fail(self, message: str) -> None:
-        self.failure = message
+    def fail(self, exc: BaseException) -> None:
+        self.failure = exc
         self.ready.set()
 
 
@@ -107,18 +123,31 @@ class WebSocketSession:
         await self.send_json({"type": "error", "code": code, "message": message})
 
     # ------------------------------------------------------------------------------------------ senders
+    async def close(self, code: int, reason: str) -> None:
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            await self.ws.close(code, close_reason(reason))
+
     async def send_outputs(self) -> None:
-        """Play outputs out spaced like their driving frames arrived (they leave the animator in windows)."""
+        """Play outputs out spaced like their driving frames arrived (they leave the animator in windows).
+
+        Returns (ending the session) after a stream failure: the error message, then the close.
+        """
         session = self.session
         clock = PlayoutClock()
         while True:
             await session.ready.wait()
             session.ready.clear()
             if session.failure is not None:
-                message, session.failure = session.failure, None
+                exc, session.failure = session.failure, None
                 self.pool.release(session)
-                await self.error("animation_failed", message)
-                continue
+                message = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, MalformedStreamError):
+                    await self.error("malformed_frames", message)
+                    await self.close(CLOSE_BAD_DATA, message)
+                else:
+                    await self.error("animation_failed", message)
+                    await self.close(CLOSE_INTERNAL, message)
+                return
             while session.outputs:
                 jpeg, frame = session.outputs.popleft()
                 wait = clock.wait(frame.t_capture, time.monotonic())
@@ -139,14 +168,6 @@ class WebSocketSession:
             await self.send_json({"type": "stats", **engine.worker.stats.snapshot(), "received": self.received,
                                   "dropped_input": engine.worker.inbox.dropped,
                                   "dropped_output": self.session.dropped_output})
-
-    async def _logged(self, coroutine) -> None:
-        try:
-            await coroutine
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a send to a vanished client ends the task; say so, do not hide it
-            log.info("session %d: sender stopped: %s: %s", self.session.id, type(exc).__name__, exc)
 
     # ------------------------------------------------------------------------------------------ commands
     async def start(self, message: dict, swap: bool) -> None:
@@ -217,21 +238,50 @@ class WebSocketSession:
             await self.command(text)
 
     async def run(self) -> None:
+        """The receive loop on this task, the two senders beside it, until the socket is closed or gone.
+
+        A sender that ends the session (a stream failure) or fails closes the socket; the ASGI server then
+        hands the receive loop its ``websocket.disconnect``, so there is one way out, through ``finally``.
+        """
         pool, session = self.pool, self.session
-        tasks = [asyncio.create_task(self._logged(self.send_outputs())),
-                 asyncio.create_task(self._logged(self.send_stats()))]
+        tasks = [asyncio.create_task(self._guarded("outputs", self.send_outputs())),
+                 asyncio.create_task(self._guarded("stats", self.send_stats()))]
         try:
             await self.send_json({"type": "hello", "resolution": self.state.resolution,
                                   "max_message_bytes": self.settings.max_message_bytes,
                                   "animator": pool.animator.description, "vae": pool.animator.config.vae,
-                                  "max_sessions": self.settings.max_sessions,
-                                  "sessions_active": pool.active})
+                                  "max_sessions": self.settings.max_sessions, "sessions_active": pool.active})
             await self.receive_loop()
         except WebSocketDisconnect:
             pass
+        except Exception as exc:  # a bug in the protocol: the client is told by the close, we by the log
+            await self._task_failed("receive", exc)
         finally:
             pool.release(session)  # a vanished client frees its animator at once
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             log.info("session %d closed after %d frames", session.id, self.received)
+
+    async def _guarded(self, name: str, coroutine) -> None:
+        try:
+            await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._task_failed(name, exc)
+
+    async def _task_failed(self, name: str, exc: BaseException) -> None:
+        """A task of the session raised: the session ends. A send to a client that has gone is the client's
+        leaving (info); anything while the socket is still open is our failure (error, close 1011)."""
+        gone = isinstance(exc, WebSocketDisconnect) or WebSocketState.DISCONNECTED in (
+            self.ws.client_state, self.ws.application_state)
+        if gone:
+            log.info("session %d: %s task stopped, the client has gone: %s: %s", self.session.id, name,
+                     type(exc).__name__, exc)
+            return
+        log.error("session %d: %s task failed; closing the socket (1011)", self.session.id, name, exc_info=exc)
+        try:
+            await self.close(CLOSE_INTERNAL, f"server error ({name}): {type(exc).__name__}: {exc}")
+        except Exception as close_exc:  # the socket broke as well: nothing more can reach the client
+            log.info("session %d: close after the failure failed too: %s", self.session.id, close_exc)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from personalive_trt.live.worker import MAX_MALFORMED_IN_A_ROW
+
 MiB = 1024 * 1024
 
 
@@ -17,6 +19,7 @@ class ServeSettings:
     max_image_pixels: int = 40_000_000  # decoded size guard (decompression bombs)
     max_message_bytes: int = 2 * MiB  # one WebSocket message (a driving JPEG)
     max_frame_side: int = 4096  # a driving frame larger than this is malformed
+    max_malformed_in_a_row: int = MAX_MALFORMED_IN_A_ROW  # malformed driving frames in a row that end a session (close 1007)
     crop: bool = True  # frame driving frames and references around the face
     references_kept: int = 16  # uploaded references remembered (oldest forgotten)
     output_quality: int = 85  # JPEG quality of output frames
