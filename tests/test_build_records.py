@@ -16,7 +16,7 @@ pytest.importorskip("onnxruntime")
 from personalive_trt import build as build_module  # noqa: E402
 from personalive_trt.build import BuildRecord, build, read_build  # noqa: E402
 from personalive_trt.export import onnx_export as oe  # noqa: E402
-from personalive_trt.weights import SYNTHETIC_NOTICE  # noqa: E402
+from personalive_trt.weights import SYNTHETIC_NOTICE, load_models  # noqa: E402
 
 RESOLUTION = 128
 
@@ -43,7 +43,19 @@ def fake_export(monkeypatch):
         return {}
 
     monkeypatch.setattr(oe, "export_all", export_all)
+    # The fake export never reads the models: load each set of synthetic weights once for the module.
+    monkeypatch.setattr(build_module, "load_models", _cached_models)
     return calls
+
+
+_MODELS: dict = {}
+
+
+def _cached_models(weights, seed=0, vae="full"):
+    key = (weights, seed, vae)
+    if key not in _MODELS:
+        _MODELS[key] = load_models(weights, seed=seed, vae=vae)
+    return _MODELS[key]
 
 
 def test_export_of_other_weights_is_reexported_without_build_json(fake_export, tmp_path):
