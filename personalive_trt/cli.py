@@ -62,8 +62,8 @@ def run(
     fps: Optional[float] = typer.Option(None, help="Live: camera frame rate to request, or the playback rate of a "
                                         "file (default: the source's own)."),
     loop: bool = typer.Option(False, "--loop", help="Live: replay a file source until Ctrl-C."),
-    reference_loop: bool = typer.Option(False, "--reference-loop", help="File mode: run the plain-PyTorch reference "
-                                        "loop (Animator) instead of the streaming runtime."),
+    reference_loop: bool = typer.Option(False, "--reference-loop", help="Run the plain-PyTorch reference loop "
+                                        "(Animator) instead of the streaming runtime (file and live mode)."),
     vae: str = typer.Option("full", "--vae", help=VAE_HELP),
 ) -> None:
     """Animate REFERENCE with DRIVING: a video file into OUTPUT, or live (camera, stream, --preview,
@@ -75,7 +75,7 @@ def run(
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if is_live_request(driving, preview, virtual_camera):
         _run_live(reference, driving, output, weights, max_frames, seed, device, dtype, no_crop, backend, engines,
-                  window, preview, virtual_camera, fps, loop, vae=vae)
+                  window, preview, virtual_camera, fps, loop, vae=vae, reference_loop=reference_loop)
         return
     if output is None:
         fail("--output is required for a driving file (or add --preview / --virtual-camera for live mode)")
@@ -96,7 +96,7 @@ def run(
 
 
 def _run_live(reference, driving, output, weights, max_frames, seed, device, dtype, no_crop, backend, engines,
-              window, preview, virtual_camera, fps, loop, vae="full") -> None:
+              window, preview, virtual_camera, fps, loop, vae="full", reference_loop=False) -> None:
     from personalive_trt.live.runner import LiveOptions, run_live
 
     if backend not in ("torch", "onnxruntime", "tensorrt"):
@@ -104,7 +104,7 @@ def _run_live(reference, driving, output, weights, max_frames, seed, device, dty
     options = LiveOptions(reference=reference, driving=driving, output=output, preview=preview,
                           virtual_camera=virtual_camera, weights=weights, max_frames=max_frames, seed=seed,
                           device=device, dtype=dtype, crop=not no_crop, backend=backend, engines=engines,
-                          window=window, fps=fps, loop=loop, vae=vae)
+                          window=window, fps=fps, loop=loop, vae=vae, reference_loop=reference_loop)
     try:
         stats = run_live(options, status=lambda message: typer.echo(message, err=True))
     except user_errors() as exc:

@@ -335,3 +335,82 @@ def test_cli_serve_rejects_bad_options():
     assert "--port 0" in one_error_line(result)
     result = CliRunner().invoke(app, ["serve", "--max-sessions", "0"])
     assert "must be positive" in one_error_line(result)
+
+
+# ------------------------------------------------------------------------------------------------ lost source
+
+
+class LostCamera:
+    """A camera that delivers ``frames`` frames at 25 fps, then fails as an unplugged one does (a test double
+    with the FrameSource interface the runner uses)."""
+
+    def __new__(cls, frames: int):
+        from personalive_trt.live.sources import FrameSource
+
+        class _Lost(FrameSource):
+            def _capture(self) -> None:
+                for i in range(frames):
+                    if self._stop.is_set():
+                        return
+                    self._publish(np.full((96, 96, 3), 40 + 4 * (i % 40), np.uint8))
+                    time.sleep(1 / 25)
+                raise SourceError("no frames after 30 attempts (source lost or ended)")
+
+        source = _Lost("webcam")
+        source.fps = 25.0
+        return source
+
+
+def test_camera_lost_mid_run_finalises_the_output_and_exits_non_zero(tmp_path, monkeypatch):
+    """The frames shown before the loss are kept in a finalised file; the command fails in one line with the
+    cause (before: it exited 0 as if the source had ended)."""
+    from personalive_trt import animate
+    from personalive_trt.live import sources
+
+    monkeypatch.setattr(sources, "open_source", lambda value, **_: LostCamera(40))
+    monkeypatch.setattr(animate, "open_animator", lambda weights, config, **_: EchoAnimator(config))
+    out = tmp_path / "live.mp4"
+    result = invoke("-r", "sample", "-d", "webcam", "--no-crop", "-o", str(out), "--weights", "synthetic",
+                    "--device", "cpu")
+    line = one_error_line(result)
+    assert "webcam: no frames after 30 attempts (source lost or ended)" in line, line
+    frames = int(line.split("; the ")[1].split()[0])
+    assert f"frames before it were written to {out}" in line
+    with VideoReader(out) as reader:
+        assert sum(1 for _ in reader) == frames > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]
+
+
+def test_run_live_animates_with_the_real_pipeline(tmp_path):
+    """Live mode with the real models (tiny synthetic weights, 128², CPU), not the echo double: the first
+    window out of the streaming runtime reaches a finalised file."""
+    out = tmp_path / "live.mp4"
+    stats = run_live(LiveOptions(reference="sample", driving="sample", output=out, crop=False, weights="synthetic",
+                                 device="cpu", resolution=128, max_frames=4, loop=True), status=lambda m: None)
+    assert stats.frames == 4 and stats.stopped_by == "--max-frames 4"
+    assert stats.backend.startswith("stream runtime"), stats.backend
+    with VideoReader(out) as reader:
+        frames = list(reader)
+    assert len(frames) == 4 and frames[0].shape == (128, 128, 3)
+
+
+def test_cli_live_reference_loop_reaches_the_animator(tmp_path, monkeypatch):
+    """`run --reference-loop` in live mode opens the reference loop (before: the flag was dropped in live mode)."""
+    from personalive_trt import animate
+
+    loops = []
+
+    def open_animator(weights, config, loop="runtime", **_):
+        loops.append(loop)
+        return EchoAnimator(config)
+
+    from personalive_trt.live import sources
+    from personalive_trt.sample import sample_driving
+
+    monkeypatch.setattr(animate, "open_animator", open_animator)
+    monkeypatch.setattr(sources, "open_source", lambda value, **_: sources.FileSource(sample_driving(), loop=True))
+    for flags in ([], ["--reference-loop"]):
+        result = invoke("-r", "sample", "-d", "webcam", "--no-crop", "-o", str(tmp_path / f"o{len(loops)}.mp4"),
+                        "--max-frames", "4", "--weights", "synthetic", "--device", "cpu", *flags)
+        assert result.exit_code == 0, result.output
+    assert loops == ["runtime", "reference"]

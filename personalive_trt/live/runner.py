@@ -32,6 +32,7 @@ class LiveOptions(SessionOptions):
     fps: float | None = None  # requested camera rate / file playback rate (default: the source's own)
     loop: bool = False  # replay a file source until stopped
     resolution: int = 512
+    reference_loop: bool = False  # animate with the plain-PyTorch reference loop (Animator), not the runtime
 
 
 @dataclass
@@ -126,7 +127,8 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
         animator = _animator
         if animator is None:
             animator = open_animator(weights, backend=options.backend, engines=options.engines, device=device,
-                                     dtype=dtype, seed=options.seed, config=config)
+                                     dtype=dtype, seed=options.seed, config=config,
+                                     loop="reference" if options.reference_loop else "runtime")
     except BaseException:
         source.close()
         for sink in sinks:
@@ -165,8 +167,12 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
                 sink.abort()  # nothing shown (or a failure): no empty or partial file
     if errors:
         raise errors[0]
-    if source.error and stats.frames == 0:
-        raise SourceError(source.error)
+    if source.error:
+        # A camera or stream lost mid-run is a failure (non-zero exit), not an end: what was shown before it
+        # is kept (the file was finalised above) and the message says so.
+        kept = (f"; the {stats.frames} frames before it were written to {options.output}"
+                if options.output is not None and stats.frames else "")
+        raise SourceError(f"{source.error}{kept}")
     return stats
 
 
