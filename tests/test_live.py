@@ -21,7 +21,7 @@ from personalive_trt.cli import app
 from personalive_trt.config import StreamConfig
 from personalive_trt.live.runner import LiveOptions, is_live_request, run_live
 from personalive_trt.live.slots import FrameRing, LatestSlot, PlayoutClock
-from personalive_trt.live.sources import SourceError, parse_source
+from personalive_trt.live.sources import FrameSource, SourceError, parse_source
 from personalive_trt.live.testing import EchoAnimator
 from personalive_trt.live.worker import AnimationWorker, MalformedFrameError, MalformedStreamError, StampedFrame
 from personalive_trt.media import MediaError, VideoReader, probe_video
@@ -340,25 +340,21 @@ def test_cli_serve_rejects_bad_options():
 # ------------------------------------------------------------------------------------------------ lost source
 
 
-class LostCamera:
-    """A camera that delivers ``frames`` frames at 25 fps, then fails as an unplugged one does (a test double
-    with the FrameSource interface the runner uses)."""
+class LostCamera(FrameSource):
+    """A camera that delivers ``frames`` frames at 25 fps, then fails as an unplugged one does (a test double)."""
 
-    def __new__(cls, frames: int):
-        from personalive_trt.live.sources import FrameSource
+    def __init__(self, frames: int) -> None:
+        super().__init__("webcam")
+        self.fps = 25.0
+        self.frames = frames
 
-        class _Lost(FrameSource):
-            def _capture(self) -> None:
-                for i in range(frames):
-                    if self._stop.is_set():
-                        return
-                    self._publish(np.full((96, 96, 3), 40 + 4 * (i % 40), np.uint8))
-                    time.sleep(1 / 25)
-                raise SourceError("no frames after 30 attempts (source lost or ended)")
-
-        source = _Lost("webcam")
-        source.fps = 25.0
-        return source
+    def _capture(self) -> None:
+        for i in range(self.frames):
+            if self._stop.is_set():
+                return
+            self._publish(np.full((96, 96, 3), 40 + 4 * (i % 40), np.uint8))
+            time.sleep(1 / 25)
+        raise SourceError("no frames after 30 attempts (source lost or ended)")
 
 
 def test_camera_lost_mid_run_finalises_the_output_and_exits_non_zero(tmp_path, monkeypatch):
