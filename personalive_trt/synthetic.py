@@ -163,26 +163,30 @@ def _fixed_value(namespace: str, key: str, shape: list[int]) -> torch.Tensor | N
     return None
 
 
+def _value_rule(key: str, shape: list[int]) -> tuple[float, float, bool]:
+    """(mean, std, centre rows) of a learned tensor: the value rules above."""
+    fan_in = math.prod(shape[1:]) if len(shape) >= 2 else 1
+    rule = next((r for pattern, r in _RULES if pattern.search(key)), None)
+    if rule is not None and rule[0] == "fanin":
+        return 0.0, rule[1] / math.sqrt(fan_in), True
+    if rule is not None:
+        return rule[1], rule[2], False
+    if len(shape) >= 2:
+        return 0.0, 1.0 / math.sqrt(fan_in), True
+    if len(shape) == 1 and key.endswith("weight"):
+        return 1.0, 0.1, False
+    if len(shape) == 1 and key.endswith("bias"):
+        return 0.0, 0.02, False
+    return 0.0, 0.1, False
+
+
 def synth_tensor(seed: int, namespace: str, key: str, shape: Iterable[int]) -> torch.Tensor:
     """The synthetic value of one checkpoint tensor (float32, or int64 for integer buffers)."""
     shape = [int(s) for s in shape]
     fixed = _fixed_value(namespace, key, shape)
     if fixed is not None:
         return fixed.reshape(shape)
-    fan_in = math.prod(shape[1:]) if len(shape) >= 2 else 1
-    rule = next((r for pattern, r in _RULES if pattern.search(key)), None)
-    if rule is not None and rule[0] == "fanin":
-        mean, std, centre = 0.0, rule[1] / math.sqrt(fan_in), True
-    elif rule is not None:
-        mean, std, centre = rule[1], rule[2], False
-    elif len(shape) >= 2:
-        mean, std, centre = 0.0, 1.0 / math.sqrt(fan_in), True
-    elif len(shape) == 1 and key.endswith("weight"):
-        mean, std, centre = 1.0, 0.1, False
-    elif len(shape) == 1 and key.endswith("bias"):
-        mean, std, centre = 0.0, 0.02, False
-    else:
-        mean, std, centre = 0.0, 0.1, False
+    mean, std, centre = _value_rule(key, shape)
     n = math.prod(shape)
     values = _uniform_pm1(seed, namespace, key, n)
     if centre and len(shape) >= 2 and n // shape[0] > 1:
@@ -206,3 +210,109 @@ def synth_state_dict(module: torch.nn.Module, seed: int, namespace_of) -> dict[s
 def tensor_digest(tensor: torch.Tensor) -> str:
     """sha256[:16] of a tensor's raw bytes (the reference weights manifest's digest)."""
     return hashlib.sha256(tensor.contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+# ---- filled in place, on the module's own device ------------------------------------------------
+# ``synthetic:SIZE:device`` (e.g. ``synthetic:full:device``): the released sizes are 3.0 B numbers; through
+# numpy on the host (above) that is minutes and three full-size copies. Here every module is built on the
+# meta device (no memory, no init), cast there, given uninitialised storage on the target device with
+# ``to_empty`` and filled in place, chunk by chunk, on that device: the model exists once, plus one chunk of
+# temporaries (FILL_CHUNK elements, ~0.5 GB of int64 at 2**24).
+#
+# Values: element ``i`` of a tensor is an integer hash of ``i`` and a 32-bit per-tensor seed (sha256 of
+# ``"device/{seed}/{namespace}/{key}"``), mapped exactly to 23-bit odd multiples of 2**-23 in (-1, 1), then
+# scaled by ``sqrt(3) * std`` and shifted by ``mean`` of the same value rules as above (fan-in scaled
+# matrices, the tamed LivePortrait heads, ...): the same magnitudes as :func:`synth_tensor`, so fp16 stays
+# finite where those weights do. Differences, on purpose: other numbers (a new fingerprint,
+# ``synthetic:SIZE:device``), and matrix rows are NOT centred: a row mean is a reduction whose float order
+# differs between devices, while the hash, the int->float conversion and the two scalar operations are exact
+# or correctly rounded, so a tensor gets the same bits on every device. Computed buffers (position tables,
+# ``idx_tensor``, BatchNorm counters) get their canonical values; non-persistent buffers, which ``to_empty``
+# leaves uninitialised and no state_dict carries, are recomputed (:data:`_RECOMPUTED`), and an unknown one
+# is an error rather than garbage.
+FILL_CHUNK = 1 << 24
+_MASK32 = 0xFFFFFFFF
+_HASH_MUL = 0x45D9F3B  # < 2**27: a 32-bit value times it stays below 2**59, so int64 never overflows
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (xor-shift-multiply) of int64 values in [0, 2**32), in place."""
+    x ^= x >> 16
+    x.mul_(_HASH_MUL).bitwise_and_(_MASK32)
+    x ^= x >> 16
+    x.mul_(_HASH_MUL).bitwise_and_(_MASK32)
+    x ^= x >> 16
+    return x
+
+
+def _tensor_seed(seed: int, namespace: str, key: str) -> int:
+    digest = hashlib.sha256(f"device/{seed}/{namespace}/{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def hash_fill_(tensor: torch.Tensor, seed32: int, mean: float, std: float, chunk: int = FILL_CHUNK) -> torch.Tensor:
+    """Fill ``tensor`` in place with ``mean + sqrt(3) std u``, ``u`` uniform in (-1, 1) from the hash of each
+    element's flat index and ``seed32``; computed on the tensor's device, ``chunk`` elements at a time (the
+    result does not depend on ``chunk``)."""
+    flat = tensor.view(-1)
+    scale = math.sqrt(3.0) * std / float(1 << 23)
+    for start in range(0, flat.numel(), chunk):
+        stop = min(start + chunk, flat.numel())
+        x = torch.arange(start, stop, dtype=torch.int64, device=tensor.device)
+        x ^= seed32
+        _mix32(x)
+        # top 23 bits -> odd integer in [-(2**23 - 1), 2**23 - 1]: exact in float32
+        x >>= 9
+        x.mul_(2).sub_((1 << 23) - 1)
+        values = x.to(torch.float32).mul_(scale).add_(mean)
+        flat[start:stop].copy_(values)
+    return tensor
+
+
+def _patch_embed_table(owner: torch.nn.Module, buffer: torch.Tensor) -> torch.Tensor:
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    grid = owner.pos_embed_max_size or int(math.isqrt(owner.height * owner.width))
+    table = get_2d_sincos_pos_embed(buffer.shape[-1], grid, base_size=owner.base_size,
+                                    interpolation_scale=owner.interpolation_scale, output_type="pt")
+    return table.float().unsqueeze(0)
+
+
+#: Non-persistent buffers (absent from every checkpoint): suffix -> (owning module, buffer) -> value.
+_RECOMPUTED = {
+    "position_ids": lambda owner, buffer: torch.arange(buffer.shape[-1], dtype=torch.int64).reshape(buffer.shape),
+    "pos_embed.pos_embed": _patch_embed_table,  # diffusers PatchEmbed (the motion encoder's att_*)
+}
+
+
+def fill_module_(module: torch.nn.Module, seed: int, namespace_of, chunk: int = FILL_CHUNK) -> list[str]:
+    """Give every parameter and buffer of ``module`` its synthetic value in place, on its own device.
+
+    ``module`` has storage (e.g. after ``to_empty``) in its final dtype; values are computed in float32 and
+    rounded once into it. Returns the state_dict keys filled (every one: the caller checks them against the
+    layout). Raises ``ValueError`` naming a non-persistent buffer it does not know how to recompute."""
+    state = module.state_dict(keep_vars=True)  # the module's own tensors, not copies
+    with torch.no_grad():
+        for key, tensor in state.items():
+            shape = list(tensor.shape)
+            fixed = _fixed_value(namespace_of(key), key, shape)
+            if fixed is not None:
+                tensor.copy_(fixed.reshape(shape))
+                continue
+            mean, std, _ = _value_rule(key, shape)
+            if tensor.dtype == torch.float32:
+                hash_fill_(tensor, _tensor_seed(seed, namespace_of(key), key), mean, std, chunk)
+            else:  # fp16/bf16 storage: fill a float32 copy of this one tensor, round it once
+                tensor.copy_(hash_fill_(torch.empty(shape, device=tensor.device),
+                                        _tensor_seed(seed, namespace_of(key), key), mean, std, chunk))
+        modules = dict(module.named_modules())
+        for name, buffer in module.named_buffers():
+            if name in state:
+                continue
+            rule = next((r for suffix, r in _RECOMPUTED.items() if name == suffix or name.endswith("." + suffix)),
+                        None)
+            if rule is None:
+                raise ValueError(f"fill_module_: no rule recomputes the non-persistent buffer {name!r}")
+            owner = modules[name.rpartition(".")[0]]
+            buffer.copy_(rule(owner, buffer).reshape(buffer.shape))
+    return list(state)

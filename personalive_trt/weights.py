@@ -429,13 +429,20 @@ def synthetic_models(
 
     ``size`` is ``"tiny"`` (fast on CPU), ``"small"`` (the reference data's small config: with
     seed 0 the tensors equal its synthesized golden weights) or ``"full"`` (released sizes).
+    ``SIZE:device`` (``"full:device"``: full-size weights in seconds on a GPU) builds each network on
+    the meta device and fills it in place on ``device`` in ``dtype``, with other numbers of the same
+    magnitudes (:func:`personalive_trt.synthetic.fill_module_`).
     ``vae="tiny"`` adds the TAESD decoder (its tensors in their own ``taesd`` namespace).
     """
     from personalive_trt.synthetic import CONFIGS, synth_state_dict
 
-    if size not in CONFIGS:
-        raise WeightsError(f"synthetic weights size {size!r}: expected one of {sorted(CONFIGS)}")
+    base, _, fill = size.partition(":")
+    if base not in CONFIGS or fill not in ("", "device"):
+        raise WeightsError(f"synthetic weights size {size!r}: expected one of {sorted(CONFIGS)}, "
+                           "optionally followed by ':device'")
     check_vae(vae)
+    if fill == "device":
+        return _synthetic_on_device(base, seed, device, dtype, vae)
     modules = {}
     for component in COMPONENTS + ((TAESD,) if vae == "tiny" else ()):
         module = build_module(component.name, CONFIGS[size])
@@ -444,16 +451,39 @@ def synthetic_models(
     return _finish(modules, device, dtype, f"synthetic:{size} (seed {seed})", synthetic=True)
 
 
+def _synthetic_on_device(size: str, seed: int, device, dtype: torch.dtype, vae: str) -> Models:
+    """``synthetic:SIZE:device``: meta build, cast on meta, ``to_empty`` on ``device``, filled in place there.
+
+    Nothing is allocated but the final tensors (plus one fill chunk), and no state dict is materialised."""
+    from personalive_trt.devices import canonical_device
+    from personalive_trt.synthetic import CONFIGS, fill_module_
+
+    device = canonical_device(device)
+    modules = {}
+    for component in COMPONENTS + ((TAESD,) if vae == "tiny" else ()):
+        with torch.device("meta"):
+            module = build_module(component.name, CONFIGS[size])
+        cast(module.eval().requires_grad_(False), None, dtype)  # on meta: free; keeps fp32 parts where kept
+        module.to_empty(device=device)
+        filled = fill_module_(module, seed, _synthetic_namespace(component.name))
+        expected = module.state_dict().keys()
+        if sorted(filled) != sorted(expected):  # strict: every key of the layout, nothing else
+            raise WeightsError(f"{component.name}: device fill covered {len(filled)} of {len(expected)} keys")
+        modules[component.name] = module
+    return Models(**modules, source=f"synthetic:{size}:device (seed {seed})", synthetic=True)
+
+
 def parse_weights_spec(spec: str | Path) -> tuple[str, str | Path]:
-    """``synthetic[:tiny|small|full]`` -> ("synthetic", size); anything else -> ("dir", path)."""
+    """``synthetic[:tiny|small|full][:device]`` -> ("synthetic", size[":device"]); anything else -> ("dir", path)."""
     from personalive_trt.synthetic import CONFIGS, DEFAULT_SYNTHETIC
 
     text = str(spec)
     if text == "synthetic" or text.startswith("synthetic:"):
         size = text.partition(":")[2] or DEFAULT_SYNTHETIC
-        if size not in CONFIGS:
+        base, _, fill = size.partition(":")
+        if base not in CONFIGS or fill not in ("", "device"):
             raise WeightsError(f"--weights {text!r}: unknown synthetic size {size!r}; expected one of "
-                               f"{', '.join('synthetic:' + k for k in CONFIGS)}")
+                               f"{', '.join('synthetic:' + k for k in CONFIGS)} (optionally + ':device')")
         return "synthetic", size
     return "dir", Path(text)
 
