@@ -71,6 +71,8 @@ def test_report_timings(report):
         assert positive(report[key]), f"{key} = {report[key]!r}"
     check_percentiles(report["step_ms"], "step_ms")
     check_percentiles(report["chunk_latency_ms"], "chunk_latency_ms")
+    check_percentiles(report["host_staging_ms"], "host_staging_ms")
+    assert report["step_clock"] == "perf_counter"  # CPU; CUDA events on a GPU (test_report_on_cuda)
     assert report["throughput_mode"] == "sequential"  # CPU: submit is synchronous
     # Time to first frame includes the fusion and one call.
     assert report["time_to_first_frame_ms"] > report["reference_fusion_ms"]
@@ -149,11 +151,27 @@ def test_tensorrt_missing_is_one_line(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorrt)
+    import torch
+
+    # A CUDA machine without TensorRT (pretended: the device is resolved, nothing is allocated on it).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     from personalive_trt.engines import TENSORRT_INSTALL_HINT
 
     result = invoke("--backend", "tensorrt")
     assert result.exit_code == 1
     assert result.output.strip() == f"error: {TENSORRT_INSTALL_HINT}"
+
+
+def test_tensorrt_auto_never_resolves_to_the_cpu(monkeypatch):
+    """Without CUDA, `--backend tensorrt` (device auto) is refused for the device, before TensorRT is looked for."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = invoke("--backend", "tensorrt")
+    assert result.exit_code == 1
+    assert "error: --backend tensorrt runs on a CUDA device" in result.output, result.output
 
 
 def test_forced_keyframe_config():
@@ -217,3 +235,102 @@ def test_forced_keyframes_are_in_effect(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["keyframes"] == 1 and report["config"]["max_keyframes"] == 1
+
+
+# ---- the matrix: one schema for every variant (personalive_trt/bench/matrix.py) --------------------------------
+# Written out here, not read from matrix.VARIANT_FIELDS: dropping a field there must fail this test.
+REQUIRED_FIELDS = {"name", "device", "vae", "compile", "graphs", "keyframes", "fps", "step_ms", "ratio_to_reference",
+                   "tflops_achieved", "peak_memory_bytes", "status", "error", "engine", "dtype", "step_clock",
+                   "host_staging_ms", "chunk_latency_ms", "flops_per_step", "stages_ms"}
+MATRIX_ARGS = ["--resolution", "64", "--window", "1", "--calls", "1", "--warmup", "0",
+               "--variants", "reference_k0,runtime_eager_k0,runtime_graphs_k0"]
+
+
+def run_matrix_cli(tmp_path_factory, *args: str) -> dict:
+    from personalive_trt.bench import matrix
+
+    out = tmp_path_factory.mktemp("matrix") / "matrix.json"
+    assert matrix.main(["--out", str(out), *args, *MATRIX_ARGS]) == 0
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def cpu_matrix(tmp_path_factory) -> dict:
+    return run_matrix_cli(tmp_path_factory, "--cpu")  # tiny device-filled weights on the CPU, 64 px, 1 frame
+
+
+def check_matrix(doc: dict, cuda: bool) -> dict:
+    assert doc["schema"] == 1 and doc["failed"] == []
+    records = {r["name"]: r for r in doc["variants"]}
+    assert list(records) == ["reference_k0", "runtime_eager_k0", "runtime_graphs_k0"]
+    for record in records.values():
+        missing = REQUIRED_FIELDS - set(record)
+        assert not missing, (record["name"], missing)
+        assert record["vae"] == "full" and record["compile"] is False and record["keyframes"] == 0
+    ok = [r for r in records.values() if r["status"] == "ok"]
+    for record in ok:
+        assert set(record["step_ms"]) >= {"p50", "p95", "p99"} and positive(record["step_ms"]["p50"]), record
+        for key in ("fps", "ratio_to_reference", "tflops_achieved", "peak_memory_bytes", "flops_per_step"):
+            assert positive(record[key]), (record["name"], key, record[key])
+        assert record["tflops_achieved"] == pytest.approx(
+            record["flops_per_step"] / (record["step_ms"]["p50"] * 1e-3) / 1e12, rel=1e-3)
+    reference, eager = records["reference_k0"], records["runtime_eager_k0"]
+    assert reference["engine"] == "reference" and reference["ratio_to_reference"] == 1.0
+    assert reference["host_staging_ms"] is None and reference["stages_ms"] is None
+    assert eager["ratio_to_reference"] == pytest.approx(reference["step_ms"]["p50"] / eager["step_ms"]["p50"],
+                                                        rel=1e-3)
+    check_percentiles(eager["host_staging_ms"], "host_staging_ms")
+    assert set(eager["stages_ms"]["networks"]) == set(bench.STEADY_ROLES)
+    assert eager["step_clock"] == ("cuda_events" if cuda else "perf_counter")
+    return records
+
+
+def test_matrix_schema_on_cpu(cpu_matrix):
+    records = check_matrix(cpu_matrix, cuda=False)
+    assert cpu_matrix["weights_source"] == "synthetic:tiny:device (seed 0)" and cpu_matrix["dtype"] == "float32"
+    assert all(r["device"].startswith("CPU") for r in records.values())
+    graphs = records["runtime_graphs_k0"]
+    assert graphs["status"] == "skipped" and "CUDA" in graphs["error"] and graphs["step_ms"] is None
+    assert records["runtime_eager_k0"]["throughput_mode"] == "sequential"
+    assert records["runtime_eager_k0"]["peak_memory_kind"] == "host_peak_rss_process"
+
+
+def test_matrix_rejects_unknown_variants(tmp_path, capsys):
+    from personalive_trt.bench import matrix
+
+    with pytest.raises(SystemExit):
+        matrix.main(["--out", str(tmp_path / "m.json"), "--variants", "runtime_turbo"])
+    assert "unknown variant(s) runtime_turbo" in capsys.readouterr().err
+
+
+# ---- CUDA counterparts (skipped without a GPU; they run in scripts/gpu_check.sh) -------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_report_on_cuda(tmp_path):
+    out = tmp_path / "report.json"
+    result = invoke("--weights", "synthetic", "--resolution", "64", "--warmup", "1", "--calls", "3", "--compare",
+                    "--json", str(out), "--device", "cuda")
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert not report["device"].startswith("CPU") and report["dtype"] == "float16"  # auto dtype on CUDA
+    assert report["graphs"] is True and report["throughput_mode"] == "pipelined"
+    assert report["step_clock"] == "cuda_events"
+    check_percentiles(report["step_ms"], "step_ms")
+    check_percentiles(report["host_staging_ms"], "host_staging_ms")
+    assert report["stages_ms"]["mode"] == "separate eager runtime, same networks"
+    assert set(report["stages_ms"]["networks"]) == set(bench.STEADY_ROLES)
+    memory = report["memory"]
+    assert memory["kind"] == "cuda" and positive(memory["peak_allocated_mb"])
+    assert positive(report["compare"]["speedup"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_matrix_schema_on_cuda(tmp_path_factory):
+    doc = run_matrix_cli(tmp_path_factory, "--weights", "synthetic:tiny:device")
+    records = check_matrix(doc, cuda=True)
+    assert doc["dtype"] == "float16"
+    graphs = records["runtime_graphs_k0"]
+    assert graphs["status"] == "ok" and graphs["graphs"] is True and graphs["stages_ms"] is None
+    assert graphs["step_clock"] == "cuda_events" and graphs["throughput_mode"] == "pipelined"
+    assert all(r["peak_memory_kind"] == "cuda_max_memory_allocated" for r in records.values())

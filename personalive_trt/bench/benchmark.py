@@ -12,7 +12,10 @@ Protocol (all warm-up excluded from every figure):
 3. **measured session**: ``swap_reference`` (``reference_fusion_ms``), the first call (``time_to_first_frame_ms``
    is from the start of the fusion to that call's frames on the host), then calls until ``--keyframes K``
    history keyframes are in effect, plus one more call of the measured kind; then ``--calls`` synchronous
-   calls (step time, chunk latency) and, on CUDA, ``--calls`` pipelined calls (``fps``).
+   calls (step time, chunk latency) and, on CUDA, ``--calls`` pipelined calls (``fps``). ``step_ms`` is the
+   device time of each call's work (CUDA events on the runtime's stream from where ``submit`` enqueues its
+   first copy to after its output copy; ``perf_counter`` on CPU); ``host_staging_ms`` is ``submit``'s host
+   part before that (frame checks, ring-slot wait, ``np.copyto`` into the pinned ring), reported apart.
 4. **per-stage breakdown** (eager): a CUDA graph replays a whole call, so the per-network split needs calls
    without graphs. Each backend's ``infer`` is wrapped (on the instance) with CUDA events (``perf_counter``
    on CPU); what is left of the call is ``glue`` (input copy, resize, keypoint transfer and drawing, face
@@ -77,11 +80,13 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     options.validate()
+    # Device first: on a machine without CUDA, `--backend tensorrt` is refused for the device (the real cause),
+    # not for a missing TensorRT that could not run there anyway.
+    device, dtype = resolve_device_dtype(options)
     if options.backend == "tensorrt":
         from personalive_trt.engines import require_tensorrt
 
         require_tensorrt()  # one line, before any work
-    device, dtype = resolve_device_dtype(options)
     config = stream_config(options)
     graphs = None if options.graphs else False
     if device.type == "cuda":
@@ -169,6 +174,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         "reference_fusion_ms": round(session.fusion_ms, 3),
         "time_to_first_frame_ms": round(session.first_frame_ms, 3),
         "step_ms": percentiles(session.step_ms),
+        "step_clock": "cuda_events" if device.type == "cuda" else "perf_counter",
+        "host_staging_ms": percentiles(session.host_staging_ms),
         "fps": round(fps, 6),
         "throughput_mode": "pipelined" if session.fps is not None else "sequential",
         "chunk_latency_ms": percentiles(session.chunk_latency_ms),

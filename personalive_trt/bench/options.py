@@ -65,7 +65,8 @@ class BenchOptions:
 def resolve_device_dtype(options: BenchOptions):
     from personalive_trt.devices import resolve_device
 
-    return resolve_device(options.device, options.dtype)
+    # The backend decides what `auto` may resolve to: TensorRT never runs on the CPU.
+    return resolve_device(options.device, options.dtype, backend=options.backend)
 
 
 def stream_config(options: BenchOptions):

@@ -1,6 +1,7 @@
 """One measured streaming session (fusion, first frame, keyframes reached, timed calls) and its inputs."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -57,9 +58,44 @@ class Session:
     fusion_ms: float = 0.0
     first_frame_ms: float = 0.0
     step_ms: list[float] = field(default_factory=list)
+    host_staging_ms: list[float] = field(default_factory=list)  # runtime only: submit's host part, before its work
     chunk_latency_ms: list[float] = field(default_factory=list)
     keyframes: int = 0
     fps: float | None = None
+
+
+class WorkStart:
+    """Marks where a :meth:`StreamRuntime.submit` call's device work begins, after its host staging.
+
+    ``submit`` first checks the frames, waits for the ring slot and copies the frames into pinned memory
+    (``np.copyto``), then enqueues its work inside ``runtime._on_stream()``. An event recorded before ``submit``
+    would count that host staging as device time (the stream idles meanwhile), so the step's start mark is
+    recorded on entering that context instead: ``step_ms`` is the device time of the call's work (input copy,
+    networks, output copy), ``host_staging_ms`` the host time before it. Wraps the method on the instance only
+    (the runtime has no public hook); a runtime without it is an error, not a silently different clock.
+    """
+
+    def __init__(self, runtime, clock: Clock) -> None:
+        if not callable(getattr(runtime, "_on_stream", None)):
+            raise BenchError(f"{type(runtime).__name__} has no _on_stream(): the benchmark cannot mark where a "
+                             "call's device work starts")
+        self.runtime, self.clock = runtime, clock
+        self.marks: list[tuple[float, object]] = []  # (perf_counter, clock mark) per entry into the stream
+
+    def __enter__(self) -> "WorkStart":
+        original = self.runtime._on_stream
+
+        @contextlib.contextmanager
+        def marked():
+            with original():
+                self.marks.append((time.perf_counter(), self.clock.mark(self.runtime.stream)))
+                yield
+
+        self.runtime._on_stream = marked  # instance attribute shadows the method
+        return self
+
+    def __exit__(self, *exc) -> None:
+        vars(self.runtime).pop("_on_stream", None)
 
 
 def _keyframes_of(engine) -> int:
@@ -102,24 +138,29 @@ def run_session(engine, reference, chunks: list, keyframes: int, calls: int, clo
     clock.sync()
     session.keyframes = _keyframes_of(engine)
     stream = getattr(engine, "stream", None)
-    for _ in range(calls):
-        chunk = chunks[index % len(chunks)]
-        index += 1
-        if probe is not None:
-            probe.begin_call()
-        begin = clock.mark(stream)
-        wall = time.perf_counter()
-        if runtime:
-            engine.submit(chunk)
-            end = clock.mark(stream)
-            engine.collect().wait()
-        else:
-            engine.step(chunk)
-            end = clock.mark(stream)
-        session.chunk_latency_ms.append((time.perf_counter() - wall) * 1e3)
-        session.step_ms.append(clock.ms(begin, end))
-        if probe is not None:
-            probe.end_call()
+    starts = WorkStart(engine, clock) if runtime else contextlib.nullcontext()
+    with starts:
+        for _ in range(calls):
+            chunk = chunks[index % len(chunks)]
+            index += 1
+            if probe is not None:
+                probe.begin_call()
+            wall = time.perf_counter()
+            if runtime:
+                first_mark = len(starts.marks)
+                engine.submit(chunk)
+                end = clock.mark(stream)
+                staged_at, begin = starts.marks[first_mark]  # the first entry of this submit
+                session.host_staging_ms.append((staged_at - wall) * 1e3)
+                engine.collect().wait()
+            else:
+                begin = clock.mark(stream)
+                engine.step(chunk)
+                end = clock.mark(stream)
+            session.chunk_latency_ms.append((time.perf_counter() - wall) * 1e3)
+            session.step_ms.append(clock.ms(begin, end))
+            if probe is not None:
+                probe.end_call()
     if _keyframes_of(engine) != keyframes:
         raise RuntimeError(f"bench: {_keyframes_of(engine)} keyframes in effect, expected {keyframes}")
     if pipelined:
