@@ -6,7 +6,8 @@
 * :mod:`~personalive_trt.engines.cache`: engines keyed by network, ONNX hash, profile, precision, TensorRT
   version and GPU, with a JSON manifest; stale engines are rebuilt or refused, never loaded.
 * :mod:`~personalive_trt.engines.backends`: one interface (:class:`EngineBackend`) over a torch module,
-  an ONNX Runtime session and a TensorRT engine.
+  an ONNX Runtime session and a TensorRT engine, each on the device it was given (TensorRT: CUDA only;
+  its execution contexts bind their tensor addresses once, see :class:`TensorRTBackend`).
 
 ``tensorrt`` itself is imported only when needed (:func:`require_tensorrt`).
 """
@@ -17,6 +18,8 @@ from personalive_trt.engines.backends import (
     TensorRTBackend,
     TensorRTNotAvailableError,
     TorchBackend,
+    check_tensorrt_device,
+    providers_for,
     require_tensorrt,
 )
 from personalive_trt.engines.builder import (
@@ -40,6 +43,6 @@ from personalive_trt.engines.cache import (
 __all__ = [
     "PRECISIONS", "TENSORRT_INSTALL_HINT", "BuildOptions", "EngineBackend", "EngineCache", "EngineError",
     "EngineKey", "GpuInfo", "OnnxRuntimeBackend", "StaleEngineError", "TensorRTBackend", "TensorRTNotAvailableError",
-    "TorchBackend", "build_engines", "build_serialized_engine", "ensure_engine", "onnx_digest", "require_tensorrt",
-    "resolve_precision", "typing_mode",
+    "TorchBackend", "build_engines", "build_serialized_engine", "check_tensorrt_device", "ensure_engine", "onnx_digest",
+    "providers_for", "require_tensorrt", "resolve_precision", "typing_mode",
 ]

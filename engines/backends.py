@@ -10,10 +10,17 @@ Every backend follows the same contract (:class:`EngineBackend`), so the streami
   profile range; errors name the tensor and the allowed range), runs the network on the *real* shapes of
   this call (never over uninitialised memory at the profile maximum) and returns each output as a view of
   its buffer with the real shape. A failure raises with the backend's own message. The TensorRT backend
-  neither allocates nor synchronises; the torch module allocates its own temporaries, and ONNX Runtime
-  (on its own stream) is synchronised with torch's stream -- those two are references, not the fast path.
+  neither allocates (after its first call per input) nor synchronises; the torch module allocates its own
+  temporaries, and ONNX Runtime (on its own stream) is synchronised with torch's stream -- those two are
+  references, not the fast path.
+* Every backend runs on the device it was given (``cuda`` and ``cuda:0`` are one device): ONNX Runtime on
+  that device's provider or not at all, TensorRT on a CUDA device only (it reads and writes by address, so
+  a host pointer would be a crash or silent garbage; only the tests' stand-in, which declares
+  ``EXECUTES_ON_HOST``, runs with ``cpu``).
 
-The outputs of one call are overwritten by the next: copy what must outlive it.
+The outputs of one call are overwritten by the next: copy what must outlive it. A backend serves one
+stream at a time (its output buffers, and TensorRT's staging buffers and activation memory, are shared by
+all its calls).
 """
 from __future__ import annotations
 
@@ -21,12 +28,14 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from personalive_trt.devices import canonical_device
 from personalive_trt.engines.cache import EngineError
 from personalive_trt.export.spec import NetworkSpec, Shape, TensorSpec
 
@@ -104,6 +113,9 @@ def _make_logger(trt: Any) -> Any:
             if level >= logging.WARNING:
                 self.recent.append((self.count, level, " ".join(str(msg).split())))  # one line
 
+        def has_errors_since(self, mark: int) -> bool:
+            return any(i > mark and level >= logging.ERROR for i, level, _ in self.recent)
+
         def errors_since(self, mark: int) -> str:
             """Errors logged after ``mark`` (warnings when there are none), joined on one line."""
             new = [(level, msg) for i, level, msg in self.recent if i > mark]
@@ -125,8 +137,12 @@ class EngineBackend(Protocol):
     def allocate(self) -> None:
         """Create the output buffers once, at the profile maximum (idempotent)."""
 
-    def infer(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Run on the real input shapes; outputs are views of the preallocated buffers."""
+    def infer(self, inputs: Mapping[str, torch.Tensor], *, stable: Collection[str] = ()) -> dict[str, torch.Tensor]:
+        """Run on the real input shapes; outputs are views of the preallocated buffers.
+
+        ``stable``: inputs the caller keeps at a fixed address, holding their data, for as long as calls
+        (and CUDA graphs captured around them) use them -- TensorRT then reads them in place instead of
+        through its staging buffers. Backends that read inputs only during the call ignore it."""
 
 
 def format_range(tensor: TensorSpec) -> str:
@@ -149,10 +165,7 @@ class PreallocatedBackend:
 
     def __init__(self, spec: NetworkSpec, device: torch.device | str) -> None:
         self.spec = spec
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None:  # "cuda" -> "cuda:N", as tensors report it
-            device = torch.device("cuda", torch.cuda.current_device())
-        self.device = device
+        self.device = canonical_device(device)  # "cuda" -> "cuda:N", as tensors report it
         self.buffers: dict[str, torch.Tensor] = {}
         self._output_specs = {t.name: t for t in spec.outputs}
 
@@ -163,11 +176,16 @@ class PreallocatedBackend:
             self.buffers[out.name] = torch.empty(math.prod(out.max_shape), dtype=self.output_dtypes[out.name],
                                                  device=self.device)
 
-    def infer(self, inputs: Mapping[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
+    def infer(self, inputs: Mapping[str, torch.Tensor], *, stable: Collection[str] = (), **kwargs: Any
+              ) -> dict[str, torch.Tensor]:
         shapes = self.check_inputs(inputs)
+        unknown = sorted(set(stable) - set(self.spec.input_names))
+        if unknown:
+            raise ValueError(f"{self.spec.name}: stable inputs {unknown} are not inputs; expected some of "
+                             f"{self.spec.input_names}")
         if not self.buffers:
             raise RuntimeError(f"{self.spec.name}: call allocate() once before infer()")
-        return self._run(inputs, shapes, **kwargs)
+        return self._run(inputs, shapes, stable=frozenset(stable), **kwargs)
 
     def _run(self, inputs: Mapping[str, torch.Tensor], shapes: dict[str, Shape], **kwargs: Any
              ) -> dict[str, torch.Tensor]:
@@ -256,13 +274,25 @@ _ORT_DTYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16,
                "tensor(uint8)": torch.uint8, "tensor(bool)": torch.bool}
 
 
-def default_providers() -> list[str]:
-    """CUDA when onnxruntime-gpu and a CUDA device are both there, else CPU."""
+def providers_for(device: torch.device) -> list[Any]:
+    """The ONNX Runtime execution providers that run on ``device``, or :class:`EngineError` in one line.
+
+    ``cpu``: the CPU provider alone (never CUDA, even where onnxruntime-gpu is installed). ``cuda:N``:
+    the CUDA provider on device N, with the CPU provider only for the nodes CUDA has no kernel for (ONNX
+    Runtime assigns those per node); without a CUDA provider the request is refused here instead of
+    running on the CPU and failing every call on CUDA tensors.
+    """
     import onnxruntime as ort
 
-    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.type != "cuda":
+        raise EngineError(f"ONNX Runtime backend: device {device} is not supported; expected cpu or cuda[:N]")
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise EngineError(f"ONNX Runtime {ort.__version__} has no CUDA provider (available: {', '.join(available)}), "
+                          f"so it cannot run on {device}: pip install onnxruntime-gpu, or use device cpu")
+    return [("CUDAExecutionProvider", {"device_id": device.index}), "CPUExecutionProvider"]
 
 
 class OnnxRuntimeBackend(PreallocatedBackend):
@@ -275,29 +305,29 @@ class OnnxRuntimeBackend(PreallocatedBackend):
     Args:
         spec (`NetworkSpec`): the network's interface.
         onnx_path (`str | Path`): the exported model.
-        providers (`Sequence`, *optional*): ONNX Runtime execution providers; defaults to
-            :func:`default_providers`. The device follows the first provider the session really uses.
+        device (`str | torch.device`, *optional*, defaults to ``"cpu"``): where the session runs and the
+            tensors live; the providers follow from it (:func:`providers_for`). A CUDA device whose provider
+            does not start is an error at construction.
         session_options (`onnxruntime.SessionOptions`, *optional*): passed to the session.
     """
 
-    def __init__(self, spec: NetworkSpec, onnx_path: str | Path, *, providers: Sequence[Any] | None = None,
+    def __init__(self, spec: NetworkSpec, onnx_path: str | Path, *, device: str | torch.device = "cpu",
                  session_options: Any = None) -> None:
         import numpy as np
         import onnxruntime as ort
 
+        super().__init__(spec, device)
+        providers = providers_for(self.device)
         try:
-            self.session = ort.InferenceSession(str(onnx_path), sess_options=session_options,
-                                                providers=list(providers) if providers else default_providers())
+            self.session = ort.InferenceSession(str(onnx_path), sess_options=session_options, providers=providers)
         except Exception as exc:  # noqa: BLE001 -- onnxruntime's pybind errors share no base class; chained
             raise EngineError(f"{onnx_path}: ONNX Runtime could not load the model: {exc}") from exc
-        used = self.session.get_providers()[0]
-        if used == "CUDAExecutionProvider":
-            index = int(self.session.get_provider_options()[used].get("device_id", 0))
-            device = torch.device("cuda", index)
-        else:
-            device = torch.device("cpu")
-        super().__init__(spec, device)
-        self._ort_device = (device.type, device.index or 0)
+        used = self.session.get_providers()
+        wanted = "CUDAExecutionProvider" if self.device.type == "cuda" else "CPUExecutionProvider"
+        if used[0] != wanted:  # ONNX Runtime drops a provider that fails to initialise, with a warning only
+            raise EngineError(f"{onnx_path}: ONNX Runtime was asked for {self.device} but its session runs on "
+                              f"{used} ({wanted} did not start: check the CUDA/cuDNN libraries onnxruntime-gpu needs)")
+        self._ort_device = (self.device.type, self.device.index or 0)
 
         inputs = {i.name: i.type for i in self.session.get_inputs()}
         outputs = {o.name: o.type for o in self.session.get_outputs()}
@@ -364,47 +394,91 @@ def check_io_names(spec: NetworkSpec, source: str, inputs: list[str], outputs: l
 
 # ---- TensorRT --------------------------------------------------------------------------------------------
 
-class TensorRTBackend(PreallocatedBackend):
-    """A serialized TensorRT engine: one execution context, addresses bound by name, ``execute_async_v3``.
+def check_tensorrt_device(trt: Any, device: torch.device, what: str) -> None:
+    """TensorRT reads and writes tensors by address: a CUDA device only, never host pointers (one-line error).
 
-    Per call it sets the real input shapes and tensor addresses (only those that changed since the last
-    call), reads the output shapes the engine infers from them, and enqueues the engine on the stream,
-    without synchronising: the caller orders work with the stream, as with any torch kernel. With the
-    same input tensors and shapes every call, it is ready for CUDA-graph capture on a non-default stream.
+    The one exception is a ``tensorrt`` module that declares ``EXECUTES_ON_HOST`` (the tests' stand-in),
+    which runs on the CPU and nowhere else."""
+    on_host = bool(getattr(trt, "EXECUTES_ON_HOST", False))
+    if device.type != "cuda" and not on_host:
+        raise EngineError(f"{what}: TensorRT runs on a CUDA device, not {device} (it must never be given host "
+                          "pointers): use device cuda, or the torch/onnxruntime backend on a CPU")
+    if device.type != "cpu" and on_host:
+        raise EngineError(f"{what}: the tensorrt module at {trt.__file__} executes on the host (a test stand-in), "
+                          f"so it cannot run on {device}")
+
+
+class TensorRTBackend(PreallocatedBackend):
+    """A serialized TensorRT engine: tensor addresses bound once per execution context, ``execute_async_v3``.
+
+    **Addresses are set once.** A CUDA graph captured around ``execute_async_v3`` replays what the context
+    held at capture: its shapes and tensor addresses (TensorRT may keep them in the context's own device
+    memory, which the graph reads at replay). Rebinding a context that a graph captured -- for another
+    graph's temporaries, or for an eager call after capture -- would make that graph read memory that is
+    no longer its input. So no context is ever rebound:
+
+    * every input is *staged*: copied (on the stream, inside the graph when captured) into a static buffer
+      of this backend sized at the profile maximum, exactly as the outputs already are, so the addresses a
+      context binds never depend on where the caller's temporaries happen to live. The copy is skipped when
+      the caller's tensor already starts at the staging buffer (:meth:`input_buffer` lets it write there);
+    * inputs the caller passes as ``stable`` are bound where they are, with no copy: the streaming runtime
+      passes the denoising UNet's state this way (the 32 bank key/value inputs are its largest tensors and
+      already live in the runtime's slot buffers, sliced from their first element);
+    * one execution context per combination of input shapes and stable-input addresses, created on first
+      use and then only executed (shape changes would alter TensorRT's shape-dependent state under a graph
+      just as address changes would).
+
+    The alternative, a set of contexts per CUDA graph bound to that graph's temporaries, was rejected: the
+    eager warm-up before each capture, and every eager call after it (reference fusion), would still need
+    contexts of their own, and each would hold addresses into memory only the graph's pool keeps valid.
+    The price of staging is one device-to-device copy per non-stable input per call (the UNet's inputs
+    are stable in the runtime; the other networks' inputs are a few MB at most).
+
+    The contexts run one at a time on the caller's stream, so where TensorRT lets the caller manage
+    activation memory (``ExecutionContextAllocationStrategy.USER_MANAGED``, TensorRT >= 10.1) they share
+    one scratch buffer of ``engine.device_memory_size_v2`` bytes; otherwise each context owns its own.
+    Nothing here synchronises: the caller orders work with the stream, as with any torch kernel.
 
     Args:
         spec (`NetworkSpec`): the network's interface; the engine's I/O names and profile must match it.
         engine_path (`str | Path`): a serialized engine (see :func:`personalive_trt.engines.ensure_engine`).
-        device (`str | torch.device`, *optional*, defaults to ``"cuda"``): where the tensors live. Only the
-            tests' stand-in ``tensorrt`` module executes with ``"cpu"``.
+        device (`str | torch.device`, *optional*, defaults to ``"cuda"``): the CUDA device the tensors live on.
+            A CPU device is refused, except by a ``tensorrt`` module that declares ``EXECUTES_ON_HOST`` (the
+            tests' stand-in).
     """
+
+    MAX_CONTEXTS = 16  # distinct (shapes, stable addresses) combinations; the runtime needs at most 4 per network
 
     def __init__(self, spec: NetworkSpec, engine_path: str | Path, *, device: str | torch.device = "cuda") -> None:
         trt = require_tensorrt()
         super().__init__(spec, device)
+        check_tensorrt_device(trt, self.device, spec.name)
         self.trt = trt
         self.logger = trt_logger(trt)
         if self.device.type == "cuda":
             torch.cuda.init()  # TensorRT shares torch's primary CUDA context: create it first
         engine_path = Path(engine_path)
         mark = self.logger.count
-        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+        with self._on_device():
             self.runtime = trt.Runtime(self.logger)
             self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
-            if self.engine is None:
-                raise EngineError(f"{engine_path}: TensorRT could not deserialize the engine: "
-                                  f"{self.logger.errors_since(mark)}")
-            self._check_engine(engine_path)
-            self.context = self.engine.create_execution_context()
-            if self.context is None:
-                raise EngineError(f"{engine_path}: TensorRT could not create an execution context: "
-                                  f"{self.logger.errors_since(mark)}")
-        self._shapes: dict[str, Shape] = {}
-        self._addresses: dict[str, int] = {}
-        # context_per_shape: one execution context per input-shape signature (see _use_context).
-        self.context_per_shape = False
-        self._bindings: dict[tuple, tuple[Any, dict, dict]] = {}
+        if self.engine is None:
+            raise EngineError(f"{engine_path}: TensorRT could not deserialize the engine: "
+                              f"{self.logger.errors_since(mark)}")
+        self._check_engine(engine_path)
+        strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
+        size = getattr(self.engine, "device_memory_size_v2", None)
+        # USER_MANAGED + set_device_memory(ptr, size) came with device_memory_size_v2 (TensorRT 10.1).
+        self._user_managed = strategy.USER_MANAGED if strategy is not None and size is not None else None
+        self.scratch_bytes = int(size) if self._user_managed is not None else 0
         self._scratch: torch.Tensor | None = None
+        self._scratch_ptr = 0
+        self._staging: dict[str, torch.Tensor] = {}
+        self._contexts: dict[tuple, _Binding] = {}
+        self.context: Any = None  # the context of the latest call (for inspection)
+
+    def _on_device(self):
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
 
     def _check_engine(self, engine_path: Path) -> None:
         trt, engine = self.trt, self.engine
@@ -421,58 +495,85 @@ class TensorRTBackend(PreallocatedBackend):
         self.input_dtypes = {n: trt_to_torch_dtype(trt, engine.get_tensor_dtype(n)) for n in self.spec.input_names}
         self.output_dtypes = {n: trt_to_torch_dtype(trt, engine.get_tensor_dtype(n)) for n in self.spec.output_names}
 
-    def infer(self, inputs: Mapping[str, torch.Tensor], *, stream: Any = None) -> dict[str, torch.Tensor]:
-        """Enqueue one run. ``stream``: a ``torch.cuda.Stream`` or a raw handle; defaults to torch's current one."""
-        return super().infer(inputs, stream=stream)
+    def allocate(self) -> None:
+        super().allocate()
+        if self._user_managed is not None and self._scratch is None:
+            # TensorRT wants 256-byte aligned activation memory; CUDA allocations are, host ones may not be.
+            self._scratch = torch.empty(self.scratch_bytes + 256, dtype=torch.uint8, device=self.device)
+            self._scratch_ptr = self._scratch.data_ptr() + (-self._scratch.data_ptr()) % 256
 
-    def _use_context(self, shapes: dict[str, Shape]) -> None:
-        """With ``context_per_shape``: switch to the execution context of these input shapes.
+    @property
+    def contexts(self) -> list[Any]:
+        """Every execution context created so far (one per input shapes and stable addresses)."""
+        return [binding.context for binding in self._contexts.values()]
 
-        A CUDA graph captured around ``execute_async_v3`` replays what the context enqueued for the
-        shapes it had then, including TensorRT's own shape-dependent state; a later ``set_input_shape``
-        on the same context would change that state under the graph. So a graph per bank length needs a
-        context per bank length. The contexts run one at a time, so where TensorRT lets the caller
-        manage activation memory (TensorRT >= 10) they share one scratch buffer sized for the engine.
-        """
-        key = tuple(shapes[name] for name in self.spec.input_names)
-        binding = self._bindings.get(key)
-        if binding is None:
-            if not self._bindings:  # the first signature keeps the context made at load time
-                binding = (self.context, self._shapes, self._addresses)
-            else:
-                binding = (self._new_context(), {}, {})
-            self._bindings[key] = binding
-        self.context, self._shapes, self._addresses = binding
+    def input_buffer(self, name: str, shape: Shape) -> torch.Tensor:
+        """The staging buffer of input ``name`` viewed with ``shape``: a caller that writes its input here
+        saves the copy (:meth:`infer` sees the tensor already in place)."""
+        tensor = self.spec.input(name)
+        if not tensor.accepts(tuple(shape)):
+            raise ValueError(f"{self.spec.name}: input {name!r} cannot have shape {tuple(shape)}; "
+                             f"allowed {format_range(tensor)}")
+        return self._staging_buffer(name)[:math.prod(shape)].view(tuple(shape))
 
-    def _new_context(self) -> Any:
-        trt, engine, mark = self.trt, self.engine, self.logger.count
-        strategy = getattr(trt, "ExecutionContextAllocationStrategy", None)
-        size = getattr(engine, "device_memory_size_v2", None)
-        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
-            if strategy is None or size is None:
-                context = engine.create_execution_context()
-            else:
-                context = engine.create_execution_context(strategy.USER_MANAGED)
-                if self._scratch is None:
-                    self._scratch = torch.empty(int(size), dtype=torch.uint8, device=self.device)
-                context.set_device_memory(self._scratch.data_ptr(), int(size))
-        if context is None:
-            raise EngineError(f"{self.spec.name}: TensorRT could not create another execution context: "
-                              f"{self.logger.errors_since(mark)}")
-        return context
+    def _staging_buffer(self, name: str) -> torch.Tensor:
+        buffer = self._staging.get(name)
+        if buffer is None:
+            # Allocated on the first call that stages ``name`` (a stable input never needs one).
+            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise EngineError(f"{self.spec.name}: input {name!r} is staged for the first time inside a CUDA "
+                                  "graph capture; run the call once eagerly first (warm-up)")
+            buffer = torch.empty(math.prod(self.spec.input(name).max_shape), dtype=self.input_dtypes[name],
+                                 device=self.device)
+            self._staging[name] = buffer
+        return buffer
 
-    def _run(self, inputs, shapes, *, stream=None):
-        if self.context_per_shape:
-            self._use_context(shapes)
-        context, mark = self.context, self.logger.count
+    def infer(self, inputs: Mapping[str, torch.Tensor], *, stable: Collection[str] = (), stream: Any = None
+              ) -> dict[str, torch.Tensor]:
+        """Enqueue one run. ``stream``: a ``torch.cuda.Stream`` or a raw handle; defaults to torch's current one.
+
+        ``stable`` (see :class:`EngineBackend`): these inputs are bound at their own address; the caller
+        promises they stay there, holding the data, while this backend (or a graph captured around it) may
+        read them. Passing them at another address later is allowed but costs a new execution context."""
+        return super().infer(inputs, stable=stable, stream=stream)
+
+    def _run(self, inputs, shapes, *, stable, stream=None):
+        stream = self._stream(stream)
+        addresses: dict[str, int] = {}
+        # The staging copies go on the stream the engine runs on, so they are ordered before it.
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for name in self.spec.input_names:
+                value = inputs[name]
+                if name in stable:
+                    addresses[name] = value.data_ptr()
+                    continue
+                staging = self._staging_buffer(name)
+                if value.data_ptr() != staging.data_ptr():
+                    staging[:value.numel()].view(value.shape).copy_(value)
+                addresses[name] = staging.data_ptr()
+        key = (tuple(shapes[name] for name in self.spec.input_names),
+               tuple((name, addresses[name]) for name in sorted(stable)))
+        binding = self._contexts.get(key) or self._bind(key, shapes, addresses)
+        self.context, mark = binding.context, self.logger.count
+        if not binding.context.execute_async_v3(stream.cuda_stream if stream is not None else 0):
+            raise EngineError(f"{self.spec.name}: TensorRT execution failed: {self.logger.errors_since(mark)}")
+        return binding.outputs
+
+    def _bind(self, key: tuple, shapes: dict[str, Shape], addresses: dict[str, int]) -> "_Binding":
+        """A new execution context with these shapes and addresses, set once (kept only if all succeed)."""
+        if len(self._contexts) >= self.MAX_CONTEXTS:
+            raise EngineError(f"{self.spec.name}: more than {self.MAX_CONTEXTS} combinations of input shapes and "
+                              f"stable-input addresses; inputs passed as stable must come from buffers allocated "
+                              f"once (this call: shapes {shapes})")
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise EngineError(f"{self.spec.name}: new input shapes or stable addresses inside a CUDA graph capture "
+                              f"({shapes}); run the call once eagerly first (warm-up)")
+        context, mark = self._new_context(), self.logger.count
         for name in self.spec.input_names:
-            if self._shapes.get(name) != shapes[name]:
-                if not context.set_input_shape(name, shapes[name]):
-                    self._shapes.pop(name, None)
-                    raise EngineError(f"{self.spec.name}: TensorRT rejected shape {shapes[name]} for input "
-                                      f"{name!r}: {self.logger.errors_since(mark)}")
-                self._shapes[name] = shapes[name]
-            self._bind(name, inputs[name].data_ptr(), mark)
+            if not context.set_input_shape(name, shapes[name]):
+                raise EngineError(f"{self.spec.name}: TensorRT rejected shape {shapes[name]} for input "
+                                  f"{name!r}: {self.logger.errors_since(mark)}")
+            self._set_address(context, name, addresses[name], mark)
         outputs = {}
         for name in self.spec.output_names:
             shape = tuple(context.get_tensor_shape(name))
@@ -480,25 +581,49 @@ class TensorRTBackend(PreallocatedBackend):
                 raise EngineError(f"{self.spec.name}: TensorRT could not infer the shape of output {name!r} from "
                                   f"the input shapes {shapes}: {self.logger.errors_since(mark)}")
             outputs[name] = self.output_view(name, shape)
-            self._bind(name, outputs[name].data_ptr(), mark)
-        if not context.execute_async_v3(self._stream_handle(stream)):
-            raise EngineError(f"{self.spec.name}: TensorRT execution failed: {self.logger.errors_since(mark)}")
-        return outputs
+            self._set_address(context, name, outputs[name].data_ptr(), mark)
+        binding = _Binding(context, outputs)
+        self._contexts[key] = binding
+        return binding
 
-    def _bind(self, name: str, address: int, mark: int) -> None:
-        if self._addresses.get(name) != address:
-            if not self.context.set_tensor_address(name, address):
-                self._addresses.pop(name, None)
-                raise EngineError(f"{self.spec.name}: TensorRT rejected the address of {name!r}: "
-                                  f"{self.logger.errors_since(mark)}")
-            self._addresses[name] = address
+    def _new_context(self) -> Any:
+        mark = self.logger.count
+        with self._on_device():
+            if self._user_managed is None:  # TensorRT 10.0: the context allocates its own activation memory
+                context = self.engine.create_execution_context()
+            else:
+                context = self.engine.create_execution_context(self._user_managed)
+                if context is not None:
+                    context.set_device_memory(self._scratch_ptr, self.scratch_bytes)
+        if context is None:
+            raise EngineError(f"{self.spec.name}: TensorRT could not create an execution context: "
+                              f"{self.logger.errors_since(mark)}")
+        if self.logger.has_errors_since(mark):  # set_device_memory returns nothing; TensorRT logs the refusal
+            raise EngineError(f"{self.spec.name}: TensorRT refused the shared activation memory "
+                              f"({self.scratch_bytes} bytes): {self.logger.errors_since(mark)}")
+        return context
 
-    def _stream_handle(self, stream: Any) -> int:
+    def _set_address(self, context: Any, name: str, address: int, mark: int) -> None:
+        if not context.set_tensor_address(name, address):
+            raise EngineError(f"{self.spec.name}: TensorRT rejected the address of {name!r}: "
+                              f"{self.logger.errors_since(mark)}")
+
+    def _stream(self, stream: Any) -> "torch.cuda.Stream | None":
+        """The CUDA stream to run on (``None`` on the host stand-in): given, or torch's current one."""
+        if stream is not None and not isinstance(stream, (int, torch.cuda.Stream)):
+            raise TypeError(f"{self.spec.name}: stream must be a torch.cuda.Stream or an int handle, got {stream!r}")
+        if self.device.type != "cuda":
+            return None
         if stream is None:
-            return torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
+            return torch.cuda.current_stream(self.device)
         if isinstance(stream, int):
-            return stream
-        if isinstance(stream, torch.cuda.Stream):
-            return stream.cuda_stream
-        raise TypeError(f"{self.spec.name}: stream must be a torch.cuda.Stream or an int handle, got {stream!r}")
+            return torch.cuda.ExternalStream(stream, device=self.device)
+        return stream
 
+
+@dataclass
+class _Binding:
+    """One execution context with its shapes and addresses set, and the output views it writes."""
+
+    context: Any
+    outputs: dict[str, torch.Tensor]

@@ -2,17 +2,19 @@
 
 Precision and TensorRT versions:
 
-* **TensorRT 10** has the weak-typing builder flag ``BuilderFlag.FP16``: a normal network is parsed from
-  the fp32 or the fp16 ONNX and the flag lets TensorRT pick fp16 kernels.
-* **TensorRT 11** removed every precision flag: networks are always strongly typed and every tensor keeps
-  the type the graph gives it, so an fp16 engine is built from the fp16 ONNX export (the one whose
-  ``keep_fp32`` parts are already float32). ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` is still
-  accepted there (ignored) and is what selects strong typing on TensorRT 10.
+* **Strongly typed by default.** The network is created with
+  ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` and every tensor keeps the type the ONNX gives it, so
+  an fp16 engine is built from the fp16 ONNX export -- the one whose ``keep_fp32`` parts (the specs' fp32
+  islands: normalisations, softmax statistics, the keypoint head) are already float32 and stay float32.
+* **TensorRT 10** still has weak typing: a normal network plus ``BuilderFlag.FP16`` lets TensorRT pick
+  fp16 kernels for any layer, the fp32 islands included, from either export. That is opt-in only
+  (``BuildOptions(strongly_typed=False)``), and the engine cache key records the typing, so a weakly
+  typed engine is never served for a strongly typed request or the other way round.
+* **TensorRT 11** removed every precision flag: networks are always strongly typed (the flag is still
+  accepted there and ignored); asking it for weak typing is an error.
 
 The mode is chosen by capability (``hasattr(trt.BuilderFlag, "FP16")``), not by parsing version
-strings; ``BuildOptions(strongly_typed=True)`` opts into strong typing on TensorRT 10 as well. Weak typing
-may run any layer in fp16, including the spec's ``keep_fp32`` parts; a network that cannot take that is
-either built strongly typed from the fp16 export or kept whole in fp32 with a per-network precision
+strings. A network that cannot take fp16 at all is kept whole in fp32 with a per-network precision
 override (``build_engines(..., precision_overrides={"pose_guider": "fp32"})``).
 
 Every failure raises :class:`~personalive_trt.engines.cache.EngineError` with TensorRT's own messages
@@ -45,34 +47,34 @@ class BuildOptions:
             (the whole device).
         optimization_level (`int`, *optional*): ``builder_optimization_level`` 0..5; default: TensorRT's (3).
             Lower builds faster and may run slower.
-        strongly_typed (`bool`, *optional*): ``None`` picks by capability (weak typing + FP16 flag where the
-            flag exists, i.e. TensorRT 10; strong typing otherwise); ``True`` forces strong typing (the
-            ONNX's types decide the precision); ``False`` forces weak typing (fails on TensorRT 11).
+        strongly_typed (`bool`, *optional*, defaults to `True`): the ONNX's types decide every tensor's
+            precision (the fp16 engine comes from the fp16 export). ``False`` asks for weak typing with the
+            FP16 builder flag, which may run the spec's fp32 parts in fp16: TensorRT 10 only.
     """
 
     workspace_bytes: int | None = None
     optimization_level: int | None = None
-    strongly_typed: bool | None = None
+    strongly_typed: bool = True
 
     def __post_init__(self) -> None:
         if self.workspace_bytes is not None and self.workspace_bytes <= 0:
             raise ValueError(f"BuildOptions.workspace_bytes must be positive, got {self.workspace_bytes}")
         if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
             raise ValueError(f"BuildOptions.optimization_level must be 0..5, got {self.optimization_level}")
+        if not isinstance(self.strongly_typed, bool):
+            raise ValueError(f"BuildOptions.strongly_typed must be True or False, got {self.strongly_typed!r}")
 
     def key_fields(self, typing: str) -> dict[str, Any]:
         return {"typing": typing, "workspace_bytes": self.workspace_bytes,
                 "optimization_level": self.optimization_level}
 
 
-def typing_mode(trt: Any, precision: str, strongly_typed: bool | None = None) -> str:
-    """``"weak"`` (FP16 builder flag) or ``"strong"`` (precision from the graph's types) for this TensorRT."""
-    has_fp16_flag = hasattr(trt.BuilderFlag, "FP16")
-    strong = (not has_fp16_flag) if strongly_typed is None else strongly_typed
-    if not strong and not has_fp16_flag:
+def typing_mode(trt: Any, strongly_typed: bool = True) -> str:
+    """``"strong"`` (precision from the graph's types) or ``"weak"`` (FP16 builder flag, TensorRT 10 only)."""
+    if not strongly_typed and not hasattr(trt.BuilderFlag, "FP16"):
         raise EngineError(f"TensorRT {trt.__version__} builds strongly typed networks only (it has no "
-                          "BuilderFlag.FP16): leave BuildOptions.strongly_typed unset or True")
-    return "strong" if strong else "weak"
+                          "BuilderFlag.FP16): leave BuildOptions.strongly_typed at True")
+    return "strong" if strongly_typed else "weak"
 
 
 def resolve_precision(spec: NetworkSpec, precision: str, overrides: Mapping[str, str] | None = None) -> str:
@@ -108,7 +110,7 @@ def build_serialized_engine(spec: NetworkSpec, onnx_path: str | Path, *, precisi
     trt = require_tensorrt()
     logger = trt_logger(trt)
     mark = logger.count
-    mode = typing_mode(trt, precision, options.strongly_typed)
+    mode = typing_mode(trt, options.strongly_typed)
 
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if mode == "strong" else 0
@@ -188,7 +190,7 @@ def engine_key(spec: NetworkSpec, onnx_path: str | Path, cache: EngineCache, *, 
     """The cache key of building ``spec`` from ``onnx_path`` with these settings on ``gpu``."""
     return EngineKey(network=spec.name, onnx_sha256=cache.onnx_digest(onnx_path), profile=spec.profile(),
                      precision=precision, tensorrt_version=trt.__version__, gpu=gpu,
-                     builder=options.key_fields(typing_mode(trt, precision, options.strongly_typed)))
+                     builder=options.key_fields(typing_mode(trt, options.strongly_typed)))
 
 
 def ensure_engine(spec: NetworkSpec, onnx_path: str | Path, cache: EngineCache | str | Path, *,
@@ -198,13 +200,14 @@ def ensure_engine(spec: NetworkSpec, onnx_path: str | Path, cache: EngineCache |
 
     Args:
         spec (`NetworkSpec`): the network.
-        onnx_path (`str | Path`): its export in the precision's dtypes (TensorRT 11) or either export (TensorRT 10).
+        onnx_path (`str | Path`): its export in the precision's dtypes (a weakly typed TensorRT 10 build also
+            takes the fp32 export for an fp16 engine).
         cache (`EngineCache | str | Path`): the engines folder.
         precision (`str`, defaults to ``"fp16"``): ``"fp16"`` or ``"fp32"``.
         options (`BuildOptions`, *optional*): builder settings.
         allow_build (`bool`, defaults to `True`): ``False`` raises :class:`StaleEngineError` (one line saying
             why) instead of building when there is no matching engine.
-        gpu (`GpuInfo`, *optional*): defaults to the current CUDA device.
+        gpu (`GpuInfo`, *optional*): defaults to :meth:`GpuInfo.target` (the current CUDA device).
         progress (`Callable[[str], None]`, *optional*, defaults to `print`): one line per step; ``None`` is quiet.
 
     Returns:
@@ -219,7 +222,7 @@ def _ensure(spec, onnx_path, cache, *, precision, options, allow_build, gpu, pro
         raise ValueError(f"{spec.name}: precision must be one of {PRECISIONS}, got {precision!r}")
     trt = require_tensorrt()
     cache = cache if isinstance(cache, EngineCache) else EngineCache(cache)
-    gpu = gpu or GpuInfo.current()
+    gpu = gpu or GpuInfo.target(trt)
     say = progress or (lambda message: None)
     key = engine_key(spec, onnx_path, cache, precision=precision, options=options, gpu=gpu, trt=trt)
     reason = cache.stale_reason(key)
@@ -263,7 +266,7 @@ def build_engines(specs: Sequence[NetworkSpec], onnx_path: OnnxPathFor, cache_di
     Returns:
         network name -> engine path.
     """
-    require_tensorrt()  # before the GPU query: "not installed" is the more useful first message
+    trt = require_tensorrt()  # before the GPU query: "not installed" is the more useful first message
     overrides = dict(precision_overrides or {})
     known = {s.name for s in specs} | {s.component for s in specs}
     unknown = sorted(set(overrides) - known)
@@ -273,7 +276,7 @@ def build_engines(specs: Sequence[NetworkSpec], onnx_path: OnnxPathFor, cache_di
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     chosen = {spec.name: resolve_precision(spec, precision, overrides) for spec in specs}
-    gpu = gpu or GpuInfo.current()
+    gpu = gpu or GpuInfo.target(trt)
     say = progress or (lambda message: None)
     start, built, paths = time.perf_counter(), 0, {}
     for i, spec in enumerate(specs, 1):

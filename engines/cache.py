@@ -66,6 +66,14 @@ class GpuInfo:
         major, minor = torch.cuda.get_device_capability(index)
         return cls(torch.cuda.get_device_name(index), (major, minor))
 
+    @classmethod
+    def target(cls, trt: Any) -> "GpuInfo":
+        """What engines of this ``tensorrt`` module are built for: the current CUDA device, or the host for a
+        module that declares ``EXECUTES_ON_HOST`` (the tests' stand-in, whose engines run on the CPU)."""
+        if getattr(trt, "EXECUTES_ON_HOST", False):
+            return cls("host (tensorrt stand-in)", (0, 0))
+        return cls.current()
+
     @property
     def slug(self) -> str:
         """File-name-safe identity, e.g. ``nvidia-h100-80gb-hbm3.sm90``."""

@@ -96,8 +96,8 @@ class BuildRecord:
         if config.vae != self.vae:
             raise BuildError(f"the engines were built for --vae {self.vae}, not --vae {config.vae}; rebuild with "
                              f"`personalive-trt build --vae {config.vae}` (another --engines folder keeps both)")
-        built = [{**c, "vae": c.get("vae", self.vae)} for c in self.configs]  # older configs have no "vae"
-        if dataclasses.asdict(config) not in built:
+        built = [StreamConfig(**{"vae": self.vae, **c}).engine_fields() for c in self.configs]  # older: no "vae"
+        if config.engine_fields() not in built:
             windows = sorted({c["window"] for c in self.configs})
             raise BuildError(f"the engines were built for window(s) {windows} and configs {self.configs}, "
                              f"not {config}; rebuild with `personalive-trt build --window {config.window}`")
@@ -292,9 +292,9 @@ def load_networks(engines_dir: Path, backend: str, weights: str, config: StreamC
         raise ValueError(f"dtype {dtype}: expected one of {', '.join(str(d) for d in DTYPE_NAMES)}")
     wanted = DTYPE_NAMES[dtype] if dtype is not None else None
     if backend == "tensorrt":
-        from personalive_trt.engines import require_tensorrt
+        from personalive_trt.engines.backends import check_tensorrt_device, require_tensorrt
 
-        require_tensorrt()
+        check_tensorrt_device(require_tensorrt(), device, "--backend tensorrt")
     record = read_build(engines_dir)
     # taesd/ counts as the record's decoder says; a decoder mismatch is refused by record.shapes below.
     fingerprint = weights_fingerprint(weights, seed, vae=record.vae)

@@ -84,6 +84,16 @@ class StreamConfig:
             raise ValueError("StreamConfig.max_keyframes and keyframe_start must be >= 0")
 
     # ---- derived sizes -------------------------------------------------------------------
+    def engine_fields(self) -> dict:
+        """The fields a built engine depends on: every field but the keyframe decision's threshold
+        and start call, which the loop reads at run time (a bench ``--keyframes K`` or a test that
+        forces keyframes runs on engines built with the defaults). ``max_keyframes`` stays: it
+        sizes the reference banks."""
+        fields = dataclasses.asdict(self)
+        for name in ("keyframe_threshold", "keyframe_start"):
+            fields.pop(name)
+        return fields
+
     @property
     def pile(self) -> int:
         """Frames in the latent pile denoised by one UNet call (window * steps)."""

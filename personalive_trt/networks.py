@@ -9,12 +9,14 @@ takes half tensors, an fp32 one float) and outputs come back in the pipeline's d
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import torch
 
 from personalive_trt.config import StreamConfig
+from personalive_trt.devices import canonical_device
 from personalive_trt.shapes import StreamShapes, kv_names, safe_name
 from personalive_trt.weights import Models
 
@@ -37,31 +39,66 @@ class Networks:
     """Named-tensor calls into the nine networks.
 
     Args:
-        backends: role -> engine backend (``allocate``/``infer`` with the spec's tensor names).
+        backends: role -> engine backend (``allocate``/``infer`` with the spec's tensor names); each must
+            run on ``device``.
         shapes: the stream's shapes (the backends' specs derive from the same object).
-        dtype, device: the pipeline's working precision and device.
+        dtype, device: the pipeline's working precision and device (``cuda`` means the current CUDA
+            device, ``cuda:N``, as tensors report it).
         clone_outputs (`bool`, defaults to True): backends return views of their preallocated
             output buffers, which the next call overwrites; the reference loop keeps outputs in its
-            piles, so it takes copies.
+            piles, so it takes copies. ``run(..., clone=)`` decides per call.
+        stable_inputs (`Mapping[str, Collection[str]]`, *optional*): role -> inputs its caller always
+            passes from buffers allocated once (see ``EngineBackend.infer``); only a loop that owns such
+            buffers declares them, on its own :meth:`view`.
     """
 
     def __init__(self, backends: Mapping[str, object], shapes: StreamShapes, dtype: torch.dtype,
-                 device: torch.device, clone_outputs: bool = True, description: str = "") -> None:
+                 device: torch.device | str, clone_outputs: bool = True, description: str = "",
+                 stable_inputs: Mapping[str, Collection[str]] | None = None) -> None:
         missing = [role for role in ROLES if role not in backends]
         if missing:
             raise ValueError(f"Networks: no backend for {missing}")
+        self.device = canonical_device(device)
+        for role, backend in backends.items():
+            if canonical_device(backend.device) != self.device:
+                raise ValueError(f"Networks: the {role} backend ({type(backend).__name__}) runs on {backend.device}, "
+                                 f"the networks on {self.device}")
         self.backends = dict(backends)
         self.shapes = shapes
         self.dtype = dtype
-        self.device = torch.device(device)
         self.clone_outputs = clone_outputs
         self.description = description
+        self.stable_inputs = self._check_stable(stable_inputs or {})
         self.bank_names = [safe_name(bank.name) for bank in shapes.banks]  # reference-UNet outputs
         self.kv_names = [kv_names(bank.name) for bank in shapes.banks]  # (key, value) denoising-UNet inputs
         # The reference UNet always runs at t = 0: one constant, so no call creates a tensor.
         self.zero_timestep = torch.zeros(shapes.batch, device=self.device)
         for backend in self.backends.values():
             backend.allocate()
+
+    def _check_stable(self, stable: Mapping[str, Collection[str]]) -> dict[str, frozenset[str]]:
+        checked = {}
+        for role, names in stable.items():
+            if role not in self.backends:
+                raise ValueError(f"Networks: stable inputs for unknown role {role!r}; roles are {list(ROLES)}")
+            unknown = sorted(set(names) - set(self.backends[role].spec.input_names))
+            if unknown:
+                raise ValueError(f"Networks: {role} has no inputs {unknown}; it has {self.backends[role].spec.input_names}")
+            checked[role] = frozenset(names)
+        return checked
+
+    def view(self, *, clone_outputs: bool | None = None,
+             stable_inputs: Mapping[str, Collection[str]] | None = None) -> "Networks":
+        """The same backends with other call defaults, for one loop; this object is left as it was.
+
+        A loop that consumes outputs before the next call and owns static input buffers (the streaming
+        runtime) takes a view instead of changing flags on networks another loop may share."""
+        other = copy.copy(self)
+        if clone_outputs is not None:
+            other.clone_outputs = clone_outputs
+        if stable_inputs is not None:
+            other.stable_inputs = self._check_stable(stable_inputs)
+        return other
 
     # ---- construction --------------------------------------------------------------------------
     @classmethod
@@ -82,17 +119,17 @@ class Networks:
 
     @classmethod
     def from_onnx(cls, onnx_paths: Mapping[str, Path], shapes: StreamShapes, dtype: torch.dtype,
-                  device: torch.device, providers=None) -> "Networks":
-        """ONNX Runtime sessions; ``onnx_paths``: role -> model.onnx."""
+                  device: torch.device | str) -> "Networks":
+        """ONNX Runtime sessions on ``device`` (its provider, or an error); ``onnx_paths``: role -> model.onnx."""
         from personalive_trt.engines.backends import OnnxRuntimeBackend
 
-        backends = {role: OnnxRuntimeBackend(spec, onnx_paths[role], providers=providers)
+        backends = {role: OnnxRuntimeBackend(spec, onnx_paths[role], device=device)
                     for role, spec in specs_by_role(shapes).items()}
         return cls(backends, shapes, dtype, device, description="onnxruntime")
 
     @classmethod
     def from_engines(cls, engine_paths: Mapping[str, Path], shapes: StreamShapes, dtype: torch.dtype,
-                     device: torch.device) -> "Networks":
+                     device: torch.device | str) -> "Networks":
         """TensorRT engines; ``engine_paths``: role -> .engine file."""
         from personalive_trt.engines.backends import TensorRTBackend
 
@@ -101,16 +138,22 @@ class Networks:
         return cls(backends, shapes, dtype, device, description="tensorrt")
 
     # ---- calls ---------------------------------------------------------------------------------
-    def run(self, role: str, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One network call; inputs by spec name, outputs by spec name (pipeline dtype)."""
+    def run(self, role: str, clone: bool | None = None, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One network call; inputs by spec name, outputs by spec name (pipeline dtype).
+
+        ``clone``: copy outputs out of the backend's buffers (default: ``clone_outputs``). Inputs declared
+        stable for ``role`` are passed as such only when they reach the backend unchanged (no cast made a
+        temporary of them)."""
         backend = self.backends[role]
         wanted = backend.input_dtypes
         cast = {name: t.to(device=self.device, dtype=wanted[name]).contiguous() for name, t in inputs.items()}
-        outputs = backend.infer(cast)
+        stable = [name for name in self.stable_inputs.get(role, ()) if name in cast and cast[name] is inputs[name]]
+        outputs = backend.infer(cast, stable=stable)
+        clone = self.clone_outputs if clone is None else clone
         result = {}
         for name, value in outputs.items():
             value = value.to(self.dtype) if value.is_floating_point() else value
-            result[name] = value.clone() if self.clone_outputs and value.data_ptr() == outputs[name].data_ptr() else value
+            result[name] = value.clone() if clone and value.data_ptr() == outputs[name].data_ptr() else value
         return result
 
     def image_encoder(self, pixels: torch.Tensor) -> torch.Tensor:

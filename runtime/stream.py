@@ -124,9 +124,12 @@ class StreamRuntime:
             raise ValueError(f"StreamRuntime: networks were built for {networks.shapes.config}, not {self.config}")
         if ring < 1:
             raise ValueError(f"StreamRuntime: ring must be >= 1, got {ring}")
-        self.nets = networks
-        # Outputs are consumed (copied into the runtime's buffers) before the same network runs again.
-        self.nets.clone_outputs = False
+        # A view of the caller's networks, never a change to them (another loop may share them): outputs are
+        # consumed (copied into the runtime's buffers) before the same network runs again, and every input of
+        # the denoising UNet is one of the runtime's state buffers (or a slice from its first element),
+        # allocated once -- TensorRT reads those in place instead of staging a copy (see TensorRTBackend).
+        self.nets = networks.view(clone_outputs=False, stable_inputs={
+            "denoising_unet": networks.backends["denoising_unet"].spec.input_names})
         self.shapes = networks.shapes
         # "cuda" and "cuda:0" are one device: buffers report the index, so the runtime keeps it too.
         self.device, self.dtype = canonical_device(networks.device), networks.dtype
@@ -139,11 +142,6 @@ class StreamRuntime:
         if graphs and self.backend == "onnxruntime":
             raise ValueError("StreamRuntime: ONNX Runtime sessions cannot be captured in CUDA graphs; use graphs=False")
         self.use_graphs = graphs
-        if graphs and self.backend == "tensorrt":
-            # A graph per input shape needs an execution context per input shape (see TensorRTBackend):
-            # the denoising UNet per bank length, the motion encoder and pose guider for the first call.
-            for backend in self.nets.backends.values():
-                backend.context_per_shape = True
         self.ring = ring
         self.seed = seed
         self.generator = torch.Generator(self.device).manual_seed(seed)

@@ -136,3 +136,48 @@ def golden_driving_frames(stream: dict):
     """The stream's 512 driving frames: each stored 256 frame repeated 2x2 per pixel (uint8)."""
     src = stream["driving_src256_u8"].numpy()
     return src.repeat(2, axis=1).repeat(2, axis=2)
+
+
+# ---- the parity stream (tests/parity.py), computed once per session ------------------------------------------
+
+@pytest.fixture(scope="session")
+def parity_models():
+    """Tiny synthetic weights, seed 0 (what ``--weights synthetic`` loads), fp32 on the CPU."""
+    from personalive_trt.weights import synthetic_models
+
+    return synthetic_models("tiny")
+
+
+@pytest.fixture(scope="session")
+def parity_inputs():
+    import parity
+
+    return parity.make_inputs()
+
+
+@pytest.fixture(scope="session")
+def parity_animator_stream(parity_models, parity_inputs):
+    import parity
+
+    return parity.animator_stream(parity_models, parity_inputs)
+
+
+@pytest.fixture(scope="session")
+def parity_torch_stream(parity_models, parity_inputs):
+    import parity
+
+    return parity.torch_runtime_stream(parity_models, parity_inputs)
+
+
+@pytest.fixture(scope="session")
+def parity_onnx_build(tmp_path_factory) -> Path:
+    """``build --backend onnxruntime --resolution 128`` of the tiny synthetic weights (fp32 export, verified):
+    the ONNX Runtime runtime runs it, the TensorRT glue builds its stand-in engines from a copy of it."""
+    pytest.importorskip("onnxruntime")
+    import parity
+    from personalive_trt.build import build
+
+    out = tmp_path_factory.mktemp("parity_onnx_build")
+    build("synthetic", out, backend="onnxruntime", resolution=parity.CONFIG.resolution, precision="fp32",
+          log=lambda line: None)
+    return out

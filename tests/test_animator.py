@@ -1,4 +1,7 @@
-"""The reference Animator's API on tiny synthetic models: input guards, noise hook, reference swap."""
+"""The reference Animator's API on tiny synthetic models: input guards, noise hook, reference swap.
+
+At 128x128 (the smallest size the stream allows; the default is 512): nothing here depends on the
+resolution but the shapes, which are derived from it."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +9,12 @@ import pytest
 import torch
 
 from personalive_trt import Animator, NonFiniteError, StreamConfig, synthetic_models
+from personalive_trt.framing import resize_square
 from personalive_trt.sample import sample_reference
 from personalive_trt.media import read_image
+
+CONFIG = StreamConfig(resolution=128)
+SIZE = CONFIG.resolution
 
 
 @pytest.fixture(scope="module")
@@ -16,42 +23,42 @@ def tiny_models():
 
 
 def driving(seed: int, n: int = 4) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 512, 512, 3), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8)
 
 
 def test_step_rejects_bad_frames(tiny_models):
-    anim = Animator(tiny_models, StreamConfig())
-    frames = np.zeros((4, 512, 512, 3), np.uint8)
+    anim = Animator(tiny_models, CONFIG)
+    frames = np.zeros((4, SIZE, SIZE, 3), np.uint8)
     with pytest.raises(RuntimeError, match="fuse_reference"):
         anim.step(frames)
-    anim.fuse_reference(np.zeros((512, 512, 3), np.uint8))
-    with pytest.raises(ValueError, match=r"expected uint8 array of shape \(4, 512, 512, 3\), got uint8 \(3, 512"):
+    anim.fuse_reference(np.zeros((SIZE, SIZE, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"expected uint8 array of shape \(4, 128, 128, 3\), got uint8 \(3, 128"):
         anim.step(frames[:3])
     with pytest.raises(ValueError, match="got float32"):
         anim.step(frames.astype(np.float32))
     with pytest.raises(TypeError, match="numpy uint8 array"):
-        anim.step(torch.zeros(4, 512, 512, 3))
+        anim.step(torch.zeros(4, SIZE, SIZE, 3))
     with pytest.raises(ValueError, match=r"reference image: expected a uint8 RGB array of shape \(512, 512, 3\)"):
         Animator(tiny_models).fuse_reference(np.zeros((256, 256, 3), np.uint8))
 
 
 def test_non_finite_step_raises(tiny_models):
-    anim = Animator(tiny_models, StreamConfig(), noise=lambda t: t.fill_(float("nan")))
-    anim.fuse_reference(np.zeros((512, 512, 3), np.uint8))
+    anim = Animator(tiny_models, CONFIG, noise=lambda t: t.fill_(float("nan")))
+    anim.fuse_reference(np.zeros((SIZE, SIZE, 3), np.uint8))
     with pytest.raises(NonFiniteError, match="NaN/Inf"):
-        anim.step(np.zeros((4, 512, 512, 3), np.uint8))
+        anim.step(np.zeros((4, SIZE, SIZE, 3), np.uint8))
 
 
 def test_reference_swap_equals_a_fresh_stream(tiny_models):
     """swap_reference (reset + fuse) leaves nothing of the previous reference or stream behind."""
-    first = read_image(sample_reference())
+    first = resize_square(read_image(sample_reference()), SIZE)
     second = np.ascontiguousarray(first[:, ::-1])
     zero = lambda t: t.zero_()  # noqa: E731
-    swapped = Animator(tiny_models, StreamConfig(), noise=zero)
+    swapped = Animator(tiny_models, CONFIG, noise=zero)
     swapped.fuse_reference(first)
     swapped.step(driving(1))
     swapped.swap_reference(second)
-    fresh = Animator(tiny_models, StreamConfig(), noise=zero)
+    fresh = Animator(tiny_models, CONFIG, noise=zero)
     fresh.fuse_reference(second)
     assert swapped.count == 0 and not swapped.keyframe_banks
     torch.testing.assert_close(swapped.step_float(driving(2)), fresh.step_float(driving(2)), rtol=0, atol=0)
@@ -60,11 +67,12 @@ def test_reference_swap_equals_a_fresh_stream(tiny_models):
 def test_noise_hook_and_seed(tiny_models):
     """The noise hook fills every draw; without it, the seed makes runs repeatable."""
     shapes = []
-    anim = Animator(tiny_models, StreamConfig(), noise=lambda t: (shapes.append(tuple(t.shape)), t.zero_()))
+    anim = Animator(tiny_models, CONFIG, noise=lambda t: (shapes.append(tuple(t.shape)), t.zero_()))
     anim.fuse_reference(driving(3, 1)[0])
     anim.step(driving(4))
-    assert shapes == [(1, 4, 12, 64, 64), (1, 4, 4, 64, 64)]  # warm-up pile, then one fresh chunk per call
-    a, b, c = (Animator(tiny_models, StreamConfig(), seed=s) for s in (7, 7, 8))
+    latent = SIZE // 8
+    assert shapes == [(1, 4, 12, latent, latent), (1, 4, 4, latent, latent)]  # warm-up pile, then a chunk per call
+    a, b, c = (Animator(tiny_models, CONFIG, seed=s) for s in (7, 7, 8))
     for anim in (a, b, c):
         anim.fuse_reference(driving(3, 1)[0])
     outs = [anim.step_float(driving(4)) for anim in (a, b, c)]

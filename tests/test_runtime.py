@@ -1,182 +1,55 @@
 """StreamRuntime: parity with the reference Animator, the sync-free/allocation-free rule, the async API.
 
-The parity stream runs 13 calls (keyframes are tested from the 10th call on and, with these tiny
-synthetic weights at 128x128, taken at calls 9, 10 and 11), then swaps the reference and runs 3 more.
-Both loops get the same noise (a seeded CPU generator, drawn in the same order and shapes).
+The parity stream (tests/parity.py; computed once per session in conftest.py) runs 8 calls that take 3
+history keyframes (and decline one), swaps the reference and runs 2 more; every loop gets the same noise.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from parity import (ANIMATOR_KEYFRAMES, CALLS_AFTER_SWAP, CALLS_BEFORE_SWAP, CONFIG, ORT_TOLERANCE,
+                    RUNTIME_KEYFRAMES, TORCH_TOLERANCE, drive, relative, seeded_noise)
 from personalive_trt import framing
-from personalive_trt.bench.session import sample_frames
 from personalive_trt.config import StreamConfig
 from personalive_trt.pipeline import Animator, NonFiniteError
 from personalive_trt.runtime import StreamRuntime
 from personalive_trt.weights import synthetic_models
 
-CONFIG = StreamConfig(resolution=128)
-CALLS_BEFORE_SWAP, CALLS_AFTER_SWAP = 13, 3
-TORCH_TOLERANCE = 1e-3  # relative to max |frame|, before uint8 quantisation (issue #4)
-ORT_TOLERANCE = 1e-2
+
+@pytest.fixture
+def models(parity_models):
+    return parity_models
 
 
-def seeded_noise(seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    return lambda t: t.normal_(generator=generator)
+@pytest.fixture
+def inputs(parity_inputs):
+    return parity_inputs
 
 
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
-
-
-@pytest.fixture(scope="module")
-def models():
-    return synthetic_models("tiny")
-
-
-@pytest.fixture(scope="module")
-def inputs():
-    size = CONFIG.resolution
-    reference, frames = sample_frames(size)  # decoded with OpenCV: the GPU check's machine has no PyAV
-    frames = np.stack(frames)
-    chunks = [frames[(4 * i) % 56: (4 * i) % 56 + 4] for i in range(CALLS_BEFORE_SWAP + CALLS_AFTER_SWAP)]
-    swapped = np.ascontiguousarray(reference[:, ::-1])  # a second portrait: the mirror image
-    return reference, swapped, chunks
-
-
-def drive(loop, inputs, guard=None) -> tuple[list[torch.Tensor], list[int]]:
-    """Run the parity stream; returns the float frames of every call and the keyframes in effect."""
-    reference, swapped, chunks = inputs
-    loop.fuse_reference(reference)
-    frames, keyframes = [], []
-    for i, chunk in enumerate(chunks):
-        if i == CALLS_BEFORE_SWAP:
-            loop.swap_reference(swapped)
-        with guard() if guard else contextlib.nullcontext():
-            frames.append(loop.step_float(chunk))
-        keyframes.append(len(loop.keyframe_kv) if isinstance(loop, Animator) else loop.keyframes)
-    return frames, keyframes
-
-
-@pytest.fixture(scope="module")
-def reference_stream(models, inputs):
-    animator = Animator(models, CONFIG, noise=seeded_noise(1))
-    violations = HostSyncGuard.record(animator, inputs)
-    frames, keyframes = drive(animator, inputs)
-    return frames, keyframes, violations
-
-
-class HostSyncGuard(TorchDispatchMode):
-    """Fails a step on host reads of tensor values and on tensors created from nothing.
-
-    * host reads: ``item``/``bool``/``int``/``tolist``/``nonzero``/``equal`` (``aten._local_scalar_dense`` and
-      friends) would synchronise with a GPU;
-    * allocations: an op with no tensor argument that returns a tensor (``zeros``, ``arange``,
-      ``tensor(...)``, ``empty``, ``full``, ...) makes a new buffer. Inside a network (a backend's
-      ``infer``) the model's own constants are allowed: there they are kernels writing into the CUDA
-      graph's pool, captured once. Outputs of ops on existing tensors are the graph's intermediates.
-
-    On a CPU the host and the device are the same memory, so a host<->device copy cannot be told apart
-    here; the runtime's only transfers are the two pinned ring copies in ``submit``.
-    """
-
-    HOST_READS = {"_local_scalar_dense", "is_nonzero", "nonzero", "equal", "item", "allclose", "masked_select"}
-
-    def __init__(self, networks) -> None:
-        super().__init__()
-        self.networks = networks
-        self.inside_network = 0
-        self.violations: list[str] = []
-
-    @contextlib.contextmanager
-    def active(self):
-        backends = list(self.networks.backends.values())
-        originals = [backend.infer for backend in backends]
-
-        def wrap(infer):
-            def counted(*args, **kwargs):
-                self.inside_network += 1
-                try:
-                    return infer(*args, **kwargs)
-                finally:
-                    self.inside_network -= 1
-            return counted
-
-        for backend, infer in zip(backends, originals):
-            backend.infer = wrap(infer)
-        try:
-            with self:
-                yield self
-        finally:
-            for backend in backends:
-                del backend.infer
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = func.overloadpacket.__name__
-        if name in self.HOST_READS:
-            self.violations.append(f"host read: {func}")
-        elif not self.inside_network:
-            leaves = torch.utils._pytree.tree_leaves((args, kwargs))
-            if not any(isinstance(x, torch.Tensor) for x in leaves):
-                self.violations.append(f"allocation: {func}")
-        return func(*args, **kwargs)
-
-    @classmethod
-    def record(cls, animator: Animator, inputs) -> list[str]:
-        """The guard's positive control: one Animator call (host-side keyframe test and box reads)."""
-        reference, _, chunks = inputs
-        probe = Animator(animator.nets, CONFIG, noise=seeded_noise(5))
-        probe.fuse_reference(reference)
-        guard = cls(probe.nets)
-        with guard.active():
-            probe.step_float(chunks[0])
-        return guard.violations
-
-
-@pytest.fixture(scope="module")
-def torch_runtime_stream(models, inputs):
-    runtime = StreamRuntime.from_models(models, CONFIG, noise=seeded_noise(1))
-    addresses = {name: t.data_ptr() for name, t in runtime.state_buffers().items()}
-    guards: list[HostSyncGuard] = []
-
-    def guard():
-        guards.append(HostSyncGuard(runtime.nets))
-        return guards[-1].active()
-
-    frames, keyframes = drive(runtime, inputs, guard)
-    moved = [name for name, t in runtime.state_buffers().items() if t.data_ptr() != addresses[name]]
-    return frames, keyframes, guards, moved
-
-
-def test_runtime_matches_the_animator(reference_stream, torch_runtime_stream):
-    expected, expected_keyframes, _ = reference_stream
-    frames, keyframes, _, _ = torch_runtime_stream
+def test_runtime_matches_the_animator(parity_animator_stream, parity_torch_stream):
+    expected, expected_keyframes, _ = parity_animator_stream
+    frames, keyframes, _, _ = parity_torch_stream
     errors = [relative(a, b) for a, b in zip(frames, expected)]
     print("torch runtime vs Animator, relative error per call:", ", ".join(f"{e:.1e}" for e in errors))
     assert len(errors) == CALLS_BEFORE_SWAP + CALLS_AFTER_SWAP
     assert max(errors) <= TORCH_TOLERANCE, errors
-    # The Animator counts a keyframe in the call that takes it; the runtime from the call that reads it.
-    assert expected_keyframes[:CALLS_BEFORE_SWAP] == [0] * 9 + [1, 2, 3, 3]
-    assert keyframes[:CALLS_BEFORE_SWAP] == [0] * 10 + [1, 2, 3]
+    assert expected_keyframes[:CALLS_BEFORE_SWAP] == ANIMATOR_KEYFRAMES
+    assert keyframes[:CALLS_BEFORE_SWAP] == RUNTIME_KEYFRAMES
     assert keyframes[CALLS_BEFORE_SWAP:] == [0] * CALLS_AFTER_SWAP  # the swap starts a new stream
 
 
-def test_step_never_reads_the_device_nor_allocates(reference_stream, torch_runtime_stream):
-    _, _, control = reference_stream
-    _, _, guards, moved = torch_runtime_stream
+def test_step_never_reads_the_device_nor_allocates(parity_animator_stream, parity_torch_stream):
+    _, _, control = parity_animator_stream
+    _, _, guards, moved = parity_torch_stream
     # The guard does fail where it should: the reference loop reads boxes and checks finiteness on the host.
     assert any(v.startswith("host read") for v in control), control
     assert len(guards) == CALLS_BEFORE_SWAP + CALLS_AFTER_SWAP
     assert [v for g in guards for v in g.violations] == []
-    assert moved == []  # every buffer kept its address through 16 calls and a reference swap
+    assert moved == []  # every buffer kept its address through every call and a reference swap
 
 
 def test_uint8_frames_are_the_truncated_floats(models, inputs):
@@ -275,25 +148,25 @@ def test_config_must_match_the_networks(models):
         StreamRuntime(runtime.nets, StreamConfig(resolution=128), graphs=True)
 
 
-def test_onnxruntime_runtime_matches_the_animator(models, inputs, reference_stream, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    from personalive_trt.build import onnx_paths
-    from personalive_trt.export.onnx_export import export_all
-    from personalive_trt.networks import Networks
-    from personalive_trt.shapes import StreamShapes
+def test_onnxruntime_runtime_matches_the_animator(parity_onnx_build, inputs, parity_animator_stream):
+    """The runtime over ONNX Runtime sessions of the built engines folder (``load_networks``, as ``run --backend
+    onnxruntime`` loads it, through ``StreamRuntime.from_engines``: no torch weights) against the reference Animator, every call of the parity stream
+    (keyframes and a swap included): max error <= ORT_TOLERANCE (1e-2) of the frame range, the README's stated
+    ONNX Runtime tolerance (kernel rounding amplified by the random-weight recurrence, shared README section 8)."""
+    from personalive_trt.engines import OnnxRuntimeBackend
 
-    shapes = StreamShapes.from_unet_config(CONFIG, models.denoising_unet.config)
-    out = tmp_path_factory.mktemp("engines")
-    export_all(models, shapes, out / "onnx", precisions=("fp32",), verify=False)
-    networks = Networks.from_onnx(onnx_paths(out, shapes, "fp32"), shapes, torch.float32, torch.device("cpu"))
-    runtime = StreamRuntime(networks, CONFIG, noise=seeded_noise(1))
-    assert not runtime.use_graphs and "onnxruntime" in runtime.description
+    runtime = StreamRuntime.from_engines(parity_onnx_build, CONFIG, backend="onnxruntime", device="cpu",
+                                         noise=seeded_noise(1))
+    assert all(isinstance(b, OnnxRuntimeBackend) for b in runtime.nets.backends.values())
+    assert runtime.nets.description == "onnxruntime" and not runtime.use_graphs
     frames, keyframes = drive(runtime, inputs)
-    expected, _, _ = reference_stream
+    expected, _, _ = parity_animator_stream
     errors = [relative(a, b) for a, b in zip(frames, expected)]
     print("onnxruntime runtime vs Animator, relative error per call:", ", ".join(f"{e:.1e}" for e in errors))
+    assert len(errors) == CALLS_BEFORE_SWAP + CALLS_AFTER_SWAP
     assert max(errors) <= ORT_TOLERANCE, errors
-    assert keyframes[:CALLS_BEFORE_SWAP] == [0] * 10 + [1, 2, 3]
+    assert keyframes[:CALLS_BEFORE_SWAP] == RUNTIME_KEYFRAMES
+    assert keyframes[CALLS_BEFORE_SWAP:] == [0] * CALLS_AFTER_SWAP
 
 
 @pytest.mark.gpu

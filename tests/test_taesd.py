@@ -286,7 +286,7 @@ def test_taesd_counts_in_the_fingerprint_only_for_the_tiny_decoder(folder_copy):
 def test_stream_runs_the_tiny_decoder(tiny_models):
     """StreamRuntime with --vae tiny: the decoder role is vae_decoder_tiny (so its CUDA graphs replay TAESD), it
     matches the reference Animator, never reads the device nor allocates, and its frames are not the full decoder's."""
-    from test_runtime import CONFIG, TORCH_TOLERANCE, HostSyncGuard, relative, seeded_noise
+    from parity import CONFIG, TORCH_TOLERANCE, HostSyncGuard, relative, seeded_noise
 
     from personalive_trt import framing, media, sample
     from personalive_trt.pipeline import Animator

@@ -18,6 +18,15 @@ arguments; it proves nothing about TensorRT itself (kernels, fp16 numerics, real
   ONNX graph with onnxruntime on CPU and writes the results to the bound output addresses. Output shapes
   (``IExecutionContext.get_tensor_shape``) come from a run on zeros of the set input shapes. Streams are
   plain integers (0 on CPU). The FP16 flag does not change the numerics here: ORT runs the graph's types.
+  :data:`EXECUTES_ON_HOST` says so explicitly: only this stand-in may be handed host pointers.
+* Activation memory, as TensorRT >= 10.1 manages it: ``create_execution_context(strategy)`` with
+  ``ExecutionContextAllocationStrategy``; ``STATIC`` (the default) gives the context memory of its own,
+  ``USER_MANAGED`` none until ``set_device_memory(ptr, size)`` with at least ``engine.device_memory_size_v2``
+  bytes. Executing without it fails like TensorRT (logged ERROR, ``False``). Every execution scribbles
+  over that memory (:data:`SCRATCH_PATTERN`), so memory shared with a live tensor shows up as corrupt data.
+* Rebinding: every ``set_tensor_address``/``set_input_shape`` after a context's first execution is recorded
+  in ``context.rebound`` (name, old, new). A CUDA graph captured around ``execute_async_v3`` keeps using
+  what the context held at capture, so the tests require this list to stay empty.
 """
 from __future__ import annotations
 
@@ -35,6 +44,7 @@ import onnx
 import onnxruntime
 
 STUB = True  # test double marker
+EXECUTES_ON_HOST = True  # engines read and write host memory: the only "tensorrt" that may take CPU tensors
 FLAVOUR = int(os.environ.get("TENSORRT_STUB_FLAVOUR", "10"))
 if FLAVOUR not in (10, 11):
     raise ImportError(f"tensorrt stand-in: TENSORRT_STUB_FLAVOUR must be 10 or 11, got {FLAVOUR}")
@@ -44,6 +54,7 @@ _MAGIC = b"TRTSTUB\0"
 stub_builds: list["BuildRecord"] = []
 stub_fail_next_build: str | None = None
 stub_fail_next_execution: str | None = None
+SCRATCH_PATTERN = 0xA5  # what an execution leaves in the context's activation memory
 
 
 # ---- enums (values are arbitrary; code must use the names) ---------------------------------------------
@@ -106,6 +117,12 @@ else:
         DISABLE_TIMING_CACHE = 3
         TF32 = 4
         SPARSE_WEIGHTS = 5
+
+
+class ExecutionContextAllocationStrategy(enum.IntEnum):
+    STATIC = 0
+    ON_PROFILE_CHANGE = 1
+    USER_MANAGED = 2
 
 
 class _Severity(enum.IntEnum):
@@ -406,10 +423,22 @@ class ICudaEngine:
         self._profile = {name: [tuple(s) for s in shapes] for name, shapes in header["profile"].items()}
         self.onnx_bytes = onnx_bytes
         self.logger = logger
+        self._session: onnxruntime.InferenceSession | None = None  # shared by the contexts, made on first use
+        self._output_shapes: dict[tuple, dict[str, tuple[int, ...]]] = {}
 
     @property
     def num_io_tensors(self) -> int:
         return len(self._io)
+
+    @property
+    def device_memory_size_v2(self) -> int:
+        return self._activation_bytes()
+
+    def _activation_bytes(self) -> int:
+        """Activation memory a context needs (stand-in: the bytes of every input at the profile maximum, 256-aligned)."""
+        total = sum(int(np.prod(self._profile[name][2])) * np.dtype(_NUMPY[dtype]).itemsize
+                    for name, mode, dtype, _ in self._io if mode == TensorIOMode.INPUT)
+        return max(256, -(-total // 256) * 256)
 
     def get_tensor_name(self, index: int) -> str:
         return self._io[index][0]
@@ -426,20 +455,33 @@ class ICudaEngine:
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
         return list(self._profile[name])
 
-    def create_execution_context(self) -> "IExecutionContext":
-        return IExecutionContext(self)
+    def create_execution_context(self, strategy: ExecutionContextAllocationStrategy =
+                                 ExecutionContextAllocationStrategy.STATIC) -> "IExecutionContext":
+        return IExecutionContext(self, ExecutionContextAllocationStrategy(strategy))
+
+    def session(self) -> onnxruntime.InferenceSession:
+        if self._session is None:
+            self._session = onnxruntime.InferenceSession(self.onnx_bytes, providers=["CPUExecutionProvider"])
+        return self._session
 
 
 class IExecutionContext:
     """Stand-in execution context: host addresses in, onnxruntime on CPU, host addresses out."""
 
-    def __init__(self, engine: ICudaEngine) -> None:
+    def __init__(self, engine: ICudaEngine, strategy: ExecutionContextAllocationStrategy) -> None:
         self.engine = engine
-        self._session = onnxruntime.InferenceSession(engine.onnx_bytes, providers=["CPUExecutionProvider"])
+        self.strategy = strategy
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._addresses: dict[str, int] = {}
-        self._output_shapes: dict[tuple, dict[str, tuple[int, ...]]] = {}
-        self.calls: list[dict[str, Any]] = []  # stand-in bookkeeping: one entry per execute_async_v3
+        # Activation memory: STATIC contexts own theirs; USER_MANAGED ones get it from set_device_memory.
+        size = engine._activation_bytes()
+        self._own_memory = (ctypes.create_string_buffer(size)
+                            if strategy != ExecutionContextAllocationStrategy.USER_MANAGED else None)
+        self.device_memory: tuple[int, int] | None = (
+            (ctypes.addressof(self._own_memory), size) if self._own_memory is not None else None)
+        # stand-in bookkeeping: one entry per execute_async_v3; (name, old, new) per change after the first one
+        self.calls: list[dict[str, Any]] = []
+        self.rebound: list[tuple[str, Any, Any]] = []
 
     def _inputs(self) -> list[tuple]:
         return [entry for entry in self.engine._io if entry[1] == TensorIOMode.INPUT]
@@ -447,6 +489,16 @@ class IExecutionContext:
     def _error(self, message: str) -> bool:
         self.engine.logger.log(_Severity.ERROR, message)
         return False
+
+    def set_device_memory(self, memory: int, size: int) -> None:
+        """``setDeviceMemoryV2``: returns nothing; a bad argument is an ERROR on the logger, as in TensorRT."""
+        needed = self.engine._activation_bytes()
+        if not isinstance(memory, int) or memory == 0 or memory % 256:
+            self._error(f"IExecutionContext::setDeviceMemoryV2: invalid (null or unaligned) memory address {memory!r}")
+        elif size < needed:
+            self._error(f"IExecutionContext::setDeviceMemoryV2: {size} bytes given, the engine needs {needed}")
+        else:
+            self.device_memory = (memory, size)
 
     def set_input_shape(self, name: str, shape: Any) -> bool:
         shape = tuple(shape)
@@ -456,6 +508,8 @@ class IExecutionContext:
         if len(shape) != len(lo) or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
             return self._error(f"IExecutionContext::setInputShape: {name} shape {shape} is outside the "
                                f"optimization profile {lo}..{hi}")
+        if self.calls:
+            self.rebound.append((name, self._shapes.get(name), shape))
         self._shapes[name] = shape
         return True
 
@@ -464,6 +518,8 @@ class IExecutionContext:
             return self._error(f"IExecutionContext::setTensorAddress: no tensor named {name}")
         if not isinstance(memory, int) or memory == 0:
             return self._error(f"IExecutionContext::setTensorAddress: invalid address for {name}")
+        if self.calls:
+            self.rebound.append((name, self._addresses.get(name), memory))
         self._addresses[name] = memory
         return True
 
@@ -475,12 +531,13 @@ class IExecutionContext:
         if any(entry[0] not in self._shapes for entry in inputs):
             return self.engine.get_tensor_shape(name)  # still has -1 dims
         key = tuple(self._shapes[entry[0]] for entry in inputs)
-        if key not in self._output_shapes:  # the stand-in's "shape inference": a run on zeros
+        known = self.engine._output_shapes
+        if key not in known:  # the stand-in's "shape inference": a run on zeros
+            session = self.engine.session()
             feeds = {entry[0]: np.zeros(self._shapes[entry[0]], _NUMPY[entry[2]]) for entry in inputs}
-            results = self._session.run(None, feeds)
-            names = [o.name for o in self._session.get_outputs()]
-            self._output_shapes[key] = {n: tuple(r.shape) for n, r in zip(names, results)}
-        return self._output_shapes[key][name]
+            results = session.run(None, feeds)
+            known[key] = {o.name: tuple(r.shape) for o, r in zip(session.get_outputs(), results)}
+        return known[key][name]
 
     def execute_async_v3(self, stream_handle: int) -> bool:
         global stub_fail_next_execution
@@ -489,6 +546,9 @@ class IExecutionContext:
             return self._error(message)
         if not isinstance(stream_handle, int):
             return self._error(f"IExecutionContext::enqueueV3: stream handle must be an int, got {stream_handle!r}")
+        if self.device_memory is None:
+            return self._error("IExecutionContext::enqueueV3: the context was created with "
+                               "ExecutionContextAllocationStrategy::kUSER_MANAGED and no device memory was set")
         feeds = {}
         for name, _, dtype, _ in self._inputs():
             if name not in self._shapes or name not in self._addresses:
@@ -498,7 +558,10 @@ class IExecutionContext:
         for name, *_ in outputs:
             if name not in self._addresses:
                 return self._error(f"IExecutionContext::enqueueV3: output {name} has no address set")
-        results = dict(zip([o.name for o in self._session.get_outputs()], self._session.run(None, feeds)))
+        session = self.engine.session()
+        results = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+        # The engine's activations live in the context's device memory: clobber it, as a real run would.
+        ctypes.memset(self.device_memory[0], SCRATCH_PATTERN, self.device_memory[1])
         for name, _, dtype, _ in outputs:
             value = np.ascontiguousarray(results[name], dtype=_NUMPY[dtype])
             if value.shape != self.get_tensor_shape(name):
