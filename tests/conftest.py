@@ -181,3 +181,20 @@ def parity_onnx_build(tmp_path_factory) -> Path:
     build("synthetic", out, backend="onnxruntime", resolution=parity.CONFIG.resolution, precision="fp32",
           log=lambda line: None)
     return out
+
+
+# ---- the slowest test files (setup + call + teardown of every test, per file) ------------------------------------
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """``slowest test files``: where a CI run's time goes, a line per file (the per-test list is ``--durations``)."""
+    per_file: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                path = report.nodeid.split("::", 1)[0]
+                per_file[path] = per_file.get(path, 0.0) + report.duration
+    if not per_file:
+        return
+    terminalreporter.section("slowest test files")
+    for path, seconds in sorted(per_file.items(), key=lambda item: -item[1])[:12]:
+        terminalreporter.write_line(f"{seconds:8.1f}s  {path}")

@@ -5,7 +5,6 @@ import os
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,6 +19,8 @@ from personalive_trt.media import (
     read_image,
 )
 from personalive_trt.sample import resolve_media, sample_driving, sample_reference
+
+av = pytest.importorskip("av")  # the GPU machine has no PyAV: these tests skip there
 
 DEMO_VIDEO = SHARED_REFERENCE / "media" / "driving_video.mp4"
 
