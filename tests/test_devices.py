@@ -65,7 +65,10 @@ def test_refusals_name_the_value(monkeypatch, device, dtype, backend, message):
 
 def test_run_with_tensorrt_on_the_cpu_is_refused_in_one_line(tmp_path):
     """TensorRT must never be handed host pointers: the CLI refuses before loading anything."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent / "tensorrt_stub")}
+    # The stand-in first, then the caller's path: the GPU check installs its carried wheels (diffusers) into a
+    # PYTHONPATH folder, which replacing the variable would drop.
+    stub = str(Path(__file__).parent / "tensorrt_stub")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [stub, os.environ.get("PYTHONPATH")]))}
     out = tmp_path / "out.mp4"
     result = subprocess.run([sys.executable, "-m", "personalive_trt.cli", "run", "--reference", "sample", "--driving",
                              "sample", "--output", str(out), "--backend", "tensorrt", "--device", "cpu"],
