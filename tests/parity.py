@@ -36,10 +36,6 @@ def seeded_noise(seed: int):
     return lambda t: t.normal_(generator=generator)
 
 
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
-
-
 def make_inputs(size: int = CONFIG.resolution):
     """(reference portrait, swapped portrait, one uint8 chunk per call) from the built-in sample."""
     from personalive_trt.bench.session import sample_frames

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from parity import (ANIMATOR_KEYFRAMES, CALLS_AFTER_SWAP, CALLS_BEFORE_SWAP, CONFIG, ORT_TOLERANCE,
-                    RUNTIME_KEYFRAMES, TORCH_TOLERANCE, drive, relative, seeded_noise)
+                    RUNTIME_KEYFRAMES, TORCH_TOLERANCE, drive, seeded_noise)
+from conftest import relative_error
 from personalive_trt import framing
 from personalive_trt.config import StreamConfig
 from personalive_trt.pipeline import Animator, NonFiniteError
@@ -33,7 +34,7 @@ def inputs(parity_inputs):
 def test_runtime_matches_the_animator(parity_animator_stream, parity_torch_stream):
     expected, expected_keyframes, _ = parity_animator_stream
     frames, keyframes, _, _ = parity_torch_stream
-    errors = [relative(a, b) for a, b in zip(frames, expected)]
+    errors = [relative_error(a, b) for a, b in zip(frames, expected)]
     print("torch runtime vs Animator, relative error per call:", ", ".join(f"{e:.1e}" for e in errors))
     assert len(errors) == CALLS_BEFORE_SWAP + CALLS_AFTER_SWAP
     assert max(errors) <= TORCH_TOLERANCE, errors
@@ -161,7 +162,7 @@ def test_onnxruntime_runtime_matches_the_animator(parity_onnx_build, inputs, par
     assert runtime.nets.description == "onnxruntime" and not runtime.use_graphs
     frames, keyframes = drive(runtime, inputs)
     expected, _, _ = parity_animator_stream
-    errors = [relative(a, b) for a, b in zip(frames, expected)]
+    errors = [relative_error(a, b) for a, b in zip(frames, expected)]
     print("onnxruntime runtime vs Animator, relative error per call:", ", ".join(f"{e:.1e}" for e in errors))
     assert len(errors) == CALLS_BEFORE_SWAP + CALLS_AFTER_SWAP
     assert max(errors) <= ORT_TOLERANCE, errors
@@ -182,7 +183,7 @@ def test_graph_replay_equals_eager_on_gpu(inputs):
         results.append((frames, keyframes))
     (eager, eager_kf), (graph, graph_kf) = results
     assert eager_kf == graph_kf
-    errors = [relative(g, e) for g, e in zip(graph, eager)]
+    errors = [relative_error(g, e) for g, e in zip(graph, eager)]
     assert max(errors) <= 1e-5, errors
 
 

@@ -286,7 +286,8 @@ def test_taesd_counts_in_the_fingerprint_only_for_the_tiny_decoder(folder_copy):
 def test_stream_runs_the_tiny_decoder(tiny_models):
     """StreamRuntime with --vae tiny: the decoder role is vae_decoder_tiny (so its CUDA graphs replay TAESD), it
     matches the reference Animator, never reads the device nor allocates, and its frames are not the full decoder's."""
-    from parity import CONFIG, TORCH_TOLERANCE, HostSyncGuard, relative, seeded_noise
+    from conftest import relative_error
+    from parity import CONFIG, TORCH_TOLERANCE, HostSyncGuard, seeded_noise
 
     from personalive_trt import framing, media, sample
     from personalive_trt.pipeline import Animator
@@ -317,7 +318,7 @@ def test_stream_runs_the_tiny_decoder(tiny_models):
     expected = stream(Animator(tiny_models, tiny, noise=seeded_noise(1)))
     full = stream(StreamRuntime.from_models(tiny_models, CONFIG, noise=seeded_noise(1)))
     assert len(got) == calls
-    assert max(relative(a, b) for a, b in zip(got, expected)) <= TORCH_TOLERANCE
+    assert max(relative_error(a, b) for a, b in zip(got, expected)) <= TORCH_TOLERANCE
     assert guard.violations == []
     assert min(float((a - b).abs().max()) for a, b in zip(got, full)) > 0.05
 

@@ -28,7 +28,8 @@ from personalive_trt.engines import EngineError, TensorRTBackend
 from personalive_trt.networks import ROLES, Networks
 from personalive_trt.pipeline import Animator
 from personalive_trt.runtime import StreamRuntime
-from parity import CALLS_AFTER_SWAP, CALLS_BEFORE_SWAP, CONFIG, drive, relative, seeded_noise
+from conftest import relative_error
+from parity import CALLS_AFTER_SWAP, CALLS_BEFORE_SWAP, CONFIG, drive, seeded_noise
 from personalive_trt.weights import load_models
 from test_engines import load_stub
 
@@ -104,7 +105,7 @@ def test_tensorrt_runtime_matches_the_torch_runtime(tensorrt_stream, parity_torc
     assert networks.dtype == torch.float32 and networks.description == "tensorrt"
     assert all(isinstance(backend, TensorRTBackend) for backend in networks.backends.values())
     expected, expected_keyframes, _, _ = parity_torch_stream  # the same weights (synthetic, seed 0) and noise
-    errors = [relative(a, b) for a, b in zip(frames, expected)]
+    errors = [relative_error(a, b) for a, b in zip(frames, expected)]
     print("tensorrt (stand-in, fp32) vs torch runtime (fp32), relative error per call:",
           ", ".join(f"{e:.1e}" for e in errors))
     assert len(errors) == CALLS_BEFORE_SWAP + CALLS_AFTER_SWAP

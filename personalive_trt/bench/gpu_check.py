@@ -66,8 +66,8 @@ def _nvidia_smi() -> dict:
     except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     if result.returncode != 0:
-        return {"error": (result.stderr or result.stdout).strip().splitlines()[0] if (result.stderr or result.stdout)
-                else f"exit {result.returncode}"}
+        text = (result.stderr or result.stdout).strip()
+        return {"error": text.splitlines()[0] if text else f"exit {result.returncode}"}
     return {"gpus": [dict(zip(fields, (v.strip() for v in line.split(","))))
                      for line in result.stdout.strip().splitlines()]}
 
