@@ -7,7 +7,9 @@ The pieces, each in its own module so that another server (several replicas, sev
 * :mod:`.pool` -- the animators, one worker thread each, leased to one session at a time;
 * :mod:`.session` -- the WebSocket session protocol (messages, threads, back-pressure);
 * :mod:`.routes` -- the page, the REST API, the MJPEG stream and the WebSocket route, on one router;
-* :mod:`.state` -- what the routes and sessions of one process share.
+* :mod:`.state` -- what the routes and sessions of one process share;
+* :mod:`.health` -- ``/api/health``, one report per animator process, summed;
+* :mod:`.ray_app` -- the same routes and protocol as a Ray Serve application (``serve --ray``).
 
 Safety: ``max_sessions`` animations at once (one animator each; others get ``busy``), uploads capped in
 bytes and pixels and decoded before they are trusted, WebSocket messages capped in size (close code 1009),
@@ -38,7 +40,8 @@ def create_app(animator_factory: Callable[[], object], settings: ServeSettings |
     """
     settings = settings or ServeSettings()
     pool = EnginePool.create(animator_factory, settings)
-    state = ServerState(settings=settings, pool=pool, references=ReferenceStore(settings.references_kept))
+    state = ServerState(settings=settings, pool=pool, references=ReferenceStore(settings.references_kept),
+                        resolution=pool.engines[0].resolution)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -1,8 +1,9 @@
 """Reference portraits: uploads verified and framed, then kept by random id in a bounded store.
 
 A session names its reference by the id ``POST /api/reference`` returned, so the store is the one piece of
-state an upload request and a WebSocket session share. It is a small ``add``/``get`` interface on purpose:
-a server whose sessions may run in another process than the upload can put a shared store behind it.
+state an upload request and a WebSocket session share. It is a small awaitable ``add``/``get`` interface on
+purpose: the Ray app, whose sessions run in other processes than the upload, keeps one :class:`ReferenceStore`
+in its registry replica and reaches it through the same two calls (``personalive_trt.web.ray_app``).
 """
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ class ReferenceStore:
         self.capacity = capacity
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    def add(self, image: np.ndarray) -> str:
+    async def add(self, image: np.ndarray) -> str:
         key = secrets.token_urlsafe(12)
         self._items[key] = image
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
         return key
 
-    def get(self, key: object) -> np.ndarray | None:
+    async def get(self, key: object) -> np.ndarray | None:
         return self._items.get(key) if isinstance(key, str) else None
 
 

@@ -1,13 +1,15 @@
-"""The HTTP and WebSocket routes of the web app, as one ``APIRouter`` that reads its state from the app.
+"""The HTTP and WebSocket routes of the web app: one ``APIRouter`` (page, REST, MJPEG) and the WebSocket
+route, which read their state from the app.
 
 Every route finds the :class:`~personalive_trt.web.state.ServerState` at ``app.state.server``, so a second
-server reuses them by calling :func:`mount` on its own FastAPI app instead of copying them.
+server reuses them by calling :func:`mount` on its own FastAPI app instead of copying them: the Ray app mounts
+the HTTP routes on its front deployment and only the WebSocket route on its animator replicas (where each
+open socket holds one of Ray's request slots, so the page and uploads never wait behind sessions).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request, UploadFile, WebSocket
@@ -18,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from personalive_trt.web import session as protocol
 from personalive_trt.web.frames import encode_jpeg
+from personalive_trt.web.health import aggregate, replica_report
 from personalive_trt.web.references import UploadRejected, decode_reference
 from personalive_trt.web.state import ServerState
 
@@ -32,14 +35,18 @@ def server_state(connection: Request | WebSocket) -> ServerState:
     return connection.app.state.server
 
 
-def mount(app: FastAPI, state: ServerState) -> None:
-    """Give ``app`` the page, the static files, the API, the upload limit and one-line JSON errors."""
+def mount(app: FastAPI, state: ServerState, *, http: bool = True, websocket_path: str | None = "/api/ws") -> None:
+    """Give ``app`` the page, the static files, the API, the upload limit and one-line JSON errors (``http``),
+    and the session protocol's WebSocket at ``websocket_path`` (None: none)."""
     app.state.server = state
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.add_middleware(UploadLimit, path="/api/reference", limit=state.settings.max_upload_bytes + 64 * 1024)
-    app.include_router(router)
-    app.add_exception_handler(HTTPException, one_line_errors)
-    app.add_exception_handler(RequestValidationError, one_line_request_errors)
+    if http:
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+        app.add_middleware(UploadLimit, path="/api/reference", limit=state.settings.max_upload_bytes + 64 * 1024)
+        app.include_router(router)
+        app.add_exception_handler(HTTPException, one_line_errors)
+        app.add_exception_handler(RequestValidationError, one_line_request_errors)
+    if websocket_path is not None:
+        app.add_api_websocket_route(websocket_path, animate)
 
 
 async def one_line_errors(request, exc: HTTPException):
@@ -61,19 +68,11 @@ async def index():
 
 @router.get("/api/health")
 async def health(request: Request):
+    """The app's health summed over its replicas (the single-process server is its one replica)."""
     state = server_state(request)
-    pool = state.pool
-    return {
-        "status": "ok",
-        "animator": pool.animator.description,
-        "resolution": state.resolution,
-        "sessions_active": pool.active,
-        "max_sessions": state.settings.max_sessions,
-        "host_memory_bytes": host_memory_bytes(),
-        "device_memory_bytes": device_memory_bytes(),
-        "counters": dict(state.counters),
-        "workers": [e.worker.stats.snapshot() | {"dropped_input": e.worker.inbox.dropped} for e in pool.engines],
-    }
+    if state.health is not None:
+        return await state.health()
+    return aggregate([replica_report(state)])
 
 
 @router.get("/api/sample-reference", include_in_schema=False)
@@ -97,13 +96,13 @@ async def upload_reference(request: Request, file: UploadFile):
         image = await run_in_threadpool(decode_reference, data, state.resolution, settings)
     except UploadRejected as exc:
         raise HTTPException(exc.status, str(exc))
-    key = state.references.add(image)
+    key = await state.references.add(image)
     return {"id": key, "resolution": state.resolution}
 
 
 @router.get("/api/reference/{key}.jpg")
 async def reference_image(request: Request, key: str):
-    image = server_state(request).references.get(key)
+    image = await server_state(request).references.get(key)
     if image is None:
         raise HTTPException(404, "unknown reference")
     return Response(await run_in_threadpool(encode_jpeg, image, 90), media_type="image/jpeg")
@@ -121,7 +120,6 @@ async def stream_mjpeg(request: Request, max_frames: int | None = None, timeout:
                              media_type="multipart/x-mixed-replace; boundary=frame")
 
 
-@router.websocket("/api/ws")
 async def animate(ws: WebSocket):
     await protocol.accept(ws, server_state(ws))
 
@@ -177,24 +175,3 @@ class UploadLimit:
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
-
-
-def host_memory_bytes() -> int | None:
-    """Resident set size of this process now (Linux /proc; None elsewhere)."""
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def device_memory_bytes() -> int | None:
-    """CUDA memory allocated by torch in this process (None without CUDA)."""
-    try:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            return int(torch.cuda.memory_allocated())
-    except Exception:  # memory reporting must never break a health check
-        log.debug("device memory query failed", exc_info=True)
-    return None

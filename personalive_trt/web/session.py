@@ -4,9 +4,12 @@
   (the rate the client asked for, echoed), ``pong``, ``stats`` (every ``stats_interval`` s while an animator is
   leased: server fps, step latency, drops, malformed frames), ``frame`` (the ``index`` of the driving frame
   the next binary message animates), ``error`` (``code``: ``busy``, ``bad_message``, ``no_reference``,
-  ``not_started`` -- the session goes on; ``animation_failed``, ``malformed_frames`` -- the session ends).
+  ``not_started`` -- the session goes on; ``animation_failed``, ``malformed_frames``, ``idle`` -- the session
+  ends).
 * client -> server, text JSON: ``start`` (``reference`` id from ``POST /api/reference``, ``fps``), ``swap``
   (``reference``), ``fps``, ``stop``, ``ping`` (``t``, echoed in the ``pong``).
+* ``hello`` also names the ``replica`` (``pid``, ``node``) that holds the session: under Ray a session stays on
+  the replica that accepted its socket for its whole life.
 * binary, both ways: one JPEG per message. The server numbers the client's binary messages 0, 1, 2... in
   arrival order (WebSocket messages are ordered), so the client can match an output's ``index`` with the
   moment it grabbed that camera frame: that is the glass-to-glass latency the page shows.
@@ -20,7 +23,8 @@ up latency.
 
 How a session ends: the client disconnects or sends ``stop``-then-leaves; a message over ``max_message_bytes``
 closes it with 1009; ``max_malformed_in_a_row`` malformed driving frames in a row send ``malformed_frames`` and
-close it with 1007; a failing animator step (an exception, a ``NonFiniteError``) or a failing prepare (not bad
+close it with 1007; no driving frame for ``idle_timeout`` s sends ``idle`` and closes it with 4408 (an idle
+page holds no slot); a failing animator step (an exception, a ``NonFiniteError``) or a failing prepare (not bad
 data) sends ``animation_failed`` and closes it with 1011; a sender task that dies (an exception while the
 socket is still open), or a bug in the receive loop, is logged at error level and closes it with 1011. In
 every case the animator goes back to the pool at once; nothing keeps animating for a client that is gone.
@@ -33,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
 from collections import deque
 
@@ -46,12 +52,14 @@ from personalive_trt.web.state import ServerState
 
 log = logging.getLogger("personalive_trt.web")
 
-#: Close code for a server at its ``max_connections`` (RFC 6455 1013, "try again later").
+#: Close code for a server at its ``max_connections``, or busy under Ray (RFC 6455 1013, "try again later").
 CLOSE_TRY_AGAIN = 1013
 #: Close code for a message over ``max_message_bytes`` (RFC 6455 1009, "message too big").
 CLOSE_TOO_BIG = 1009
 #: Close code after ``max_malformed_in_a_row`` malformed driving frames (RFC 6455 1007, "invalid payload data").
 CLOSE_BAD_DATA = 1007
+#: Close code for a connection that sent no driving frame for ``idle_timeout`` s (4000-4999: application codes).
+CLOSE_IDLE = 4408
 #: Close code for a server-side failure: the animator, a sender, a bug (RFC 6455 1011, "internal error").
 CLOSE_INTERNAL = 1011
 
@@ -114,6 +122,7 @@ class WebSocketSession:
         self.session = Session(state.counters["sessions"], asyncio.get_running_loop(),
                                capacity=2 * self.pool.animator.config.window)
         self.received = 0
+        self.last_frame_at = time.monotonic()  # connection time, then each driving frame's arrival
 
     async def send_json(self, payload: dict) -> None:
         if self.ws.application_state == WebSocketState.CONNECTED:
@@ -169,10 +178,23 @@ class WebSocketSession:
                                   "dropped_input": engine.worker.inbox.dropped,
                                   "dropped_output": self.session.dropped_output})
 
+    async def watch_idle(self) -> None:
+        """Close a connection that sends no driving frame for ``idle_timeout`` s: its slot goes back."""
+        timeout = self.settings.idle_timeout
+        while True:
+            idle = time.monotonic() - self.last_frame_at
+            if idle >= timeout:
+                self.state.counters["idle_closes"] += 1
+                message = f"no driving frame for {timeout:g} s; session ended (start again to continue)"
+                await self.error("idle", message)
+                await self.close(CLOSE_IDLE, message)
+                return
+            await asyncio.sleep(min(timeout - idle, 1.0))
+
     # ------------------------------------------------------------------------------------------ commands
     async def start(self, message: dict, swap: bool) -> None:
         session, settings = self.session, self.settings
-        image = self.state.references.get(message.get("reference"))
+        image = await self.state.references.get(message.get("reference"))
         if image is None:
             await self.error("no_reference", "upload a reference image first (POST /api/reference)")
             return
@@ -185,8 +207,12 @@ class WebSocketSession:
             return
         if session.engine is None and self.pool.acquire(session) is None:
             self.state.counters["busy_refusals"] += 1
-            await self.error("busy", f"busy: {settings.max_sessions} animation session(s) already running; "
-                             "try again when it ends")
+            message = (f"busy: {settings.max_sessions} animation session(s) already running; try again when it ends"
+                       if not settings.close_when_busy else
+                       "busy: every animation slot of every replica is in use; try again later")
+            await self.error("busy", message)
+            if settings.close_when_busy:
+                await self.close(CLOSE_TRY_AGAIN, message)
             return
         session.outputs.clear()
         session.engine.worker.start(image, make_frame_decoder(self.state.resolution, settings), tag=session)
@@ -232,6 +258,7 @@ class WebSocketSession:
                 return
             if data is not None:
                 index, self.received = self.received, self.received + 1
+                self.last_frame_at = time.monotonic()
                 if session.engine is not None:
                     session.engine.worker.inbox.put(StampedFrame(data, time.monotonic(), index))
                 continue
@@ -246,11 +273,14 @@ class WebSocketSession:
         pool, session = self.pool, self.session
         tasks = [asyncio.create_task(self._guarded("outputs", self.send_outputs())),
                  asyncio.create_task(self._guarded("stats", self.send_stats()))]
+        if self.settings.idle_timeout > 0:
+            tasks.append(asyncio.create_task(self._guarded("idle", self.watch_idle())))
         try:
             await self.send_json({"type": "hello", "resolution": self.state.resolution,
                                   "max_message_bytes": self.settings.max_message_bytes,
                                   "animator": pool.animator.description, "vae": pool.animator.config.vae,
-                                  "max_sessions": self.settings.max_sessions, "sessions_active": pool.active})
+                                  "max_sessions": self.settings.max_sessions, "sessions_active": pool.active,
+                                  "replica": {"pid": os.getpid(), "node": self.state.node or socket.gethostname()}})
             await self.receive_loop()
         except WebSocketDisconnect:
             pass

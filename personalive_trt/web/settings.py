@@ -1,5 +1,5 @@
 """Limits and behaviour of the web app: one frozen record that every server running the session protocol reads
-(the single-process ``serve`` today; a multi-replica server reuses it unchanged)."""
+(the single-process ``serve`` and the Ray app's replicas, unchanged)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ MiB = 1024 * 1024
 class ServeSettings:
     """Limits and behaviour of the app (every field has a ``serve`` option or is fixed on purpose)."""
 
-    max_sessions: int = 1  # animations at once; each needs its own animator (GPU memory)
+    max_sessions: int = 1  # animations at once (per replica under Ray); each needs its own animator (GPU memory)
     max_connections: int = 16  # open WebSockets (idle pages included); more are closed with 1013
     max_upload_bytes: int = 10 * MiB  # reference image upload
     max_image_pixels: int = 40_000_000  # decoded size guard (decompression bombs)
@@ -24,3 +24,5 @@ class ServeSettings:
     references_kept: int = 16  # uploaded references remembered (oldest forgotten)
     output_quality: int = 85  # JPEG quality of output frames
     stats_interval: float = 0.5  # seconds between stats messages
+    close_when_busy: bool = False  # after 'busy', close the socket (1013): the Ray app, where a socket is a slot
+    idle_timeout: float = 60.0  # a connection that sends no driving frame for this long is closed (4408); 0: never

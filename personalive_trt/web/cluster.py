@@ -1,0 +1,82 @@
+"""``serve --ray`` options and the Ray Serve deployment options they become (no Ray import here).
+
+Kept apart from :mod:`personalive_trt.web.ray_app` so that the mapping (what Ray receives for ``num_gpus``,
+``num_cpus``, admission and autoscaling) is checked without Ray, and validated before Ray starts.
+
+Admission: each open WebSocket is one of Ray's ongoing requests on the replica that accepted it, for the
+socket's whole life (sticky sessions come from that). A replica takes ``max_sessions + 1`` sockets: the extra
+one lets a socket that arrives at a full replica be told ``busy`` by the protocol and closed, instead of
+waiting in Ray's queue (Ray refuses ``max_queued_requests=0``; its smallest queue is 1 per proxy, and a request
+queued there would wait for a slot with no bound). The router (:class:`~personalive_trt.web.ray_app.
+LeastLoadedRouter`) asks every replica its load and picks the least loaded, so a session only meets a full
+replica when every replica is full.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Seconds a draining replica keeps its live sessions before Ray stops it anyway (``graceful_shutdown_timeout_s``).
+DEFAULT_DRAIN_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How the Ray app runs its animator replicas (every field is a ``serve --ray`` option)."""
+
+    replicas: int | None = None  # fixed count; None with min/max set: autoscaling
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0
+    address: str | None = None  # join this Ray cluster; None: start a local Ray and stop it on exit
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    # Autoscaler pacing (seconds); tests shorten them.
+    upscale_delay: float = 5.0
+    downscale_delay: float = 60.0
+
+    def __post_init__(self) -> None:
+        autoscale = self.min_replicas is not None or self.max_replicas is not None
+        if self.replicas is not None and autoscale:
+            raise ValueError("--replicas and --min-replicas/--max-replicas exclude each other; give one")
+        if autoscale and (self.min_replicas is None or self.max_replicas is None):
+            raise ValueError("autoscaling needs both --min-replicas and --max-replicas")
+        if self.replicas is not None and self.replicas < 1:
+            raise ValueError(f"--replicas {self.replicas}: expected >= 1")
+        if autoscale and not 0 <= self.min_replicas <= self.max_replicas or (autoscale and self.max_replicas < 1):
+            raise ValueError(f"--min-replicas {self.min_replicas} --max-replicas {self.max_replicas}: expected "
+                             "0 <= min <= max and max >= 1")
+        if self.gpus_per_replica < 0 or self.cpus_per_replica <= 0:
+            raise ValueError(f"--gpus-per-replica {self.gpus_per_replica} --cpus-per-replica "
+                             f"{self.cpus_per_replica}: expected GPUs >= 0 and CPUs > 0 (fractions allowed)")
+        if self.drain_timeout <= 0 or self.upscale_delay < 0 or self.downscale_delay < 0:
+            raise ValueError("the drain timeout must be > 0 and the autoscaling delays >= 0")
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.min_replicas is not None
+
+
+def animator_deployment_options(options: ClusterOptions, max_sessions: int) -> dict:
+    """Keyword arguments of ``Deployment.options`` for the animator replicas (what Ray receives)."""
+    if max_sessions < 1:
+        raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
+    deployment = {
+        "ray_actor_options": {"num_gpus": options.gpus_per_replica, "num_cpus": options.cpus_per_replica},
+        "max_ongoing_requests": max_sessions + 1,  # + the socket being told 'busy' (module docstring)
+        "max_queued_requests": 1,  # Ray's smallest queue; over it the handshake is refused (HTTP 503)
+        "graceful_shutdown_timeout_s": options.drain_timeout,
+        "graceful_shutdown_wait_loop_s": 1.0,
+    }
+    if options.autoscaling:
+        deployment["autoscaling_config"] = {
+            "min_replicas": options.min_replicas,
+            "max_replicas": options.max_replicas,
+            "initial_replicas": max(options.min_replicas, 1),
+            # Below one full replica: when every replica is full, one more is asked for before anyone is refused.
+            "target_ongoing_requests": max_sessions * 0.75,
+            "upscale_delay_s": options.upscale_delay,
+            "downscale_delay_s": options.downscale_delay,
+        }
+    else:
+        deployment["num_replicas"] = options.replicas or 1
+    return deployment

@@ -1,0 +1,244 @@
+"""``serve --ray``: the web app as Ray Serve applications, animators on many replicas (GPUs, machines).
+
+Ray routes, back-pressures, scales and replaces; what is ours is unchanged: every replica runs the same routes
+(:mod:`.routes`), session protocol (:mod:`.session`), animator pool (:mod:`.pool`) and reference store
+(:mod:`.references`) as the single-process ``serve``. Three deployments:
+
+* ``Animators`` (application ``personalive-animate``, route prefix ``/api/ws``): the replicas that own the GPU
+  work. Each loads its animators and captures its graphs once, at start (``EnginePool.create``), and serves the
+  WebSocket session protocol. An open socket is one of Ray's ongoing requests on the replica that accepted
+  it, for its whole life: a session never moves. Admission, autoscaling and draining follow from that
+  (:mod:`.cluster` says how).
+* ``Front`` (application ``personalive``, route prefix ``/``): the page, static files, uploads, MJPEG and
+  ``/api/health``. Kept off the animator replicas so that the page and uploads never wait behind sessions
+  holding every request slot of a full cluster.
+* ``Registry`` (one replica in ``personalive``): the uploaded references (verified, framed images by id: an
+  upload through any front replica starts or swaps a session on any animator replica), each animator
+  replica's health report (pushed every 0.5 s; a report older than 3 s is dropped, so a dead replica's sessions
+  leave every count within seconds), and the newest output JPEG for MJPEG readers.
+
+Rejected: one application whose replicas serve both HTTP and WebSockets. Each replica's request slots would be
+shared by sessions and page loads, so a full cluster would refuse the page and the health check as well.
+The registry is a single replica: if it dies, Ray restarts it and uploaded references are lost (clients
+upload again); sessions already running keep their reference.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+
+import ray
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.request_router import RequestRouter
+from starlette.concurrency import run_in_threadpool
+
+from personalive_trt.web.cluster import ClusterOptions, animator_deployment_options
+from personalive_trt.web.health import aggregate, replica_report
+from personalive_trt.web.pool import EnginePool
+from personalive_trt.web.references import ReferenceStore
+from personalive_trt.web.routes import mount
+from personalive_trt.web.settings import ServeSettings
+from personalive_trt.web.state import MjpegBroadcast, ServerState, mjpeg_frames
+
+log = logging.getLogger("personalive_trt.web")
+
+APP = "personalive"  # front + registry, route prefix "/"
+ANIMATE_APP = "personalive-animate"  # animator replicas, route prefix WEBSOCKET_PATH
+WEBSOCKET_PATH = "/api/ws"
+REPORT_INTERVAL = 0.5  # seconds between an animator replica's health reports
+REPORT_TTL = 3.0  # a report older than this is a replica that has gone
+
+
+class LeastLoadedRouter(RequestRouter):
+    """Every replica is a candidate; Ray's router then probes their loads and picks the least loaded one that is
+    not full. (Ray's default samples two replicas at random, so with three or more a session could meet two
+    full replicas while a third has a free slot.)"""
+
+    async def choose_replicas(self, candidate_replicas, pending_request=None):
+        return [list(candidate_replicas)] if candidate_replicas else []
+
+
+class RemoteReferences:
+    """The :class:`ReferenceStore` interface, answered by the registry replica."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+
+    async def add(self, image) -> str:
+        return await self.registry.add_reference.remote(image)
+
+    async def get(self, key):
+        return await self.registry.get_reference.remote(key)
+
+
+class RemoteMjpeg:
+    """``/api/stream.mjpg`` on the front: the newest output JPEG of any replica, long-polled from the registry."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+
+    async def next_frame(self, version: int, timeout: float):
+        return await self.registry.next_frame.remote(version, timeout)
+
+    def frames(self, max_frames: int | None, timeout: float):
+        return mjpeg_frames(self.next_frame, max_frames, timeout)
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+class Registry:
+    def __init__(self, references_kept: int) -> None:
+        self.references = ReferenceStore(references_kept)
+        self.reports: dict[str, tuple[float, dict]] = {}
+        self.mjpeg = MjpegBroadcast()
+
+    async def add_reference(self, image) -> str:
+        return await self.references.add(image)
+
+    async def get_reference(self, key):
+        return await self.references.get(key)
+
+    def report(self, replica: str, report: dict) -> None:
+        self.reports[replica] = (time.monotonic(), report)
+
+    def forget(self, replica: str) -> None:
+        self.reports.pop(replica, None)
+
+    def health(self) -> dict:
+        now = time.monotonic()
+        for replica in [r for r, (t, _) in self.reports.items() if now - t > REPORT_TTL]:
+            del self.reports[replica]  # a replica that stopped reporting has died: its sessions are gone
+        return aggregate([report for _, report in sorted(self.reports.values(), key=lambda item: item[1]["pid"])])
+
+    def publish(self, jpeg: bytes) -> None:
+        self.mjpeg.publish(jpeg)
+
+    async def next_frame(self, version: int, timeout: float):
+        return await self.mjpeg.next_frame(version, timeout)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.ingress()
+class Front:
+    def __init__(self, registry, settings: ServeSettings, resolution: int) -> None:
+        self.state = ServerState(settings=settings, references=RemoteReferences(registry), resolution=resolution,
+                                 health=lambda: registry.health.remote(), mjpeg_feed=RemoteMjpeg(registry))
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = FastAPI(title="personalive-trt", docs_url=None, redoc_url=None)
+        mount(app, self.state, websocket_path=None)
+        return app
+
+
+@serve.ingress()
+class Animators:
+    """One replica: ``settings.max_sessions`` animators created now, the WebSocket protocol on ``/``."""
+
+    def __init__(self, animator_factory: Callable[[], object], settings: ServeSettings) -> None:
+        self.registry = serve.get_deployment_handle("Registry", app_name=APP)
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        pool = EnginePool.create(animator_factory, settings)
+        context = ray.get_runtime_context()
+        resources = {name: round(amount, 4) for name, amount in context.get_assigned_resources().items()}
+        self.state = ServerState(settings=settings, references=RemoteReferences(self.registry),
+                                 resolution=pool.engines[0].resolution, pool=pool, resources=resources,
+                                 node=f"{socket.gethostname()}/{context.get_node_id()[:8]}")
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        state, registry, replica = self.state, self.registry, self.replica
+
+        async def report_loop():
+            while True:
+                await registry.report.remote(replica, replica_report(state))
+                await asyncio.sleep(REPORT_INTERVAL)
+
+        async def forward_mjpeg():  # the newest output only; frames made while a push is in flight are skipped
+            version = -1
+            while True:
+                newer = await state.mjpeg.next_frame(version, 1.0)
+                if newer is not None:
+                    version = newer[0]
+                    await registry.publish.remote(newer[1])
+
+        @asynccontextmanager
+        async def lifespan(app):
+            state.reset_mjpeg()
+            tasks = [asyncio.create_task(report_loop()), asyncio.create_task(forward_mjpeg())]
+            yield
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await registry.forget.remote(replica)
+            await run_in_threadpool(state.pool.close)
+
+        app = FastAPI(title="personalive-trt animators", lifespan=lifespan, docs_url=None, redoc_url=None)
+        mount(app, state, http=False, websocket_path=WEBSOCKET_PATH)
+        app.add_middleware(FullPath)
+        return app
+
+
+class FullPath:
+    """ASGI middleware: route on the request's full path. Ray gives the application's route prefix as the
+    ``root_path``, which would leave the WebSocket at the empty path (a route Starlette cannot declare)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "lifespan":
+            scope = {**scope, "root_path": ""}
+        await self.app(scope, receive, send)
+
+
+def deploy(animator_factory: Callable[[], object], settings: ServeSettings, options: ClusterOptions,
+           resolution: int) -> None:
+    """Run the two applications on the Ray cluster this process is connected to (``serve.start`` done).
+
+    ``animator_factory`` runs on the animator replicas (it travels pickled): resolve devices inside it, where
+    the GPU is. ``resolution`` is what the front frames uploads to; it must match the animators'.
+    """
+    settings = dataclasses.replace(settings, close_when_busy=True)
+    registry = Registry.bind(settings.references_kept)
+    serve.run(Front.bind(registry, settings, resolution), name=APP, route_prefix="/")
+    animators = serve.deployment(Animators, name="Animators").options(
+        request_router_config={"request_router_class": LeastLoadedRouter},
+        **animator_deployment_options(options, settings.max_sessions))
+    serve.run(animators.bind(animator_factory, settings), name=ANIMATE_APP, route_prefix=WEBSOCKET_PATH)
+
+
+def serve_forever(animator_factory: Callable[[], object], settings: ServeSettings, options: ClusterOptions,
+                  resolution: int, host: str, port: int, status: Callable[[str], None]) -> None:
+    """Start (or join, with ``options.address``) Ray, deploy, and block until Ctrl-C or SIGTERM.
+
+    Without an address a new local Ray instance is started (``address="local"``: never one left running) and
+    shut down on exit; with one, only this app's two applications are deleted on exit.
+    """
+    ray.init(address=options.address or "local", include_dashboard=False, logging_level=logging.WARNING)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        deploy(animator_factory, settings, options, resolution)
+        status(f"serving on http://{'[' + host + ']' if ':' in host else host}:{port} with Ray Serve "
+               f"({'cluster ' + options.address if options.address else 'local Ray'}; Ctrl-C stops)")
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        try:
+            if options.address:
+                serve.delete(ANIMATE_APP)
+                serve.delete(APP)
+            else:
+                serve.shutdown()
+        finally:
+            ray.shutdown()
