@@ -130,6 +130,19 @@ def serve(
     max_upload_mb: float = typer.Option(10.0, help="Largest reference upload, MiB."),
     max_message_kb: int = typer.Option(2048, help="Largest WebSocket message (one driving JPEG), KiB."),
     vae: str = typer.Option("full", "--vae", help=VAE_HELP),
+    idle_timeout: float = typer.Option(60.0, help="Close a connection that sends no driving frame for this many "
+                                       "seconds (frees its slot); 0: never."),
+    ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: animator replicas on many GPUs/machines "
+                             "(needs the cluster extra). --max-sessions is then per replica."),
+    replicas: Optional[int] = typer.Option(None, help="--ray: fixed number of animator replicas (default 1)."),
+    min_replicas: Optional[int] = typer.Option(None, help="--ray: autoscale on live sessions from this many..."),
+    max_replicas: Optional[int] = typer.Option(None, help="--ray: ...to this many replicas."),
+    gpus_per_replica: float = typer.Option(0.0, help="--ray: GPUs each replica reserves (fractions share a GPU)."),
+    cpus_per_replica: float = typer.Option(1.0, help="--ray: CPUs each replica reserves (fractions allowed)."),
+    address: Optional[str] = typer.Option(None, help="--ray: join this Ray cluster (e.g. ray://head:10001 or "
+                                          "auto); default: start a local Ray and stop it on exit."),
+    drain_timeout: float = typer.Option(3600.0, help="--ray: seconds a replica being scaled down keeps its live "
+                                        "sessions before it is stopped anyway."),
 ) -> None:
     """Serve the live web page: upload a portrait, animate it with your camera in the browser."""
     try:
@@ -152,8 +165,40 @@ def serve(
         typer.secho(f"warning: binding {host}: anyone who can reach this address can use the camera page and "
                     "the GPU; there is no authentication. Bind 127.0.0.1 unless you mean it.", err=True,
                     fg=typer.colors.YELLOW)
+    if idle_timeout < 0:
+        fail(f"--idle-timeout {idle_timeout}: expected >= 0 seconds")
     settings = ServeSettings(max_sessions=max_sessions, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                             max_message_bytes=max_message_kb * 1024, crop=not no_crop)
+                             max_message_bytes=max_message_kb * 1024, crop=not no_crop, idle_timeout=idle_timeout)
+    cluster_flags = (replicas, min_replicas, max_replicas, address)
+    if not ray and (any(v is not None for v in cluster_flags) or gpus_per_replica or cpus_per_replica != 1.0
+                    or drain_timeout != 3600.0):
+        fail("--replicas, --min-replicas, --max-replicas, --gpus-per-replica, --cpus-per-replica, --address and "
+             "--drain-timeout need --ray")
+    if ray:
+        from personalive_trt.web.cluster import ClusterOptions
+
+        try:
+            options = ClusterOptions(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
+                                     gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
+                                     address=address, drain_timeout=drain_timeout)
+            from personalive_trt.web.ray_app import serve_forever
+        except ValueError as exc:
+            fail(str(exc))
+        except ImportError as exc:
+            fail(f"serve --ray needs the cluster extra ({exc.name} is missing): pip install 'personalive-trt[cluster]'")
+        resolved = resolve_weights(weights)
+        resolved = str(Path(resolved).resolve()) if Path(resolved).is_dir() else resolved  # same path on every node
+        engines_dir = engines.resolve() if engines is not None else None
+        config = StreamConfig(window=window, vae=vae)
+
+        def animator():  # runs on each replica: its device is resolved there, where its GPU is
+            replica_device, replica_dtype = resolve_device(device, dtype, backend)
+            return open_animator(resolved, backend=backend, engines=engines_dir, device=replica_device,
+                                 dtype=replica_dtype, seed=seed, config=config)
+
+        serve_forever(animator, settings, options, config.resolution, host, port,
+                      status=lambda message: typer.echo(message, err=True))
+        return
     try:
         if backend == "tensorrt":
             from personalive_trt.engines import require_tensorrt

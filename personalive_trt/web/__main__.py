@@ -4,6 +4,9 @@ For load and soak tests of the serving path (``scripts/soak.py --spawn-echo``): 
 threads as ``personalive-trt serve``, with the animator replaced by :class:`~personalive_trt.live.testing.
 EchoAnimator` (sleeps ``--echo-step-ms`` per step, blends input with the reference). Its frames mean nothing;
 its timings and memory say how the server path behaves. Use ``personalive-trt serve`` for the real thing.
+
+``--ray`` (with ``--replicas``, ``--min-replicas``/``--max-replicas``, ``--cpus-per-replica``,
+``--gpus-per-replica``, ``--address``, ``--drain-timeout``) serves it as the Ray Serve app of ``serve --ray``.
 """
 from __future__ import annotations
 
@@ -19,6 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--echo-step-ms", type=float, default=20.0, help="simulated step time (4 frames)")
     parser.add_argument("--no-crop", action="store_true", help="resize instead of face framing")
+    parser.add_argument("--max-sessions", type=int, default=1, help="animations at once (per replica with --ray)")
+    parser.add_argument("--idle-timeout", type=float, default=60.0, help="close after this long without frames")
+    parser.add_argument("--ray", action="store_true", help="serve as the Ray Serve app (serve --ray)")
+    parser.add_argument("--replicas", type=int, default=None)
+    parser.add_argument("--min-replicas", type=int, default=None)
+    parser.add_argument("--max-replicas", type=int, default=None)
+    parser.add_argument("--gpus-per-replica", type=float, default=0.0)
+    parser.add_argument("--cpus-per-replica", type=float, default=1.0)
+    parser.add_argument("--address", default=None, help="join this Ray cluster (default: a local Ray)")
+    parser.add_argument("--drain-timeout", type=float, default=3600.0)
     args = parser.parse_args(argv)
     if not args.echo:
         print("error: this entry point only serves the echo test double (--echo); use `personalive-trt serve`",
@@ -30,9 +43,28 @@ def main(argv: list[str] | None = None) -> int:
     from personalive_trt.live.testing import EchoAnimator
     from personalive_trt.web.app import ServeSettings, create_app
 
-    settings = ServeSettings(crop=not args.no_crop)
-    app = create_app(lambda: EchoAnimator(StreamConfig(resolution=args.resolution), args.echo_step_ms / 1000),
-                     settings)
+    settings = ServeSettings(crop=not args.no_crop, max_sessions=args.max_sessions, idle_timeout=args.idle_timeout)
+    resolution, step_s = args.resolution, args.echo_step_ms / 1000
+
+    def animator():
+        return EchoAnimator(StreamConfig(resolution=resolution), step_s)
+
+    if args.ray:
+        from personalive_trt.web.cluster import ClusterOptions
+        from personalive_trt.web.ray_app import serve_forever
+
+        try:
+            options = ClusterOptions(replicas=args.replicas, min_replicas=args.min_replicas,
+                                     max_replicas=args.max_replicas, gpus_per_replica=args.gpus_per_replica,
+                                     cpus_per_replica=args.cpus_per_replica, address=args.address,
+                                     drain_timeout=args.drain_timeout)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        serve_forever(animator, settings, options, resolution, args.host, args.port,
+                      status=lambda message: print(message, file=sys.stderr))
+        return 0
+    app = create_app(animator, settings)
     uvicorn.run(app, host=args.host, port=args.port, ws_max_size=settings.max_message_bytes, log_level="warning")
     return 0
 

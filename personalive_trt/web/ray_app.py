@@ -207,6 +207,17 @@ def deploy(animator_factory: Callable[[], object], settings: ServeSettings, opti
     settings = dataclasses.replace(settings, close_when_busy=True)
     registry = Registry.bind(settings.references_kept)
     serve.run(Front.bind(registry, settings, resolution), name=APP, route_prefix="/")
+    deploy_animators(animator_factory, settings, options)
+
+
+def deploy_animators(animator_factory: Callable[[], object], settings: ServeSettings,
+                     options: ClusterOptions) -> None:
+    """(Re)deploy the animator replicas alone (the front, registry and its references stay).
+
+    A redeploy replaces every replica (``serve.run`` gives each run a new version): the old ones drain, taking
+    no new session and leaving when their last one ends or ``options.drain_timeout`` runs out.
+    """
+    settings = dataclasses.replace(settings, close_when_busy=True)
     animators = serve.deployment(Animators, name="Animators").options(
         request_router_config={"request_router_class": LeastLoadedRouter},
         **animator_deployment_options(options, settings.max_sessions))

@@ -1,5 +1,7 @@
 // personalive-trt live page: camera -> WebSocket (binary JPEG) -> animated JPEG back, with a HUD.
-// Plain browser JavaScript, no build step. Protocol: see personalive_trt/web/app.py.
+// Plain browser JavaScript, no build step. Protocol: see personalive_trt/web/session.py.
+// The page opens its WebSocket when the user presses Start and closes it on Stop: an open socket holds an
+// animation slot (under Ray, one of a replica's request slots), so a page that is not animating holds none.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -44,11 +46,12 @@ function connect() {
   const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/ws`;
   const ws = new WebSocket(url);
   ws.binaryType = "blob";
+  ws.opened = false;
   state.ws = ws;
   state.sent = 0;  // the server numbers this connection's binary messages from 0
   state.grabTimes.clear();
   state.wsReady = new Promise((resolve, reject) => {
-    ws.onopen = () => resolve(ws);
+    ws.onopen = () => { ws.opened = true; resolve(ws); };
     ws.onerror = () => reject(new Error("WebSocket error"));
   });
   ws.onmessage = (event) => {
@@ -56,10 +59,17 @@ function connect() {
     else showFrame(event.data);
   };
   ws.onclose = (event) => {
+    if (ws !== state.ws) return;  // an older socket closing after Stop
     stopSending();
     state.running = false;
+    state.ws = null;
     refreshButtons();
-    setStatus(`disconnected${event.reason ? ": " + event.reason : ""}`, event.code === 1000 ? "idle" : "error");
+    if (!ws.opened) return;  // a refused handshake: the Start handler says why
+    if (event.code === 1000) setStatus(`stopped${event.reason ? ": " + event.reason : ""}`);
+    else if (event.code === 1013 || event.code === 4408) setStatus(event.reason || "try again later", "error");
+    else if (event.code === 1006) setStatus("connection lost: the server (or its animator replica) went away; "
+                                            + "press Start to try again", "error");
+    else setStatus(`disconnected${event.reason ? ": " + event.reason : ""}`, "error");
   };
   return state.wsReady;
 }
@@ -94,9 +104,12 @@ function onMessage(msg) {
       break;
     case "error":
       setStatus(msg.message || msg.code, "error");
-      if (msg.code === "busy" || msg.code === "animation_failed") {
+      if (["busy", "animation_failed", "malformed_frames", "idle"].includes(msg.code)) {
         stopSending();
         state.running = false;
+        const ws = state.ws;
+        state.ws = null;  // its close event must not replace this message
+        if (ws) ws.close(1000);  // a page that is not animating holds no slot
         refreshButtons();
       }
       break;
@@ -221,11 +234,39 @@ $("fps-input").addEventListener("change", (event) => {
   send({ type: "fps", fps });
   if (state.running) startSending();
 });
+// A refused handshake carries no reason the page can read; the health check says whether the server is up and
+// every slot taken (busy) or the server is unreachable.
+async function explainRefusal() {
+  try {
+    const health = await (await fetch("/api/health")).json();
+    if (health.sessions_active >= health.max_sessions) {
+      setStatus(`busy: all ${health.max_sessions} animation slot(s) are in use; try again later`, "error");
+    } else {
+      setStatus("the server refused the connection; try again", "error");
+    }
+  } catch (err) {
+    setStatus("cannot connect to the server", "error");
+  }
+}
+
+async function showServer() {
+  try {
+    const health = await (await fetch("/api/health")).json();
+    if (health.animator) {
+      $("animator").textContent = `animator: ${health.animator} · ${health.resolution}px · sessions ${health.sessions_active}/${health.max_sessions}`;
+    }
+  } catch (err) {
+    setStatus("cannot connect to the server", "error");
+  }
+}
+
 $("start").addEventListener("click", async () => {
+  setStatus("connecting…");
   try {
     await connect();
   } catch (err) {
-    setStatus(`cannot connect: ${err.message}`, "error");
+    state.ws = null;
+    await explainRefusal();
     return;
   }
   state.fps = Math.max(1, Math.min(60, Number($("fps-input").value) || 30));
@@ -235,10 +276,13 @@ $("start").addEventListener("click", async () => {
 $("stop").addEventListener("click", () => {
   stopSending();
   send({ type: "stop" });
+  if (state.ws) state.ws.close(1000, "stopped");  // frees the slot at once
+  state.ws = null;
   state.running = false;
   refreshButtons();
+  setStatus("stopped");
 });
 
-connect().catch(() => setStatus("cannot connect to the server", "error"));
+showServer();
 listCameras();
 refreshButtons();

@@ -1,0 +1,255 @@
+"""`serve --ray`: the Ray Serve app on a local Ray cluster on CPU, with the EchoAnimator test double.
+
+One Ray cluster for the module (2 logical CPUs, 1 logical GPU so that GPU fractions are granted and visible;
+no CUDA is used), the dashboard off, replicas at 0.25 CPU. The app is deployed once with 2 animator replicas
+x 1 session; the last test redeploys it with autoscaling. Real sockets through Ray's proxy: websockets' sync
+client, httpx. Everything is shut down at the end of the module (serve.shutdown, ray.shutdown).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+httpx = pytest.importorskip("httpx")
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.sync.client import connect  # noqa: E402
+
+from personalive_trt.config import StreamConfig  # noqa: E402
+from personalive_trt.live.testing import EchoAnimator  # noqa: E402
+from personalive_trt.sample import sample_reference  # noqa: E402
+from personalive_trt.web import ray_app  # noqa: E402
+from personalive_trt.web.cluster import ClusterOptions, animator_deployment_options  # noqa: E402
+from personalive_trt.web.settings import ServeSettings  # noqa: E402
+
+RES = 64
+SETTINGS = ServeSettings(crop=False, stats_interval=0.2, idle_timeout=30.0)
+FIXED = ClusterOptions(replicas=2, cpus_per_replica=0.25, gpus_per_replica=0.25, drain_timeout=60.0)
+
+
+# The factory travels to the replicas pickled; a partial of package objects pickles by reference (a function
+# of this test module would not import there).
+echo_animator = functools.partial(EchoAnimator, StreamConfig(resolution=RES), 0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health(base: str) -> dict:
+    response = httpx.get(f"{base}/api/health", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(predicate, seconds: float, what: str, step: float = 0.5):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def base():
+    port = free_port()
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=100 * 2**20,
+             logging_level="WARNING", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        ray_app.deploy(echo_animator, SETTINGS, FIXED, RES)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: len(health(url)["replicas"]) == 2, 60, "2 replicas reporting")
+        yield url
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(base) -> str:
+    response = httpx.post(f"{base}/api/reference", timeout=30,
+                          files={"file": ("ref.png", sample_reference().read_bytes(), "image/png")})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def jpeg(value: int) -> bytes:
+    ok, data = cv2.imencode(".jpg", np.full((60, 80, 3), value, np.uint8))
+    assert ok
+    return data.tobytes()
+
+
+def started_session(base: str, reference: str, seconds: float) -> "Client":
+    """A session that started, retried while the cluster answers ``busy`` (a replica being added or replaced is
+    routable a moment after it reports)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client = Client(base)
+        reply = client.start(reference)
+        if reply["type"] == "started":
+            return client
+        client.close()
+        assert reply["code"] == "busy", reply
+        time.sleep(1)
+    raise AssertionError(f"no session started within {seconds:.0f} s")
+
+
+class Client:
+    """One page's session: connect, hello, start."""
+
+    def __init__(self, base: str) -> None:
+        self.ws = connect(base.replace("http://", "ws://") + "/api/ws", open_timeout=30, max_size=2**22)
+        self.hello = json.loads(self.ws.recv(timeout=30))
+        assert self.hello["type"] == "hello"
+
+    @property
+    def pid(self) -> int:
+        return self.hello["replica"]["pid"]
+
+    def start(self, reference: str) -> dict:
+        self.ws.send(json.dumps({"type": "start", "reference": reference}))
+        while True:
+            message = json.loads(self.ws.recv(timeout=30))
+            if message["type"] in ("started", "error"):
+                return message
+
+    def frames(self, count: int, seconds: float = 20.0) -> int:
+        """Send driving frames until ``count`` animated frames came back; returns how many did."""
+        got, sent, deadline = 0, 0, time.monotonic() + seconds
+        while got < count and time.monotonic() < deadline:
+            self.ws.send(jpeg(10 + sent % 200))
+            sent += 1
+            try:
+                while True:
+                    if isinstance(self.ws.recv(timeout=0.03), bytes):
+                        got += 1
+            except TimeoutError:
+                pass
+        return got
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def test_replica_options_reach_ray(base):
+    replicas = health(base)["replicas"]
+    assert [r["resources"] for r in replicas] == [{"CPU": 0.25, "GPU": 0.25}] * 2
+    options = animator_deployment_options(ClusterOptions(min_replicas=1, max_replicas=4, gpus_per_replica=0.5,
+                                                         cpus_per_replica=2), max_sessions=3)
+    assert options["ray_actor_options"] == {"num_gpus": 0.5, "num_cpus": 2}
+    assert options["max_ongoing_requests"] == 4 and options["max_queued_requests"] == 1
+    assert options["autoscaling_config"]["min_replicas"] == 1 and options["autoscaling_config"]["max_replicas"] == 4
+    assert options["autoscaling_config"]["target_ongoing_requests"] == pytest.approx(2.25)
+    assert "num_replicas" not in options
+    with pytest.raises(ValueError, match="exclude each other"):
+        ClusterOptions(replicas=2, min_replicas=1, max_replicas=2)
+    with pytest.raises(ValueError, match="cpus-per-replica"):
+        ClusterOptions(cpus_per_replica=0)
+
+
+def test_three_clients_two_animated_one_busy_and_the_reference_crosses_replicas(base, reference):
+    first, second = Client(base), Client(base)
+    try:
+        assert first.start(reference)["type"] == "started"
+        assert second.start(reference)["type"] == "started"
+        # one upload through the front; the two sessions run on the two replicas, so at least one of them got
+        # the reference from the registry in another process than the one that framed it
+        assert first.pid != second.pid
+        third = Client(base)
+        refusal = third.start(reference)
+        assert refusal["type"] == "error" and refusal["code"] == "busy", refusal
+        with pytest.raises(ConnectionClosed) as closed:
+            third.ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1013
+        assert first.frames(8) >= 8 and second.frames(8) >= 8
+        now = health(base)
+        assert now["sessions_active"] == 2 and now["max_sessions"] == 2
+        assert sorted(r["sessions"] for r in now["replicas"]) == [1, 1]
+        assert {r["pid"] for r in now["replicas"]} == {first.pid, second.pid}
+        assert all(r["host_memory_bytes"] > 10_000_000 and r["node"] for r in now["replicas"])
+    finally:
+        first.close()
+        second.close()
+    wait_for(lambda: health(base)["sessions_active"] == 0, 10, "sessions_active back to 0")
+
+
+def test_a_killed_replica_tells_its_client_the_other_goes_on_and_ray_replaces_it(base, reference):
+    victim, survivor = Client(base), Client(base)
+    try:
+        assert victim.start(reference)["type"] == "started" and survivor.start(reference)["type"] == "started"
+        assert victim.pid != survivor.pid
+        assert victim.frames(4) >= 4 and survivor.frames(4) >= 4
+        os.kill(victim.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                victim.ws.recv(timeout=10)
+        told_after = time.monotonic() - t0
+        assert told_after < 5, f"the client was told after {told_after:.1f} s"
+        code = closed.value.rcvd.code if closed.value.rcvd is not None else 1006
+        assert code != 1000, "a dead replica must not look like a normal close"
+        assert survivor.frames(12) >= 12  # the other replica's session goes on
+        # a new session succeeds once Ray has replaced the dead replica (refused as busy until then)
+        started = started_session(base, reference, 90)
+        try:
+            assert started.pid not in (victim.pid, survivor.pid) and started.frames(4) >= 4
+        finally:
+            started.close()
+    finally:
+        victim.close()
+        survivor.close()
+    # the dead replica's session lingers in no count; the replacement reports in its place
+    wait_for(lambda: (h := health(base))["sessions_active"] == 0 and len(h["replicas"]) == 2, 20,
+             "sessions_active 0 with 2 replicas")
+    assert victim.pid not in {r["pid"] for r in health(base)["replicas"]}
+
+
+def test_autoscaling_follows_live_sessions_and_scale_down_keeps_them(base, reference):
+    autoscaled = ClusterOptions(min_replicas=1, max_replicas=2, cpus_per_replica=0.25, drain_timeout=60.0,
+                                upscale_delay=0.0, downscale_delay=1.0)
+    ray_app.deploy_animators(echo_animator, SETTINGS, autoscaled)
+    wait_for(lambda: len(health(base)["replicas"]) == 1, 90, "autoscaling down to 1 idle replica")
+    first = Client(base)
+    second = None
+    try:
+        reply = first.start(reference)
+        assert reply["type"] == "started", (reply, health(base))
+        # 1 live session over a target of 0.75 per replica: Ray adds the second replica
+        wait_for(lambda: len(health(base)["replicas"]) == 2, 90, "autoscaling up to 2 replicas")
+        second = started_session(base, reference, 30)
+        assert second.pid != first.pid
+        # redeploy at 1 replica while both replicas hold a live session: they drain, no session ends. serve.run
+        # returns when the old replicas have gone, so it runs beside the streams.
+        redeploy = threading.Thread(target=ray_app.deploy_animators, args=(echo_animator, SETTINGS, ClusterOptions(
+            replicas=1, cpus_per_replica=0.25, drain_timeout=60.0)))
+        redeploy.start()
+        for _ in range(4):  # the draining replicas' sessions go on (Ray stops old replicas before adding new ones)
+            assert first.frames(8) >= 8 and second.frames(8) >= 8
+        assert health(base)["sessions_active"] == 2 and redeploy.is_alive()
+        second.close()
+        first.close()
+        redeploy.join(60)
+        assert not redeploy.is_alive(), "the draining replicas did not leave after their sessions ended"
+        wait_for(lambda: (h := health(base))["sessions_active"] == 0 and len(h["replicas"]) == 1, 30,
+                 "the drained replicas leaving once their sessions ended")
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
