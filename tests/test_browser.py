@@ -5,9 +5,14 @@ Needs Debian's `chromium` (/usr/bin/chromium; `.ci/run` installs it) and the `pl
 which drives that binary (never `playwright install`). Skips cleanly without them. The canvas is 256 (not
 512) to keep the CPU pipeline near 4 s a step; the screenshot is kept as a test artifact in
 $PERSONALIVE_ARTIFACTS (default: outputs/test-artifacts, git-ignored).
+
+The same page also runs once against the Ray Serve app (``serve --ray``) on a local Ray cluster, with the
+EchoAnimator test double on its one replica (the pipeline itself is covered above; this checks the page
+through Ray's proxy: the front's page and upload, the replica's WebSocket, the HUD).
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -76,7 +81,44 @@ def server():
     assert not thread.is_alive()
 
 
+@pytest.fixture(scope="module")
+def ray_server():
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from personalive_trt.config import StreamConfig
+    from personalive_trt.live.testing import EchoAnimator
+    from personalive_trt.web import ray_app
+    from personalive_trt.web.cluster import ClusterOptions
+    from personalive_trt.web.settings import ServeSettings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+             logging_level="WARNING", log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        ray_app.deploy(functools.partial(EchoAnimator, StreamConfig(resolution=RES), 0.05), ServeSettings(),
+                       ClusterOptions(replicas=1, cpus_per_replica=0.25), RES)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
 def test_page_animates_the_fake_camera_and_updates_the_hud(server, fake_camera):
+    check_page(server, fake_camera, "browser_e2e.png")
+
+
+def test_page_animates_through_the_ray_app(ray_server, fake_camera):
+    check_page(ray_server, fake_camera, "browser_e2e_ray.png")
+
+
+def check_page(server: str, fake_camera: Path, screenshot: str) -> None:
+    """Upload the sample, start, wait for frames and HUD figures, stop: the page's whole path."""
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -109,12 +151,13 @@ def test_page_animates_the_fake_camera_and_updates_the_hud(server, fake_camera):
             texts = {name: page.inner_text(f"#hud-{name}") for name in ("fps", "step", "g2g", "frames", "dropped")}
             natural = page.evaluate("[document.getElementById('output').naturalWidth, "
                                     "document.getElementById('output').naturalHeight]")
-            page.screenshot(path=str(ARTIFACTS / "browser_e2e.png"), full_page=True)
+            page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
             page.click("#stop")
+            page.wait_for_selector("#status:has-text('stopped')", timeout=10_000)
         finally:
             browser.close()
     assert natural == [RES, RES]
     assert hud["frames"] >= first["frames"] + 4 and hud["step"] > 0 and hud["g2g"] > 0
     assert int(texts["frames"]) >= 8 and texts["step"] != "–" and texts["g2g"] != "–" and float(texts["fps"]) >= 0
     assert not [line for line in console if line.startswith(("error", "pageerror"))], console
-    assert (ARTIFACTS / "browser_e2e.png").stat().st_size > 10_000
+    assert (ARTIFACTS / screenshot).stat().st_size > 10_000

@@ -115,6 +115,10 @@ def test_page_static_files_and_health(client):
     assert health["status"] == "ok" and health["sessions_active"] == 0 and health["max_sessions"] == 1
     assert "echo test double" in health["animator"] and health["resolution"] == RES
     assert health["host_memory_bytes"] > 10_000_000
+    # the single process is the app's one replica, reported like each replica of the Ray app
+    [replica] = health["replicas"]
+    assert replica["sessions"] == 0 and replica["max_sessions"] == 1 and replica["pid"] > 0 and replica["node"]
+    assert replica["host_memory_bytes"] > 10_000_000 and "device_memory_bytes" in replica
 
 
 def test_upload_accepts_an_image_and_serves_the_framed_reference(client):
@@ -275,6 +279,39 @@ def test_malformed_frames_are_counted_and_skipped(client):
         assert stats["errors"] == 0 and stats["malformed"] <= 12
 
 
+def test_a_connection_without_driving_frames_is_closed_after_the_idle_timeout():
+    with TestClient(make_app(idle_timeout=0.5)) as client:
+        key = upload_sample(client)
+        with client.websocket_connect("/api/ws") as ws:
+            hello = ws.receive_json()
+            assert hello["replica"]["pid"] > 0
+            start(ws, key)
+            for _ in range(6):  # frames keep it open past the timeout
+                stream_frames(ws, [40])
+                time.sleep(0.15)
+            assert client.get("/api/health").json()["sessions_active"] == 1
+            t0 = time.monotonic()
+            code, seen = expect_close(ws)
+            waited = time.monotonic() - t0
+        errors = [m for m in seen if m.get("type") == "error"]
+        assert code == 4408 and [e["code"] for e in errors] == ["idle"] and "0.5 s" in errors[0]["message"]
+        assert waited < 3.0
+        wait_idle(client)
+        assert client.get("/api/health").json()["counters"]["idle_closes"] == 1
+
+
+def test_busy_closes_the_socket_when_asked():
+    """What the Ray app sets: a socket that cannot start is closed (1013), so it holds none of Ray's slots."""
+    with TestClient(make_app(close_when_busy=True)) as client:
+        key = upload_sample(client)
+        with client.websocket_connect("/api/ws") as first, client.websocket_connect("/api/ws") as second:
+            first.receive_json(), second.receive_json()
+            start(first, key)
+            second.send_text(json.dumps({"type": "start", "reference": key}))
+            code, seen = expect_close(second)
+            assert code == 1013 and [m["code"] for m in seen if m["type"] == "error"] == ["busy"]
+
+
 def expect_close(ws, seconds: float = 10.0) -> tuple[int, list]:
     """Read until the server closes the socket; returns the close code and the JSON messages before it."""
     deadline = time.monotonic() + seconds
@@ -414,3 +451,32 @@ def test_streamed_upload_without_length_is_cut_off_at_the_limit(client):
     response = client.post("/api/reference", content=body(),
                            headers={"content-type": "multipart/form-data; boundary=x"})
     assert response.status_code == 413 and "limit" in response.json()["error"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--replicas", "2"], "need --ray"),
+    (["--ray", "--replicas", "2", "--min-replicas", "1", "--max-replicas", "2"], "exclude each other"),
+    (["--ray", "--min-replicas", "1"], "needs both --min-replicas and --max-replicas"),
+    (["--ray", "--cpus-per-replica", "0"], "expected GPUs >= 0 and CPUs > 0"),
+    (["--idle-timeout", "-1"], "--idle-timeout -1.0: expected >= 0"),
+])
+def test_serve_refuses_bad_cluster_options_in_one_line(args, expected):
+    from typer.testing import CliRunner
+
+    from personalive_trt.cli import app
+
+    result = CliRunner().invoke(app, ["serve", *args])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], result.output
+
+
+def test_the_single_process_server_does_not_import_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, personalive_trt.cli, personalive_trt.web.app, personalive_trt.web.cluster; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
