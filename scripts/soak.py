@@ -3,6 +3,8 @@
 
     python scripts/soak.py --duration 600 --fps 30 --spawn-echo          # server path only (echo test double)
     python scripts/soak.py --duration 600 --fps 30 --url http://127.0.0.1:7860   # a running `serve` (GPU)
+    python scripts/soak.py --duration 60 --sessions 4 --spawn-echo --compare-ray --replicas 2 --max-sessions 2
+                                    # single-process serve, then the Ray app, same load: Ray's proxy hop
 
 The client uploads the sample portrait, starts a session and sends the sample clip's frames (JPEG, looped) at
 ``--fps`` on a fixed schedule; when it falls behind it skips a frame (counted) rather than bursting. For every
@@ -16,6 +18,12 @@ input slot, server output ring), malformed frames, and the server's host RSS / d
 Bounded: at most ``--duration`` seconds (capped at 4 h) and ``fps * duration`` frames; loopback only.
 ``--spawn-echo`` runs ``python -m personalive_trt.web --echo``: the real app with the EchoAnimator test double
 (personalive_trt/live/testing.py; it sleeps ``--echo-step-ms`` per 4-frame step and does no model work).
+
+``--sessions N`` runs N clients at once (one thread each); the report sums their output fps and pools their
+latencies, and lists each replica's host/device memory at the start and the end (``/api/health``'s
+``replicas``). ``--ray`` spawns the echo server as the Ray Serve app (``--replicas`` x ``--max-sessions``);
+``--compare-ray`` runs the single-process server (``--max-sessions`` x ``--replicas`` animators) and then the
+Ray app under the same load, and reports both.
 """
 from __future__ import annotations
 
@@ -79,19 +87,75 @@ def memory(base: str) -> dict:
     import httpx
 
     health = httpx.get(f"{base}/api/health", timeout=5).json()
-    return {"host_bytes": health.get("host_memory_bytes"), "device_bytes": health.get("device_memory_bytes")}
+    return {"host_bytes": health.get("host_memory_bytes"), "device_bytes": health.get("device_memory_bytes"),
+            "replicas": {r["pid"]: (mib(r.get("host_memory_bytes")), mib(r.get("device_memory_bytes")))
+                         for r in health.get("replicas", [])}}
 
 
-def soak(base: str, duration: float, fps: float, warmup: float, sample_every: float) -> dict:
+def mib(value):
+    return None if value is None else round(value / 2**20, 1)
+
+
+def upload_reference(base: str) -> str:
     import httpx
-    from websockets.sync.client import connect
 
     from personalive_trt.sample import sample_reference
 
     reference = httpx.post(f"{base}/api/reference", files={"file": ("ref.png", sample_reference().read_bytes(),
                                                                      "image/png")}, timeout=60)
     reference.raise_for_status()
-    frames = driving_jpegs()
+    return reference.json()["id"]
+
+
+def soak_many(base: str, sessions: int, duration: float, fps: float, warmup: float, sample_every: float) -> dict:
+    """``sessions`` clients at once; one report with their sums, pooled latencies and each one's report."""
+    reference, frames = upload_reference(base), driving_jpegs()
+    reports: list[dict | None] = [None] * sessions
+    failures: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            reports[i] = soak(base, duration, fps, warmup, sample_every, reference, frames)
+        except BaseException as exc:  # reported with the others; the run fails
+            failures.append(f"session {i}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise SystemExit("error: " + "; ".join(failures))
+    if sessions == 1:
+        return reports[0]
+    latencies = [v for r in reports for v in r.pop("_latencies")]
+    return {
+        "sessions": sessions, "server": reports[0]["server"], "resolution": reports[0]["resolution"],
+        "duration_s": max(r["duration_s"] for r in reports), "input_fps_per_session": fps,
+        "output_fps_total": round(sum(r["output_fps"] or 0 for r in reports), 2),
+        "latency_ms": latency_summary(latencies),
+        "client_skipped": sum(r["client_skipped"] for r in reports),
+        "server_dropped_input": sum(r["server_dropped_input"] or 0 for r in reports),
+        "server_dropped_output": sum(r["server_dropped_output"] or 0 for r in reports),
+        "server_errors": sum(r["server_errors"] or 0 for r in reports),
+        "client_errors": [e for r in reports for e in r["client_errors"]],
+        "replicas": {"start": reports[0]["replicas_start"], "end": memory(base)["replicas"]},
+        "per_session": [{k: r[k] for k in ("replica", "output_fps", "latency_ms", "server_dropped_input")}
+                        for r in reports],
+    }
+
+
+def latency_summary(latencies: list[float]) -> dict:
+    return {q: (round(1000 * v, 1) if (v := percentile(latencies, q)) is not None else None)
+            for q in (50, 90, 95, 99, 100)}
+
+
+def soak(base: str, duration: float, fps: float, warmup: float, sample_every: float, reference: str | None = None,
+         frames: list[bytes] | None = None) -> dict:
+    from websockets.sync.client import connect
+
+    reference = reference or upload_reference(base)
+    frames = frames or driving_jpegs()
     ws_url = base.replace("http://", "ws://", 1) + "/api/ws"
     memory_at_connect = memory(base)
     sent_at: dict[int, float] = {}
@@ -103,7 +167,7 @@ def soak(base: str, duration: float, fps: float, warmup: float, sample_every: fl
 
     with connect(ws_url, max_size=16 * 1024 * 1024, open_timeout=30) as ws:
         hello = json.loads(ws.recv(timeout=30))
-        ws.send(json.dumps({"type": "start", "reference": reference.json()["id"], "fps": fps}))
+        ws.send(json.dumps({"type": "start", "reference": reference, "fps": fps}))
         while True:
             message = json.loads(ws.recv(timeout=120))
             if message.get("type") == "started":
@@ -177,17 +241,12 @@ def soak(base: str, duration: float, fps: float, warmup: float, sample_every: fl
 
     stats = received["last_stats"]
     start_mem = memory_start or memory_at_connect
-
-    def mib(value):
-        return None if value is None else round(value / 2**20, 1)
-
     return {
-        "server": hello.get("animator"), "resolution": hello.get("resolution"),
+        "server": hello.get("animator"), "resolution": hello.get("resolution"), "replica": hello.get("replica"),
         "duration_s": round(elapsed, 1), "input_fps": fps,
         "sent": counters["sent"], "client_skipped": counters["skipped"], "received": received["frames"],
         "output_fps": round(received["frames"] / elapsed, 2) if elapsed else None,
-        "latency_ms": {q: (round(1000 * v, 1) if (v := percentile(latencies, q)) is not None else None)
-                       for q in (50, 90, 95, 99, 100)},
+        "latency_ms": latency_summary(latencies), "_latencies": latencies,
         "server_dropped_input": stats.get("dropped_input"), "server_dropped_output": stats.get("dropped_output"),
         "server_malformed": stats.get("malformed"), "server_step_ms_mean": stats.get("step_ms_mean"),
         "server_errors": stats.get("errors"), "client_errors": received["errors"],
@@ -200,7 +259,44 @@ def soak(base: str, duration: float, fps: float, warmup: float, sample_every: fl
         },
         "memory_samples": [{"t": s["t"], "host_mib": mib(s["host_bytes"]), "device_mib": mib(s["device_bytes"]),
                             "received": s["received"]} for s in samples + [memory_end]],
+        "replicas_start": start_mem["replicas"], "replicas_end": memory_end["replicas"],
     }
+
+
+def run(args, ray: bool) -> dict:
+    """One soak against ``--url`` or a spawned echo server (the Ray app when ``ray``)."""
+    process = None
+    replicas = args.replicas if ray else 1
+    if args.spawn_echo:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "personalive_trt.web", "--echo", "--port", str(port),
+                   "--resolution", str(args.resolution), "--echo-step-ms", str(args.echo_step_ms)]
+        if ray:
+            command += ["--ray", "--replicas", str(args.replicas), "--max-sessions", str(args.max_sessions),
+                        "--cpus-per-replica", str(args.cpus_per_replica)]
+        else:  # as many animators in one process as the Ray app has in all
+            command += ["--max-sessions", str(args.max_sessions * (args.replicas if args.compare_ray else 1))]
+        process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    else:
+        base = args.url.rstrip("/")
+    try:
+        deadline = time.monotonic() + 180
+        while len(wait_healthy(base, 180, process).get("replicas", [])) < replicas:  # Ray: until all report
+            if time.monotonic() > deadline:
+                raise SystemExit(f"error: fewer than {replicas} replicas reported within 180 s")
+            time.sleep(0.5)
+        report = soak_many(base, args.sessions, args.duration, args.fps, min(args.warmup, args.duration / 2),
+                           args.sample_every)
+    finally:
+        if process is not None:
+            process.terminate()  # SIGTERM: the Ray app shuts its local Ray down
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    report.pop("_latencies", None)
+    return {"server_kind": "ray" if ray else "single-process", **report}
 
 
 def main() -> int:
@@ -213,40 +309,39 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=30.0, help="driving frames per second sent")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the 'start' memory reading")
     parser.add_argument("--sample-every", type=float, default=60.0, help="seconds between memory readings")
+    parser.add_argument("--sessions", type=int, default=1, help="concurrent client sessions")
+    parser.add_argument("--ray", action="store_true", help="--spawn-echo: the Ray Serve app")
+    parser.add_argument("--compare-ray", action="store_true", help="--spawn-echo: single-process, then Ray")
+    parser.add_argument("--replicas", type=int, default=1, help="Ray: animator replicas")
+    parser.add_argument("--max-sessions", type=int, default=1, help="sessions per replica (Ray) / per server")
+    parser.add_argument("--cpus-per-replica", type=float, default=0.5, help="Ray: CPUs each replica reserves")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args()
     if not 0 < args.duration <= MAX_DURATION:
         parser.error(f"--duration must be in (0, {MAX_DURATION}]")
     if not 0 < args.fps <= 120:
         parser.error("--fps must be in (0, 120]")
+    if not 1 <= args.sessions <= 64:
+        parser.error("--sessions must be in 1..64")
     if (args.url is None) == (not args.spawn_echo):
         parser.error("give exactly one of --url or --spawn-echo")
-    process = None
-    if args.spawn_echo:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        process = subprocess.Popen([sys.executable, "-m", "personalive_trt.web", "--echo", "--port", str(port),
-                                    "--resolution", str(args.resolution), "--echo-step-ms", str(args.echo_step_ms)],
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if (args.ray or args.compare_ray) and not args.spawn_echo:
+        parser.error("--ray and --compare-ray spawn the echo server: add --spawn-echo")
+    if args.url is not None and urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("--url must be a loopback address (127.0.0.1)")
+    if args.compare_ray:
+        reports = [run(args, ray=False), run(args, ray=True)]
+        p50 = [r["latency_ms"][50] for r in reports]
+        report = {"single_process": reports[0], "ray": reports[1],
+                  "ray_added_latency_ms_p50": round(p50[1] - p50[0], 1) if None not in p50 else None}
     else:
-        base = args.url.rstrip("/")
-        if urlparse(base).hostname not in ("127.0.0.1", "localhost", "::1"):
-            parser.error("--url must be a loopback address (127.0.0.1)")
-    try:
-        wait_healthy(base, 120, process)
-        report = soak(base, args.duration, args.fps, min(args.warmup, args.duration / 2), args.sample_every)
-    finally:
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        reports = [run(args, ray=args.ray)]
+        report = reports[0]
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
-    return 0 if not report["client_errors"] and not report["server_errors"] else 1
+    return 0 if all(not r["client_errors"] and not r["server_errors"] for r in reports) else 1
 
 
 if __name__ == "__main__":
