@@ -181,7 +181,7 @@ def serve(
             options = ClusterOptions(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
                                      gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
                                      address=address, drain_timeout=drain_timeout)
-            from personalive_trt.web.ray_app import serve_forever
+            from personalive_trt.web.ray_app import DeployError, serve_forever
         except ValueError as exc:
             fail(str(exc))
         except ImportError as exc:
@@ -196,8 +196,11 @@ def serve(
             return open_animator(resolved, backend=backend, engines=engines_dir, device=replica_device,
                                  dtype=replica_dtype, seed=seed, config=config)
 
-        serve_forever(animator, settings, options, config.resolution, host, port,
-                      status=lambda message: typer.echo(message, err=True))
+        try:
+            serve_forever(animator, settings, options, config.resolution, host, port,
+                          status=lambda message: typer.echo(message, err=True))
+        except DeployError as exc:
+            fail(str(exc))
         return
     try:
         if backend == "tensorrt":

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.ray:
         from personalive_trt.web.cluster import ClusterOptions
-        from personalive_trt.web.ray_app import serve_forever
+        from personalive_trt.web.ray_app import DeployError, serve_forever
 
         try:
             options = ClusterOptions(replicas=args.replicas, min_replicas=args.min_replicas,
@@ -61,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        serve_forever(animator, settings, options, resolution, args.host, args.port,
-                      status=lambda message: print(message, file=sys.stderr))
+        try:
+            serve_forever(animator, settings, options, resolution, args.host, args.port,
+                          status=lambda message: print(message, file=sys.stderr))
+        except DeployError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         return 0
     app = create_app(animator, settings)
     uvicorn.run(app, host=args.host, port=args.port, ws_max_size=settings.max_message_bytes, log_level="warning")

@@ -221,7 +221,17 @@ def deploy_animators(animator_factory: Callable[[], object], settings: ServeSett
     animators = serve.deployment(Animators, name="Animators").options(
         request_router_config={"request_router_class": LeastLoadedRouter},
         **animator_deployment_options(options, settings.max_sessions))
-    serve.run(animators.bind(animator_factory, settings), name=ANIMATE_APP, route_prefix=WEBSOCKET_PATH)
+    try:
+        serve.run(animators.bind(animator_factory, settings), name=ANIMATE_APP, route_prefix=WEBSOCKET_PATH)
+    except RuntimeError as exc:  # Ray says only that the deployment failed; its status holds the replica's error
+        status = serve.status().applications.get(ANIMATE_APP)
+        detail = status.deployments["Animators"].message if status and "Animators" in status.deployments else ""
+        lines = [line.strip() for line in detail.splitlines() if line.strip()]
+        raise DeployError(f"the animator replicas failed to start: {lines[-1] if lines else exc}") from exc
+
+
+class DeployError(RuntimeError):
+    """The animator replicas could not start (bad weights, engines, device...): one line with the cause."""
 
 
 def serve_forever(animator_factory: Callable[[], object], settings: ServeSettings, options: ClusterOptions,
