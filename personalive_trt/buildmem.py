@@ -227,30 +227,32 @@ def _status_bytes(proc: Path, key: str) -> int:
 
 
 def cgroup_headroom(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[int, str] | None:
-    """The smallest ``limit - usage`` over this process's memory cgroups (v2: its own and every parent;
-    v1: the memory controller's), or None when none is limited."""
+    """The smallest ``limit - usage`` over this process's memory cgroups, or None when none is limited.
+
+    v2 (``0::/path``): ``memory.max - memory.current`` of its own cgroup and every parent up to
+    ``cgroup_root``; v1 (``N:...memory...:/path``): ``memory.limit_in_bytes - memory.usage_in_bytes`` the
+    same way under ``cgroup_root/memory``. Walking up also finds the limit when the listed path does not
+    exist as such (a container's cgroup namespace mounts its own cgroup as the root)."""
     best = None
     for line in (proc / "self" / "cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
-        if controllers == "":  # v2
-            folder = cgroup_root / path.lstrip("/")
-            while True:
-                limit = _read_int(folder / "memory.max")
-                usage = _read_int(folder / "memory.current")
-                if limit is not None and usage is not None and (best is None or limit - usage < best[0]):
-                    best = (limit - usage, f"cgroup {folder / 'memory.max'} = {limit / GIB:.1f} GiB, "
-                                           f"{usage / GIB:.1f} GiB in use")
-                if folder == cgroup_root or cgroup_root not in folder.parents:
-                    break
-                folder = folder.parent
-        elif "memory" in controllers.split(","):  # v1
-            folder = cgroup_root / "memory" / path.lstrip("/")
-            limit = _read_int(folder / "memory.limit_in_bytes")
-            usage = _read_int(folder / "memory.usage_in_bytes")
+        if controllers == "":
+            root, limit_file, usage_file, label = cgroup_root, "memory.max", "memory.current", "cgroup"
+        elif "memory" in controllers.split(","):
+            root, limit_file, usage_file, label = (cgroup_root / "memory", "memory.limit_in_bytes",
+                                                   "memory.usage_in_bytes", "cgroup v1")
+        else:
+            continue
+        folder = root / path.lstrip("/")
+        while True:
+            limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
             # v1 writes "no limit" as a huge page-rounded number (2**63 - 4096 on x86_64)
             if limit is not None and usage is not None and limit < 2**60 and (best is None or limit - usage < best[0]):
-                best = (limit - usage, f"cgroup v1 {folder / 'memory.limit_in_bytes'} = {limit / GIB:.1f} GiB, "
+                best = (limit - usage, f"{label} {folder / limit_file} = {limit / GIB:.1f} GiB, "
                                        f"{usage / GIB:.1f} GiB in use")
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
     return best
 
 

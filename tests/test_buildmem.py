@@ -104,6 +104,11 @@ def test_limit_reads_cgroup_v1_and_rlimits(tmp_path):
     limit = buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={"RLIMIT_AS": 10 * GIB,
                                                                      "RLIMIT_DATA": resource.RLIM_INFINITY})
     assert limit.bytes == 3 * GIB and limit.source == "RLIMIT_AS 10.0 GiB"
+    hierarchy = tmp_path / "cgroup" / "memory"  # a container: its limit at the root of the hierarchy
+    (hierarchy / "memory.limit_in_bytes").write_text(str(6 * GIB))
+    (hierarchy / "memory.usage_in_bytes").write_text(str(5 * GIB))
+    limit = buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={})
+    assert limit.bytes == 2 * GIB and "memory/memory.limit_in_bytes = 6.0 GiB" in limit.source
 
 
 # ---- the command -----------------------------------------------------------------------------------------
