@@ -2,7 +2,9 @@
 
 Usage:
     python benchmarks/build_memory.py --config synthetic:128 --config synthetic:small:256 \
-        [--precision fp32] [--cap-gib 11.5] [--json benchmarks/results/build_memory.json]
+        [--network denoising_unet_w4] [--precision fp32] [--cap-gib 11.5] [--json benchmarks/results/build_memory.json]
+    python benchmarks/build_memory.py --fit benchmarks/results/build_memory.json [--hold-out synthetic:512] \
+        [--extrapolate synthetic:full:512]
 
 Each ``WEIGHTS:RESOLUTION`` runs in its own child process (a fresh interpreter, so one build's memory
 never counts in another's), one at a time. The child runs :func:`personalive_trt.build.build` into a
@@ -12,8 +14,10 @@ the build wrote into its manifest (VmHWM reset per phase, see ``PeakRss``). The 
 VmRSS every 50 ms (the whole build's peak, model loading included) and kills it above ``--cap-gib``
 (recorded as ``killed``), so a measurement never takes the machine down.
 
-The figures feed :mod:`personalive_trt.buildmem` (the estimate `build` checks before it starts);
-``--fit`` prints the estimate next to every measurement (the model's error on these runs).
+The figures feed :mod:`personalive_trt.buildmem` (the estimate `build` checks before it starts):
+``--fit`` fits its coefficients to the runs of a JSON file (``--hold-out`` leaves runs out to measure the
+error on them), prints the model's error on every run and the shipped estimate next to each measured build
+peak, and extrapolates each network's time from its FLOPs (counted on the meta device).
 """
 from __future__ import annotations
 
