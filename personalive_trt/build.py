@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from personalive_trt import buildmem
 from personalive_trt.config import StreamConfig
 from personalive_trt.networks import ROLES, Networks, specs_by_role
 from personalive_trt.shapes import StreamShapes
@@ -152,8 +153,14 @@ def build(
     seed: int = 0,
     log: Callable[[str], None] = print,
     vae: str = "full",
+    memory_check: bool = True,
 ) -> BuildRecord:
-    """Export (and for TensorRT, build) everything ``run --backend <backend>`` needs."""
+    """Export (and for TensorRT, build) everything ``run --backend <backend>`` needs.
+
+    Before an export starts, its estimated peak host memory is compared with what this process may use
+    (:mod:`personalive_trt.buildmem`); a build that would not fit raises :class:`BuildError` in one line
+    and writes nothing (not even ``engines_dir``). ``memory_check=False`` skips that check.
+    """
     if backend not in DEFAULT_PRECISION:
         raise ValueError(f"--backend {backend!r}: expected one of {sorted(DEFAULT_PRECISION)}")
     require_onnx()
@@ -165,7 +172,6 @@ def build(
     overrides = dict(precision_overrides or {})
     precisions = sorted({precision, *overrides.values()})
     engines_dir = Path(engines_dir)
-    engines_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     configs = [StreamConfig(window=w, resolution=resolution, vae=vae) for w in windows]
     kind, location = parse_weights_spec(weights)
@@ -185,18 +191,31 @@ def build(
             raise BuildError(f"{engines_dir} holds engines of other weights ({previous.weights}); "
                              "use another --engines folder or --force to replace them")
 
-    models = None
     onnx_dir = engines_dir / "onnx"
     unet_config = previous.unet_config if previous else None
-    if unet_config is None:
-        models = load_models(weights, seed=seed, vae=vae)
-        unet_config = dict(models.denoising_unet.config)
+    meta = None
+    if unet_config is None:  # the UNet's config without loading its weights
+        meta = buildmem.meta_models(weights, vae)
+        unet_config = dict(meta.denoising_unet.config)
     shapes_list = [StreamShapes.from_unet_config(c, unet_config) for c in configs]
     names = sorted({spec.name for s in shapes_list for spec in specs_by_role(s).values()})
-    if force or not _export_is_current(onnx_dir, names, precisions, fingerprint):
+    export = force or not _export_is_current(onnx_dir, names, precisions, fingerprint)
+    if export and memory_check:
+        estimate = buildmem.estimate(meta or buildmem.meta_models(weights, vae), shapes_list, names)
+        try:
+            limit = buildmem.memory_limit()
+            buildmem.check_fits(estimate, limit)
+        except buildmem.BuildMemoryError as exc:
+            raise BuildError(str(exc)) from exc
+        log(f"estimated peak memory {estimate.peak / buildmem.GIB:.1f} GiB (while {estimate.largest}); this "
+            f"process may use {limit.bytes / buildmem.GIB:.1f} GiB ({limit.source})")
+    del meta
+    engines_dir.mkdir(parents=True, exist_ok=True)
+    models = None
+    if export:
         from personalive_trt.export.onnx_export import export_all
 
-        models = models or load_models(weights, seed=seed, vae=vae)
+        models = load_models(weights, seed=seed, vae=vae)
         export_all(models, shapes_list, onnx_dir, precisions=precisions, networks=names, fingerprint=fingerprint,
                    release_components=True, log=log)
     else:

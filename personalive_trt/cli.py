@@ -233,6 +233,9 @@ def build(
     override: list[str] = typer.Option([], help="Per-network precision, e.g. pose_encoder=fp32 (repeatable)."),
     force: bool = typer.Option(False, "--force", help="Re-export and rebuild everything."),
     vae: str = typer.Option("full", "--vae", help=VAE_HELP + " The engines folder is built for this one."),
+    skip_memory_check: bool = typer.Option(False, "--skip-memory-check",
+                                           help="Start even when the estimated peak memory exceeds what this "
+                                           "process may use (the kernel may then kill the build)."),
 ) -> None:
     """Export every network to verified ONNX and build the engines `run --backend` uses."""
     from personalive_trt.animate import resolve_weights
@@ -246,7 +249,7 @@ def build(
         overrides[name] = value
     try:
         record = build_all(resolve_weights(weights), engines, backend=backend, windows=window, vae=vae, precision=precision,
-                           precision_overrides=overrides, force=force)
+                           precision_overrides=overrides, force=force, memory_check=not skip_memory_check)
     except user_errors() as exc:
         fail(str(exc))
     typer.echo(f"engines ready in {engines} ({record.backend}, {', '.join(record.precisions)}, "

@@ -1,0 +1,145 @@
+"""`build` refuses, before it starts, a build that would not fit in memory (issue 11 item 4).
+
+The estimate (:mod:`personalive_trt.buildmem`) is checked on a known configuration, the limit reader
+on fake /proc and cgroup files, and the CLI path with a monkeypatched limit. Nothing here exports:
+`load_models` is replaced by a sentinel that fails the test if the build gets that far unexpectedly.
+"""
+from __future__ import annotations
+
+import resource
+
+import pytest
+from typer.testing import CliRunner
+
+from personalive_trt import build as build_module
+from personalive_trt import buildmem
+from personalive_trt.buildmem import GIB, MemoryLimit
+from personalive_trt.cli import app
+
+MiB = 2**20
+
+
+# ---- the estimate ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_estimate():
+    return buildmem.estimate_for("synthetic", [4], 128)
+
+
+def test_estimate_follows_the_export_order_and_the_stated_model(tiny_estimate):
+    """Tiny weights at 128 px, window 4: the denoising UNet is exported after every smaller component was
+    dropped, so only it (22.4 MiB) is resident besides BASE; its working set is WEIGHT_FACTOR copies of
+    its weights plus ACTIVATION x its tensors at the largest shapes (16-frame pile, 4 banks)."""
+    models = buildmem.meta_models("synthetic")
+    sizes = {name: buildmem.component_bytes(getattr(models, name)) for name in vars(models)}
+    assert round(sizes["denoising_unet"] / MiB, 1) == 22.4 and round(sizes["motion_encoder"] / MiB, 1) == 235.2
+    from personalive_trt.export.specs import network_specs
+    from personalive_trt.shapes import StreamShapes
+    from personalive_trt.config import StreamConfig
+
+    spec = network_specs(StreamShapes.from_unet_config(StreamConfig(resolution=128),
+                                                       models.denoising_unet.config))["denoising_unet_w4"]
+    activation = buildmem.activation_bytes(spec, models.vae)
+    # sample (1,4,16,16,16), pose (1,32,16,16,16) and noise_pred dominate with the 16 banks' keys/values
+    assert 2 * MiB < activation < 20 * MiB
+    # the motion encoder goes last with tiny weights (235 MiB: the largest component)
+    resident_den = buildmem.BASE + sizes["denoising_unet"] + sizes["motion_extractor"] + sizes["motion_encoder"]
+    expected = buildmem.MARGIN * (resident_den + buildmem.WEIGHT_FACTOR["embedded"] * sizes["denoising_unet"]
+                                  + buildmem.ACTIVATION["denoising_unet"] * activation)
+    assert tiny_estimate.networks["denoising_unet_w4"] == pytest.approx(expected, rel=1e-9)
+    assert set(tiny_estimate.networks) == {"image_encoder", "pose_guider", "vae_decoder", "vae_encoder",
+                                           "reference_unet", "bank_projector", "denoising_unet_w4",
+                                           "pose_encoder", "motion_encoder"}
+    assert tiny_estimate.peak == max(tiny_estimate.load, *tiny_estimate.networks.values())
+
+
+def test_released_size_estimate_is_the_readme_figure():
+    """`build` of the released sizes at 512 px, window 4: the README states 43 GiB (35 before MARGIN), while
+    verifying denoising_unet_w4, whose two copies are the external-data path (6.3 GiB of fp32 weights)."""
+    full = buildmem.estimate_for("synthetic:full", [4], 512)
+    assert full.largest == "denoising_unet_w4"
+    assert round(full.peak / GIB) == 43 and round(full.peak / GIB / buildmem.MARGIN) == 35, full.peak / GIB
+    models = buildmem.meta_models("synthetic:full")
+    assert round(buildmem.component_bytes(models.denoising_unet) / GIB, 1) == 6.3
+
+
+# ---- the limit -------------------------------------------------------------------------------------------
+def fake_proc(tmp_path, cgroup_line: str, available_kib: int = 16 * 2**20, rss_kib: int = 2**20):
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal: {32 * 2**20} kB\nMemFree: 1000 kB\nMemAvailable: {available_kib} kB\n")
+    (proc / "self" / "status").write_text(f"Name:\tpython\nVmSize:\t{8 * 2**20} kB\nVmData:\t{4 * 2**20} kB\n"
+                                          f"VmRSS:\t{rss_kib} kB\n")
+    (proc / "self" / "cgroup").write_text(cgroup_line + "\n")
+    return proc
+
+
+def test_limit_is_the_smallest_cgroup_v2_headroom_up_the_tree(tmp_path):
+    proc = fake_proc(tmp_path, "0::/user.slice/build.scope")
+    root = tmp_path / "cgroup"
+    own, parent = root / "user.slice" / "build.scope", root / "user.slice"
+    own.mkdir(parents=True)
+    (own / "memory.max").write_text("max\n")
+    (own / "memory.current").write_text(str(1 * GIB) + "\n")
+    (parent / "memory.max").write_text(str(10 * GIB) + "\n")  # 10 GiB for the slice, 4 GiB of it in use
+    (parent / "memory.current").write_text(str(4 * GIB) + "\n")
+    limit = buildmem.memory_limit(proc, root, rlimits={})
+    assert limit.bytes == 1 * GIB + 6 * GIB  # own RSS + the slice's headroom (below MemAvailable's 16 GiB)
+    assert "user.slice/memory.max = 10.0 GiB" in limit.source
+    (parent / "memory.max").write_text("max\n")  # unlimited everywhere: MemAvailable
+    limit = buildmem.memory_limit(proc, root, rlimits={})
+    assert limit.bytes == 17 * GIB and limit.source.startswith("MemAvailable")
+
+
+def test_limit_reads_cgroup_v1_and_rlimits(tmp_path):
+    proc = fake_proc(tmp_path, "4:memory:/docker/abc")
+    folder = tmp_path / "cgroup" / "memory" / "docker" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "memory.limit_in_bytes").write_text(str(12 * GIB))
+    (folder / "memory.usage_in_bytes").write_text(str(3 * GIB))
+    limit = buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={})
+    assert limit.bytes == 1 * GIB + 9 * GIB and "cgroup v1" in limit.source
+    (folder / "memory.limit_in_bytes").write_text(str(2**63 - 4096))  # v1's "no limit"
+    assert buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={}).source.startswith("MemAvailable")
+    # RLIMIT_AS of 10 GiB with 8 GiB of address space mapped: 2 GiB more
+    limit = buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={"RLIMIT_AS": 10 * GIB,
+                                                                     "RLIMIT_DATA": resource.RLIM_INFINITY})
+    assert limit.bytes == 3 * GIB and limit.source == "RLIMIT_AS 10.0 GiB"
+    hierarchy = tmp_path / "cgroup" / "memory"  # a container: its limit at the root of the hierarchy
+    (hierarchy / "memory.limit_in_bytes").write_text(str(6 * GIB))
+    (hierarchy / "memory.usage_in_bytes").write_text(str(5 * GIB))
+    limit = buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={})
+    assert limit.bytes == 2 * GIB and "memory/memory.limit_in_bytes = 6.0 GiB" in limit.source
+
+
+# ---- the command -----------------------------------------------------------------------------------------
+@pytest.fixture
+def no_loading(monkeypatch):
+    def load_models(*args, **kwargs):
+        raise AssertionError("load_models reached")
+
+    monkeypatch.setattr(build_module, "load_models", load_models)
+
+
+def test_build_that_would_not_fit_stops_before_it_starts(tmp_path, monkeypatch, no_loading):
+    monkeypatch.setattr(buildmem, "memory_limit", lambda: MemoryLimit(int(0.5 * GIB), "MemAvailable 0.3 GiB"))
+    engines = tmp_path / "engines"
+    result = CliRunner().invoke(app, ["build", "--backend", "onnxruntime", "--weights", "synthetic",
+                                      "--engines", str(engines)])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert "estimated peak" in errors[0] and "GiB (while motion_encoder)" in errors[0], errors[0]
+    assert "> 0.5 GiB this process may use (MemAvailable 0.3 GiB)" in errors[0], errors[0]
+    assert not engines.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_build_that_fits_or_skips_the_check_goes_on(tmp_path, monkeypatch, no_loading):
+    monkeypatch.setattr(buildmem, "memory_limit", lambda: MemoryLimit(64 * GIB, "MemAvailable 63.0 GiB"))
+    lines: list[str] = []
+    with pytest.raises(AssertionError, match="load_models reached"):
+        build_module.build("synthetic", tmp_path / "a", backend="onnxruntime", resolution=128, log=lines.append)
+    assert any(line.startswith("estimated peak memory ") and "may use 64.0 GiB" in line for line in lines), lines
+    monkeypatch.setattr(buildmem, "memory_limit", lambda: MemoryLimit(0, "MemAvailable 0.0 GiB"))
+    with pytest.raises(AssertionError, match="load_models reached"):
+        build_module.build("synthetic", tmp_path / "b", backend="onnxruntime", resolution=128, log=lines.append,
+                           memory_check=False)
