@@ -45,6 +45,7 @@ class SessionOptions:
     engines: Path | None = None
     window: int = 4
     vae: str = "full"  # per-step decoder: "full" or "tiny" (TAESD), see StreamConfig.vae
+    compile: str = "off"  # torch.compile: auto (only with a warm cache), on, off (personalive_trt.runtime.compile)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,10 +225,12 @@ def open_animator(
     seed: int = 42,
     config: StreamConfig | None = None,
     loop: str = "runtime",
+    compile: str = "off",  # noqa: A002
 ) -> Animator | StreamRuntime:
     """Load the networks of ``weights`` (a folder or ``synthetic[:size]``) for ``backend`` and
     return a loop ready for ``fuse_reference``: the :class:`StreamRuntime` (``loop="runtime"``,
     CUDA graphs where the backend allows) or the reference :class:`Animator` (``"reference"``).
+    ``compile``: ``auto``/``on``/``off``, see :func:`~personalive_trt.runtime.compile.resolve_compile`.
     Prints the synthetic-weights notice."""
     if loop not in LOOPS:
         raise ValueError(f"--loop {loop!r}: expected one of {', '.join(LOOPS)}")
@@ -245,6 +248,12 @@ def open_animator(
         from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
 
         networks = load_networks(engines or DEFAULT_ENGINES_DIR, backend, weights, config, device, dtype=dtype)
+    from personalive_trt.runtime.compile import compile_networks, resolve_compile
+
+    compile_options = resolve_compile(compile, backend, engines, networks if backend == "torch" else None, loop)
+    if compile_options is not None:
+        networks = compile_networks(networks, compile_options)
+        print(f"torch.compile: {networks.compiled.cache_state} cache in {compile_options.folder()}", file=sys.stderr)
     if loop == "reference":
         return Animator(networks, config, seed=seed)
     return StreamRuntime(networks, config, seed=seed)
@@ -261,6 +270,9 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
         raise ValueError(f"--backend {options.backend!r}: expected torch, onnxruntime or tensorrt")
     if options.loop not in LOOPS:
         raise ValueError(f"--loop {options.loop!r}: expected one of {', '.join(LOOPS)}")
+    from personalive_trt.runtime.compile import require_compiler, resolve_compile
+
+    resolve_compile(options.compile, options.backend, loop=options.loop)  # bad --compile: one line, before any work
     if options.backend == "tensorrt":
         from personalive_trt.engines import require_tensorrt
 
@@ -269,6 +281,8 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
     reference_path = sample.resolve_media(options.reference, "reference")
     driving_path = sample.resolve_media(options.driving, "driving")
     device, dtype = resolve_device(options.device, options.dtype, options.backend)
+    if options.compile == "on":
+        require_compiler(device)  # Triton on CUDA, a C++ compiler on the CPU: one line, before any work
     weights = resolve_weights(options.weights)
     if options.max_frames is not None and options.max_frames < 1:
         raise ValueError(f"--max-frames {options.max_frames}: expected a positive number of frames")
@@ -286,7 +300,8 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
         framer = lambda frame: framing.resize_square(frame, config.resolution)  # noqa: E731
     media.probe_video(driving_path)
     animator = open_animator(weights, backend=options.backend, engines=options.engines, device=device,
-                             dtype=dtype, seed=options.seed, config=config, loop=options.loop)
+                             dtype=dtype, seed=options.seed, config=config, loop=options.loop,
+                             compile=options.compile)
     animator.fuse_reference(reference)
 
     with media.VideoReader(driving_path, max_frames=options.max_frames) as reader:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from personalive_trt.config import VAE_HELP
+from personalive_trt.config import COMPILE_HELP, VAE_HELP
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="PersonaLive real-time portrait animation: run, build engines, manage weights.")
@@ -29,10 +29,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from personalive_trt.export.spec import ExportError
     from personalive_trt.media import MediaError
     from personalive_trt.pipeline import NonFiniteError
+    from personalive_trt.runtime.compile import CompileError
     from personalive_trt.weights import WeightsError
 
     return (MediaError, WeightsError, NonFiniteError, BuildError, EngineError, ExportError, TensorRTNotAvailableError,
-            ValueError, FileNotFoundError)
+            CompileError, ValueError, FileNotFoundError)
 
 
 @app.command()
@@ -65,6 +66,7 @@ def run(
     reference_loop: bool = typer.Option(False, "--reference-loop", help="Run the plain-PyTorch reference loop "
                                         "(Animator) instead of the streaming runtime (file and live mode)."),
     vae: str = typer.Option("full", "--vae", help=VAE_HELP),
+    compile_mode: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
 ) -> None:
     """Animate REFERENCE with DRIVING: a video file into OUTPUT, or live (camera, stream, --preview,
     --virtual-camera) until Ctrl-C."""
@@ -75,7 +77,8 @@ def run(
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if is_live_request(driving, preview, virtual_camera):
         _run_live(reference, driving, output, weights, max_frames, seed, device, dtype, no_crop, backend, engines,
-                  window, preview, virtual_camera, fps, loop, vae=vae, reference_loop=reference_loop)
+                  window, preview, virtual_camera, fps, loop, vae=vae, reference_loop=reference_loop,
+                  compile_mode=compile_mode)
         return
     if output is None:
         fail("--output is required for a driving file (or add --preview / --virtual-camera for live mode)")
@@ -87,7 +90,7 @@ def run(
     options = RunOptions(reference=reference, driving=driving, output=output, weights=weights,
                          max_frames=max_frames, seed=seed, device=device, dtype=dtype, crop=not no_crop,
                          backend=backend, engines=engines, window=window, vae=vae,
-                         loop="reference" if reference_loop else "runtime")
+                         loop="reference" if reference_loop else "runtime", compile=compile_mode)
     try:
         stats = animate_file(options)
     except user_errors() as exc:
@@ -96,7 +99,8 @@ def run(
 
 
 def _run_live(reference, driving, output, weights, max_frames, seed, device, dtype, no_crop, backend, engines,
-              window, preview, virtual_camera, fps, loop, vae="full", reference_loop=False) -> None:
+              window, preview, virtual_camera, fps, loop, vae="full", reference_loop=False,
+              compile_mode="auto") -> None:
     from personalive_trt.live.runner import LiveOptions, run_live
 
     if backend not in ("torch", "onnxruntime", "tensorrt"):
@@ -104,7 +108,8 @@ def _run_live(reference, driving, output, weights, max_frames, seed, device, dty
     options = LiveOptions(reference=reference, driving=driving, output=output, preview=preview,
                           virtual_camera=virtual_camera, weights=weights, max_frames=max_frames, seed=seed,
                           device=device, dtype=dtype, crop=not no_crop, backend=backend, engines=engines,
-                          window=window, fps=fps, loop=loop, vae=vae, reference_loop=reference_loop)
+                          window=window, fps=fps, loop=loop, vae=vae, reference_loop=reference_loop,
+                          compile=compile_mode)
     try:
         stats = run_live(options, status=lambda message: typer.echo(message, err=True))
     except user_errors() as exc:
@@ -143,6 +148,7 @@ def serve(
                                           "auto); default: start a local Ray and stop it on exit."),
     drain_timeout: float = typer.Option(3600.0, help="--ray: seconds a replica being scaled down keeps its live "
                                         "sessions before it is stopped anyway."),
+    compile_mode: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
 ) -> None:
     """Serve the live web page: upload a portrait, animate it with your camera in the browser."""
     try:
@@ -194,7 +200,7 @@ def serve(
         def animator():  # runs on each replica: its device is resolved there, where its GPU is
             replica_device, replica_dtype = resolve_device(device, dtype, backend)
             return open_animator(resolved, backend=backend, engines=engines_dir, device=replica_device,
-                                 dtype=replica_dtype, seed=seed, config=config)
+                                 dtype=replica_dtype, seed=seed, config=config, compile=compile_mode)
 
         try:
             serve_forever(animator, settings, options, config.resolution, host, port,
@@ -211,7 +217,8 @@ def serve(
         resolved = resolve_weights(weights)
         config = StreamConfig(window=window, vae=vae)
         web_app = create_app(lambda: open_animator(resolved, backend=backend, engines=engines, device=torch_device,
-                                                   dtype=torch_dtype, seed=seed, config=config), settings)
+                                                   dtype=torch_dtype, seed=seed, config=config,
+                                                   compile=compile_mode), settings)
     except user_errors() as exc:
         fail(str(exc))
     from personalive_trt.devices import describe
@@ -225,7 +232,8 @@ def serve(
 def build(
     weights: str = typer.Option("auto", help="Weights folder, 'synthetic', 'synthetic:small' or 'synthetic:full' "
                                 "('auto': ./pretrained_weights if present, else synthetic)."),
-    backend: str = typer.Option("tensorrt", help="tensorrt (ONNX + fp16 engines) or onnxruntime (ONNX only)."),
+    backend: str = typer.Option("tensorrt", help="tensorrt (ONNX + fp16 engines), onnxruntime (ONNX only) or torch "
+                                "(with --compile: fill the compile cache)."),
     window: list[int] = typer.Option([4], help="Window size(s) to export the denoising UNet for (repeatable)."),
     engines: Path = typer.Option(Path("engines_cache"), help="Output folder (ONNX, engines, manifests)."),
     precision: Optional[str] = typer.Option(None, help="fp16 or fp32 (default: fp16 for tensorrt, fp32 for "
@@ -236,9 +244,26 @@ def build(
     skip_memory_check: bool = typer.Option(False, "--skip-memory-check",
                                            help="Start even when the estimated peak memory exceeds what this "
                                            "process may use (the kernel may then kill the build)."),
+    compile_flag: bool = typer.Option(False, "--compile", help="With --backend torch: compile every window's "
+                                      "networks on this machine's default device into ENGINES/torch_compile, so "
+                                      "that `run`/`serve`/`bench --compile auto` start warm."),
 ) -> None:
     """Export every network to verified ONNX and build the engines `run --backend` uses."""
     from personalive_trt.animate import resolve_weights
+
+    if compile_flag != (backend == "torch"):
+        fail("--compile goes with --backend torch (it fills the compile cache; torch has no engines to build)")
+    if compile_flag:
+        from personalive_trt.runtime.compile import warm_cache
+
+        try:
+            reports = warm_cache(resolve_weights(weights), engines, windows=window, vae=vae)
+        except user_errors() as exc:
+            fail(str(exc))
+        for w, report in zip(window, reports):
+            typer.echo(f"window {w}: compile cache {report['cache']} in {report['folder']}, {report['total']:.1f} s "
+                       f"({', '.join(f'{role} {s:.1f}' for role, s in report['per_network'].items())})")
+        return
     from personalive_trt.build import build as build_all
 
     overrides = {}

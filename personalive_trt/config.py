@@ -29,6 +29,9 @@ CLIP_SIZE = 224
 VAE_DECODERS = ("full", "tiny")
 VAE_HELP = ("Per-step decoder: full (the SD VAE decoder) or tiny (TAESD: ~1/18 of the full decoder's FLOPs, a "
             "distilled, slightly blurrier decode; needs taesd/ in the weights folder, see `weights download`).")
+COMPILE_HELP = ("torch backend: torch.compile the per-step networks (static shapes, inside the CUDA graphs). auto: "
+                "only where the compile cache for this configuration is warm (filled by `build --backend torch "
+                "--compile`); on: compile now (a cold start takes minutes on a GPU); off: eager modules.")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,10 @@ class Networks:
             buffers declares them, on its own :meth:`view`.
     """
 
+    #: The compiled state shared by the backends of :func:`personalive_trt.runtime.compile.compile_networks`
+    #: (None: nothing compiled).
+    compiled = None
+
     def __init__(self, backends: Mapping[str, object], shapes: StreamShapes, dtype: torch.dtype,
                  device: torch.device | str, clone_outputs: bool = True, description: str = "",
                  stable_inputs: Mapping[str, Collection[str]] | None = None) -> None:

@@ -156,6 +156,7 @@ class StreamRuntime:
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self.reference_fused = False
         self.reset()
+        self._warm_compiled()
         if graphs:
             self._capture_all()
 
@@ -163,15 +164,26 @@ class StreamRuntime:
     @classmethod
     def from_models(cls, models, config: StreamConfig | None = None, backend: str = "torch",
                     engines: str | Path | None = None, noise: NoiseFn | None = None, seed: int = 42,
-                    graphs: bool | None = None, weights: str | None = None) -> "StreamRuntime":
+                    graphs: bool | None = None, weights: str | None = None,
+                    compile: "bool | CompileOptions" = False) -> "StreamRuntime":  # noqa: A002
         """A runtime over loaded :class:`~personalive_trt.weights.Models` (``backend="torch"``) or over the
         engines built from them (``"onnxruntime"``/``"tensorrt"``, from ``engines``; ``weights`` is the
-        spec they were built from, checked against the build record)."""
+        spec they were built from, checked against the build record).
+
+        ``compile`` (torch backend): True or :class:`~personalive_trt.runtime.compile.CompileOptions` runs
+        compiled copies of the per-step networks (``models`` is left as it was), compiled for every shape
+        of the stream at construction, before the graphs are captured (see :mod:`.compile`)."""
         config = config or StreamConfig()
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if compile and backend != "torch":
+            raise ValueError(f"compile: only the torch backend is compiled, not {backend}")
         if backend == "torch":
             networks = Networks.from_models(models, config)
+            if compile:
+                from personalive_trt.runtime.compile import CompileOptions, compile_networks
+
+                networks = compile_networks(networks, compile if isinstance(compile, CompileOptions) else None)
         else:
             from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
 
@@ -197,6 +209,11 @@ class StreamRuntime:
     @property
     def description(self) -> str:
         return f"stream runtime ({'CUDA graphs' if self.use_graphs else 'eager'}), {self.nets.description}"
+
+    def compile_report(self) -> dict | None:
+        """torch.compile's start-up (cache cold or warm, seconds per network), or None when not compiled."""
+        state = self.nets.compiled
+        return None if state is None else state.report()
 
     def _allocate(self) -> None:
         """Every buffer the loop touches, once. Shapes come from ``self.shapes`` only."""
@@ -508,7 +525,31 @@ class StreamRuntime:
             for buffer, value in zip(pair, projected):
                 buffer[:, slot * bank.tokens: (slot + 1) * bank.tokens].copy_(value)
 
-    # ---- CUDA graphs ---------------------------------------------------------------------------------
+    # ---- compiled networks and CUDA graphs ----------------------------------------------------------
+    def _warm_compiled(self) -> None:
+        """Compile every shape a stream uses, then freeze: no recompilation during a stream.
+
+        With compiled networks (:mod:`.compile`) each network compiles on its first call of a shape. The
+        reference encoding and every kind of call run once here, on whatever the buffers hold (rewritten
+        before being read, as for the graph warm-up), with noise from the runtime's own generator, restored
+        afterwards (a caller's noise hook keeps its sequence). After that a recompilation raises."""
+        state = self.nets.compiled
+        if state is None or state.frozen:
+            return
+        cfg, noise = self.config, self.noise
+        self.noise = lambda t: t.normal_(generator=self.generator)
+        try:
+            with _generator_saved(self.generator), torch.no_grad(), self._on_stream():
+                blank = np.zeros((cfg.resolution, cfg.resolution, 3), dtype=np.uint8)
+                encode_reference(self.nets, cfg, blank)
+                for key in self.all_keys():
+                    self._body(key)
+            if self.stream is not None:
+                self.stream.synchronize()
+        finally:
+            self.noise = noise
+        state.freeze()
+
     def _capture_all(self) -> None:
         """Capture one graph per kind of call (at construction: the buffers hold no stream yet).
 
@@ -547,8 +588,7 @@ def _generator_saved(generator: torch.Generator) -> Iterator[None]:
 def _backend_kind(networks: Networks) -> str:
     from personalive_trt.engines.backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 
-    kinds = {type(b) for b in networks.backends.values()}
     for cls, name in ((TensorRTBackend, "tensorrt"), (OnnxRuntimeBackend, "onnxruntime"), (TorchBackend, "torch")):
-        if kinds == {cls}:
+        if all(isinstance(b, cls) for b in networks.backends.values()):  # compiled torch backends included
             return name
     return "mixed"

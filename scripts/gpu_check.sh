@@ -3,6 +3,10 @@
 #
 #   bash scripts/gpu_check.sh [--out DIR]        on the device (DIR defaults to $OUT); carry .whl
 #   bash scripts/gpu_check.sh --cpu --out DIR    the CPU smoke subset of the same steps (.ci/run runs it)
+#   bash scripts/gpu_check.sh --compile [--out DIR]   on the device, the torch.compile run instead (issue 13):
+#            the gpu step is tests/test_compile.py's gpu tests, the matrix is runtime_graphs_k0 beside
+#            runtime_graphs_compile_k0 and _k3 (cold compile here, warm in a fresh process: compile_s); up to
+#            about 9 minutes, so it is a second command, never part of the 5-minute check
 #
 # Steps, each under its own time limit (SIGINT first, so pytest still writes its JUnit file):
 #   env      DIR/env.json: GPU, driver, Python, torch and its CUDA, package versions
@@ -24,18 +28,21 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 cpu=0
+compile=0
 out="${OUT:-}"
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu) cpu=1 ;;
+        --compile) compile=1 ;;
         --out)
             [ $# -ge 2 ] || { echo "error: gpu_check.sh: --out needs a folder" >&2; exit 2; }
             out="$2"; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
-        *) echo "error: gpu_check.sh: unknown argument '$1'; expected --cpu or --out DIR" >&2; exit 2 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        *) echo "error: gpu_check.sh: unknown argument '$1'; expected --cpu, --compile or --out DIR" >&2; exit 2 ;;
     esac
     shift
 done
+[ "$cpu$compile" != 11 ] || { echo "error: gpu_check.sh: --cpu and --compile exclude each other" >&2; exit 2; }
 [ -n "$out" ] || { echo "error: gpu_check.sh: no output folder; pass --out DIR or set OUT" >&2; exit 2; }
 mkdir -p "$out" || exit 2
 out="$(cd "$out" && pwd)"
@@ -76,9 +83,18 @@ else
     step env 30 "$python" -m personalive_trt.bench.gpu_check env --out "$out/env.json"
     ignore=()
     for suite in "${suites[@]}"; do ignore+=("--ignore=$suite"); done
-    step gpu 60 "$python" -m pytest "${pytest_args[@]}" -m gpu --junitxml "$out/tests_gpu.xml" "${ignore[@]}" tests
-    step matrix 120 "$python" -m personalive_trt.bench.matrix --out "$out/matrix.json"
-    step suites 80 "$python" -m pytest "${pytest_args[@]}" --junitxml "$out/tests_suites.xml" "${suites[@]}"
+    if [ "$compile" = 1 ]; then  # cold compiles: minutes each (tests/test_compile.py, runtime/compile.py)
+        step gpu 200 "$python" -m pytest "${pytest_args[@]}" -m gpu --junitxml "$out/tests_gpu.xml" \
+            tests/test_compile.py
+        step matrix 300 "$python" -m personalive_trt.bench.matrix --out "$out/matrix.json" \
+            --variants runtime_graphs_k0,runtime_graphs_compile_k0,runtime_graphs_compile_k3
+    else
+        step gpu 60 "$python" -m pytest "${pytest_args[@]}" -m gpu --junitxml "$out/tests_gpu.xml" \
+            "${ignore[@]}" --ignore=tests/test_compile.py tests
+        step matrix 120 "$python" -m personalive_trt.bench.matrix --out "$out/matrix.json" \
+            --variants reference_k0,runtime_eager_k0,runtime_graphs_k0,reference_k3,runtime_eager_k3,runtime_graphs_k3
+        step suites 80 "$python" -m pytest "${pytest_args[@]}" --junitxml "$out/tests_suites.xml" "${suites[@]}"
+    fi
 fi
 
 "$python" -m personalive_trt.bench.gpu_check summary "$out" "${steps[@]}"

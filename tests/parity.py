@@ -31,6 +31,16 @@ TORCH_TOLERANCE = 1e-3  # relative to max |frame|, before uint8 quantisation (is
 ORT_TOLERANCE = 1e-2
 
 
+def call_errors(frames, expected, label: str) -> list[float]:
+    """The relative error of each call of a parity stream against another (printed; one per call, checked)."""
+    from conftest import relative_error
+
+    assert len(frames) == len(expected) == CALLS_BEFORE_SWAP + CALLS_AFTER_SWAP, (len(frames), len(expected))
+    errors = [relative_error(a, b) for a, b in zip(frames, expected)]
+    print(f"{label}, relative error per call:", ", ".join(f"{e:.1e}" for e in errors))
+    return errors
+
+
 def seeded_noise(seed: int):
     generator = torch.Generator().manual_seed(seed)
     return lambda t: t.normal_(generator=generator)

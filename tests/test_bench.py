@@ -58,6 +58,7 @@ def test_report_identity_fields(report):
     assert report["options"]["compare"] is True and report["options"]["calls"] == 2
     assert report["device"].startswith("CPU")
     assert report["backend"] == "torch" and report["graphs"] is False
+    assert report["options"]["compile"] == "auto" and report["compile"] is None  # auto: no warm cache here
     assert report["weights"] == "synthetic" and report["dtype"] == "float32"
     assert report["config"] == {"window": 4, "steps": 4, "resolution": 64, "keyframes": 0, "keyframe_threshold": 17.0,
                                 "keyframe_start": 8, "max_keyframes": 0, "vae": "full"}
@@ -132,6 +133,8 @@ def test_compare_fields(report):
     (["--calls", "0"], "--calls 0"),
     (["--device", "cpu", "--dtype", "fp16"], "fp16 needs"),
     (["--capture-fps", "-5"], "--capture-fps"),
+    (["--compile", "maybe"], "--compile 'maybe': expected auto, on or off"),
+    (["--backend", "tensorrt", "--compile", "on"], "--compile on: only the torch backend"),
 ])
 def test_bad_options_are_one_line_errors(args, message):
     result = invoke(*args)
@@ -241,7 +244,7 @@ def test_forced_keyframes_are_in_effect(tmp_path):
 # Written out here, not read from matrix.VARIANT_FIELDS: dropping a field there must fail this test.
 REQUIRED_FIELDS = {"name", "device", "vae", "compile", "graphs", "keyframes", "fps", "step_ms", "ratio_to_reference",
                    "tflops_achieved", "peak_memory_bytes", "status", "error", "engine", "dtype", "step_clock",
-                   "host_staging_ms", "chunk_latency_ms", "flops_per_step", "stages_ms"}
+                   "host_staging_ms", "chunk_latency_ms", "flops_per_step", "stages_ms", "compile_s"}
 MATRIX_ARGS = ["--resolution", "64", "--window", "1", "--calls", "1", "--warmup", "0",
                "--variants", "reference_k0,runtime_eager_k0,runtime_graphs_k0"]
 
@@ -267,6 +270,7 @@ def check_matrix(doc: dict, cuda: bool) -> dict:
         missing = REQUIRED_FIELDS - set(record)
         assert not missing, (record["name"], missing)
         assert record["vae"] == "full" and record["compile"] is False and record["keyframes"] == 0
+        assert record["compile_s"] is None
     ok = [r for r in records.values() if r["status"] == "ok"]
     for record in ok:
         assert set(record["step_ms"]) >= {"p50", "p95", "p99"} and positive(record["step_ms"]["p50"]), record
@@ -293,6 +297,17 @@ def test_matrix_schema_on_cpu(cpu_matrix):
     assert graphs["status"] == "skipped" and "CUDA" in graphs["error"] and graphs["step_ms"] is None
     assert records["runtime_eager_k0"]["throughput_mode"] == "sequential"
     assert records["runtime_eager_k0"]["peak_memory_kind"] == "host_peak_rss_process"
+
+
+def test_matrix_has_the_compiled_variants():
+    from personalive_trt.bench import matrix
+
+    compiled = {v.name: v for v in matrix.VARIANTS if v.compile}
+    assert set(compiled) == {"runtime_graphs_compile_k0", "runtime_graphs_compile_k3"}
+    assert all(v.graphs and v.engine == "runtime" for v in compiled.values())
+    assert {v.keyframes for v in compiled.values()} == {0, 3}
+    record = matrix.variant_record(compiled["runtime_graphs_compile_k0"], status="skipped")
+    assert record["compile"] is True and record["compile_s"] is None and set(record) == set(matrix.VARIANT_FIELDS)
 
 
 def test_matrix_rejects_unknown_variants(tmp_path, capsys):
@@ -334,3 +349,19 @@ def test_matrix_schema_on_cuda(tmp_path_factory):
     assert graphs["status"] == "ok" and graphs["graphs"] is True and graphs["stages_ms"] is None
     assert graphs["step_clock"] == "cuda_events" and graphs["throughput_mode"] == "pipelined"
     assert all(r["peak_memory_kind"] == "cuda_max_memory_allocated" for r in records.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_matrix_compiled_variant_on_cuda(tmp_path):
+    """The compiled variant on tiny weights: measured, with a cold and a warm (fresh process) compile report."""
+    from personalive_trt.bench import matrix
+
+    out = tmp_path / "matrix.json"
+    assert matrix.main(["--out", str(out), "--weights", "synthetic:tiny:device", "--resolution", "64", "--window",
+                        "1", "--calls", "1", "--warmup", "0", "--variants", "runtime_graphs_compile_k0"]) == 0
+    record = json.loads(out.read_text())["variants"][0]
+    assert record["status"] == "ok" and record["compile"] is True and record["graphs"] is True
+    cold, warm = record["compile_s"]["cold"], record["compile_s"]["warm"]
+    assert cold["cache"] == "cold" and warm["cache"] == "warm" and cold["digest"] == warm["digest"]
+    assert positive(cold["total"]) and positive(warm["total"])

@@ -90,6 +90,7 @@ def test_env_describes_the_machine(tmp_path):
     (["--bogus"], "unknown argument '--bogus'"),
     (["--out"], "--out needs a folder"),
     ([], "no output folder"),
+    (["--cpu", "--compile", "--out", "x"], "--cpu and --compile exclude each other"),
 ])
 def test_script_refuses_bad_arguments_in_one_line(args, message, tmp_path):
     result = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, cwd=tmp_path,

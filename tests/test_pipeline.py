@@ -78,6 +78,10 @@ def test_reference_encoding(small_models, stream):
     # the random VAE encoder amplifies rounding (README section 8: 5e-4 from memory layout alone)
     assert relative_error(ref.latent, fuse["ref_image_latents"]) <= 2e-3
     assert relative_error(ref.cond, fuse["ref_cond_tensor"]) <= 1e-6
+    # our own encode is what a stream starts from: the initial pile within the encoder's tolerance
+    anim.fuse_encoded(ref)
+    for mine, gold in zip(anim.latent_pile, fuse["latents_pile_init"]):
+        assert relative_error(mine, gold) <= 2e-3
     # banks from the stored latent: every 97th token of each bank, as stored
     ref = anim.encode_reference(ref_u8, latent=fuse["ref_image_latents"])
     names = small_models.reference_unet.bank_names
@@ -89,23 +93,22 @@ def test_reference_encoding(small_models, stream):
         assert relative_error(mine, gold) <= UNIT
 
 
-def test_first_calls_from_stored_latent(small_models, stream):
-    """Calls 0-1 (warm-up interpolation, the first UNet step, decode) starting from the stored latent."""
-    _, trace, outputs = run_calls(small_models, stream, 2, from_golden_latent=True)
-    for i, (mine, video) in enumerate(zip(trace["calls"], outputs)):
-        errors = check_call(mine, video, stream["calls"][i], stream_tol=1e-3)
-        print(f"call {i}: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
-    gold = stream["calls"][0]
-    assert relative_error(trace["calls"][0]["noise_pred"], gold["noise_pred"]) <= 1e-3
-
-
 @pytest.mark.slow
 def test_full_stream_with_keyframes(small_models, stream):
-    """All 13 calls from our own encode: history keyframes at calls 9 and 10, none at 11 and 12."""
-    anim, trace, outputs = run_calls(small_models, stream, len(stream["calls"]), from_golden_latent=False)
+    """All 13 calls, from the stored reference latent: the warm-up calls 0-1 (interpolation, the first UNet step,
+    decode) held at 1e-3, every call at the stream tolerance 1e-2; history keyframes at calls 9 and 10, none at
+    11 and 12.
+
+    One stream serves both checks (calls at 512 px cost ~2 min each on 2 cores). It starts from the stored
+    latent so that the tight warm-up check measures the stream alone; our own VAE encode of the same portrait
+    is held to that latent by test_reference_encoding (2e-3), and the keyframe decisions depend only on the
+    motion states, not on the latent.
+    """
+    anim, trace, outputs = run_calls(small_models, stream, len(stream["calls"]), from_golden_latent=True)
     for i, (mine, video) in enumerate(zip(trace["calls"], outputs)):
-        errors = check_call(mine, video, stream["calls"][i], stream_tol=1e-2)
+        errors = check_call(mine, video, stream["calls"][i], stream_tol=1e-3 if i < 2 else 1e-2)
         print(f"call {i}: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    assert relative_error(trace["calls"][0]["noise_pred"], stream["calls"][0]["noise_pred"]) <= 1e-3
     added = [bool(c.get("keyframe_added")) for c in trace["calls"]]
     assert added == [False] * 9 + [True, True, False, False]
     assert len(anim.keyframe_banks) == 2

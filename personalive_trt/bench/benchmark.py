@@ -75,7 +75,9 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
     import torch
 
     from personalive_trt.animate import resolve_weights
+    from personalive_trt.networks import Networks
     from personalive_trt.runtime import StreamRuntime
+    from personalive_trt.runtime.compile import resolve_compile
     from personalive_trt.weights import load_models
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -99,7 +101,9 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         weights = resolve_weights(options.weights)
         log(f"bench: loading {weights} on {device} ({str(dtype).removeprefix('torch.')})")
         models = load_models(weights, device=device, dtype=dtype, vae=config.vae)
-        runtime = StreamRuntime.from_models(models, config, backend="torch", seed=options.seed, graphs=graphs)
+        compile_options = resolve_compile(options.compile, "torch", None, Networks.from_models(models, config))
+        runtime = StreamRuntime.from_models(models, config, backend="torch", seed=options.seed, graphs=graphs,
+                                            compile=compile_options or False)
     else:
         from personalive_trt.build import DEFAULT_ENGINES_DIR, read_build
 
@@ -160,6 +164,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         "backend": options.backend,
         "runtime": runtime.description,
         "graphs": runtime.use_graphs,
+        "compile": runtime.compile_report(),  # null: eager modules; else cache cold/warm and seconds per network
         "weights": weights,
         "dtype": str(runtime.dtype).removeprefix("torch."),
         "vae": config.vae,  # the per-step decoder: "full" (SD VAE) or "tiny" (TAESD)

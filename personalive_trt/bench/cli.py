@@ -8,7 +8,7 @@ import typer
 
 from personalive_trt.bench.benchmark import run_benchmark
 from personalive_trt.bench.options import BenchError, BenchOptions
-from personalive_trt.config import VAE_HELP
+from personalive_trt.config import COMPILE_HELP, VAE_HELP
 
 def summary(report: dict) -> str:
     s, c, g = report["step_ms"], report["chunk_latency_ms"], report["glass_to_glass_ms"]
@@ -43,10 +43,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from personalive_trt.engines import EngineError, TensorRTNotAvailableError
     from personalive_trt.media import MediaError
     from personalive_trt.pipeline import NonFiniteError
+    from personalive_trt.runtime.compile import CompileError
     from personalive_trt.weights import WeightsError
 
     return (BenchError, MediaError, WeightsError, NonFiniteError, BuildError, EngineError, TensorRTNotAvailableError,
-            ValueError, FileNotFoundError)
+            CompileError, ValueError, FileNotFoundError)
 
 
 def bench(
@@ -69,11 +70,13 @@ def bench(
     seed: int = typer.Option(42, help="Seed of the diffusion noise."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
     vae: str = typer.Option("full", "--vae", help=VAE_HELP),
+    compile_mode: str = typer.Option("auto", "--compile", help=COMPILE_HELP),
 ) -> None:
     """Benchmark the streaming runtime: fps, step and chunk latency, glass-to-glass, stages, TFLOP/s, memory."""
     options = BenchOptions(backend=backend, graphs=not no_graph, weights=weights, engines=engines, device=device,
                            dtype=dtype, window=window, resolution=resolution, keyframes=keyframes, warmup=warmup,
-                           calls=calls, capture_fps=capture_fps, compare=compare, seed=seed, json=json_path, vae=vae)
+                           calls=calls, capture_fps=capture_fps, compare=compare, seed=seed, json=json_path, vae=vae,
+                           compile=compile_mode)
     try:
         report = run_benchmark(options)
     except _user_errors() as exc:

@@ -9,8 +9,8 @@ issue's figures are read the same way:
 
 * ``name``, ``engine`` (``reference``: the eager :class:`~personalive_trt.pipeline.Animator`; ``runtime``:
   :class:`~personalive_trt.runtime.StreamRuntime`), ``device``, ``dtype``, ``backend``, ``vae``, ``compile``
-  (torch.compile: not used by any variant yet, always false), ``graphs``, ``keyframes``, ``resolution``,
-  ``window``, ``weights``, ``calls``;
+  (torch.compile of the per-step networks, :mod:`personalive_trt.runtime.compile`), ``graphs``, ``keyframes``,
+  ``resolution``, ``window``, ``weights``, ``calls``;
 * ``status``: ``ok``, ``failed`` (``error`` says why; the matrix goes on) or ``skipped`` (``error`` says why,
   e.g. CUDA graphs on a CPU);
 * ``step_ms`` {p50, p95, p99, mean, min, max}: device time per call (``step_clock``: ``cuda_events`` on the
@@ -27,6 +27,12 @@ issue's figures are read the same way:
 * ``stages_ms``: the per-network split (p50 per network, ``glue``) of the eager runtime variants, null for
   the others (a replayed graph has no per-network boundaries); ``setup_s``: runtime construction, graph
   capture included; ``wall_s``: the whole variant.
+* ``compile_s`` (compiled variants, else null): ``{"cold": report, "warm": report}``, each report
+  :meth:`~personalive_trt.runtime.StreamRuntime.compile_report` (seconds per network: its warm-up calls,
+  tracing and compiling or loading from the cache included; ``total``). Cold: this process, a new empty
+  cache folder, ``torch.compiler.reset()`` first (inductor's in-process kernel caches may still shorten it);
+  warm: a fresh process (``--compile-probe``) over the folder the cold start filled. The compiled variant
+  compiles every bank length its keyframes need (k0: one; k3: four).
 
 The file is rewritten after every variant, so a run stopped by a timeout leaves the variants it finished.
 Broad ``except Exception`` per variant on purpose: this is the check's harness, whose job is to record a
@@ -48,7 +54,7 @@ VARIANT_FIELDS = (
     "name", "engine", "device", "dtype", "backend", "vae", "compile", "graphs", "keyframes", "resolution", "window",
     "weights", "calls", "status", "error", "fps", "throughput_mode", "step_ms", "step_clock", "host_staging_ms",
     "chunk_latency_ms", "ratio_to_reference", "flops_per_step", "flops_source", "tflops_achieved",
-    "peak_memory_bytes", "peak_memory_kind", "stages_ms", "setup_s", "wall_s",
+    "peak_memory_bytes", "peak_memory_kind", "stages_ms", "setup_s", "wall_s", "compile_s",
 )
 
 
@@ -69,7 +75,11 @@ VARIANTS = (
     Variant("reference_k3", "reference", keyframes=3),
     Variant("runtime_eager_k3", "runtime", graphs=False, keyframes=3),
     Variant("runtime_graphs_k3", "runtime", graphs=True, keyframes=3),
+    Variant("runtime_graphs_compile_k0", "runtime", graphs=True, keyframes=0, compile=True),
+    Variant("runtime_graphs_compile_k3", "runtime", graphs=True, keyframes=3, compile=True),
 )
+#: The compiled variants' warm start (a fresh process) must finish within this many seconds.
+WARM_PROBE_TIMEOUT_S = 600
 #: ``--cpu``: the smoke subset (2 CPU cores: a few calls each; CUDA graphs have no CPU counterpart).
 CPU_SMOKE = ("reference_k0", "runtime_eager_k0", "runtime_eager_k3")
 DEVICE_DEFAULTS = {"weights": "synthetic:full:device", "resolution": 512, "window": 4, "calls": 20, "warmup": 3}
@@ -124,7 +134,7 @@ def run_matrix(out: Path, variants: tuple[Variant, ...], *, device: str = "auto"
             try:
                 log(f"matrix: {variant.name}")
                 measured = _measure(variant, models, config, torch_device, reference, chunks, calls, warmup, seed,
-                                    counted)
+                                    counted, weights)
                 record = variant_record(variant, **common, status="ok", **measured)
             except Exception as exc:  # noqa: BLE001 -- recorded, and the next variant runs (module docstring)
                 traceback.print_exc(file=sys.stderr)
@@ -147,7 +157,7 @@ def run_matrix(out: Path, variants: tuple[Variant, ...], *, device: str = "auto"
 
 
 def _measure(variant: Variant, models, config, device, reference, chunks, calls: int, warmup: int, seed: int,
-             counted: dict) -> dict:
+             counted: dict, weights: str) -> dict:
     import torch
 
     from personalive_trt.bench.benchmark import stage_breakdown
@@ -169,8 +179,16 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
             engine = Animator(models, config, seed=seed)
             clock = Clock(device)
         else:
+            cache = None
+            if variant.compile:
+                import tempfile
+
+                from personalive_trt.runtime.compile import CompileOptions
+
+                torch.compiler.reset()
+                cache = CompileOptions(cache_dir=Path(tempfile.mkdtemp(prefix="personalive-compile-")))
             engine = StreamRuntime.from_models(models, config, backend="torch", seed=seed,
-                                               graphs=True if variant.graphs else False)
+                                               graphs=True if variant.graphs else False, compile=cache or False)
             clock = Clock(device, engine.stream)
             if not engine.use_graphs:
                 probe = StageProbe(engine.nets, clock)
@@ -201,8 +219,12 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
     stages = None
     if probe is not None:
         stages = stage_breakdown(probe, session)
+    compile_s = None
+    if variant.compile:
+        compile_s = {"cold": engine.compile_report(), "warm": _warm_probe(weights, models, config, cache.folder())}
     del engine
     return {
+        "compile_s": compile_s,
         "fps": round(session.fps if session.fps is not None else config.window * 1e3 / step["mean"], 6),
         "throughput_mode": "pipelined" if session.fps is not None else "sequential",
         "step_ms": step,
@@ -217,6 +239,36 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
         "measured_keyframes": session.keyframes,
         "full_size_table": full_table,
     }
+
+
+def _warm_probe(weights: str, models, config, folder: Path) -> dict:
+    """The compile report of a fresh process that compiles ``config`` over the cache ``folder`` (warm start)."""
+    import dataclasses
+    import subprocess
+
+    command = [sys.executable, "-m", "personalive_trt.bench.matrix", "--compile-probe", str(folder),
+               "--config-json", json.dumps(dataclasses.asdict(config)), "--weights", weights,
+               "--device", str(models.device), "--dtype", str(models.dtype).removeprefix("torch.")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=WARM_PROBE_TIMEOUT_S, check=False)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()
+        raise RuntimeError(f"warm compile probe exited {result.returncode}: {tail[-1] if tail else 'no output'}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def compile_probe(folder: Path, config_json: str, weights: str, device: str, dtype: str) -> dict:
+    """``--compile-probe``: build the compiled runtime of ``config_json`` over ``folder``; its compile report."""
+    import torch
+
+    from personalive_trt.config import StreamConfig
+    from personalive_trt.runtime import StreamRuntime
+    from personalive_trt.runtime.compile import CompileOptions
+    from personalive_trt.weights import load_models
+
+    config = StreamConfig(**json.loads(config_json))
+    models = load_models(weights, device=device, dtype=getattr(torch, dtype), vae=config.vae)
+    runtime = StreamRuntime.from_models(models, config, compile=CompileOptions(cache_dir=folder))
+    return runtime.compile_report()
 
 
 def _derive(records: list[dict], counted: dict) -> None:
@@ -250,7 +302,7 @@ def _write(out: Path, doc: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m personalive_trt.bench.matrix", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="the matrix JSON to write")
+    parser.add_argument("--out", type=Path, help="the matrix JSON to write (required)")
     parser.add_argument("--cpu", action="store_true", help=f"the CPU smoke subset ({', '.join(CPU_SMOKE)}) on "
                         f"the CPU with {CPU_DEFAULTS}")
     parser.add_argument("--variants", help="comma-separated variant names (default: all, or the smoke subset)")
@@ -258,7 +310,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{key}", type=type(DEVICE_DEFAULTS[key]), default=None,
                             help=f"default {DEVICE_DEFAULTS[key]!r} (--cpu: {CPU_DEFAULTS[key]!r})")
     parser.add_argument("--vae", default="full")
+    parser.add_argument("--compile-probe", type=Path, metavar="CACHE", help="(internal) print the compile report "
+                        "of a compiled runtime over CACHE as JSON: the compiled variants' warm start")
+    parser.add_argument("--config-json", help="(with --compile-probe) the StreamConfig fields")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float16")
     args = parser.parse_args(argv)
+    if args.compile_probe is not None:
+        if not args.config_json or not args.weights:
+            parser.error("--compile-probe needs --config-json and --weights")
+        print(json.dumps(compile_probe(args.compile_probe, args.config_json, args.weights, args.device, args.dtype)))
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
     defaults = CPU_DEFAULTS if args.cpu else DEVICE_DEFAULTS
     settings = {key: getattr(args, key) if getattr(args, key) is not None else value
                 for key, value in defaults.items()}

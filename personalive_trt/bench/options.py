@@ -37,6 +37,7 @@ class BenchOptions:
     seed: int = 42
     json: Optional[Path] = None
     vae: str = "full"
+    compile: str = "off"  # torch.compile: auto, on, off (personalive_trt.runtime.compile.resolve_compile)
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def validate(self) -> None:
@@ -58,6 +59,10 @@ class BenchOptions:
             raise BenchError(f"--dtype {self.dtype!r}: expected auto, fp32 or fp16")
         if self.vae not in VAE_DECODERS:
             raise BenchError(f"--vae {self.vae!r}: expected one of {', '.join(VAE_DECODERS)}")
+        if self.compile not in ("auto", "on", "off"):
+            raise BenchError(f"--compile {self.compile!r}: expected auto, on or off")
+        if self.compile == "on" and self.backend != "torch":
+            raise BenchError(f"--compile on: only the torch backend is compiled, not --backend {self.backend}")
         if self.engines is not None and self.backend == "torch":
             raise BenchError("--engines is for --backend onnxruntime or tensorrt")
 

@@ -128,7 +128,8 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
         if animator is None:
             animator = open_animator(weights, backend=options.backend, engines=options.engines, device=device,
                                      dtype=dtype, seed=options.seed, config=config,
-                                     loop="reference" if options.reference_loop else "runtime")
+                                     loop="reference" if options.reference_loop else "runtime",
+                                     compile=options.compile)
     except BaseException:
         source.close()
         for sink in sinks:
