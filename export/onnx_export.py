@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from personalive_trt import buildmem
 from personalive_trt.config import StreamConfig
 from personalive_trt.shapes import StreamShapes
 
@@ -78,8 +79,11 @@ def versions() -> dict[str, str]:
 def write_model(model, values: Callable, path: Path, external: bool) -> list[Path]:
     """Write ``model`` (initializer placeholders) to ``path``, filling each initializer from ``values``.
 
-    With ``external`` the weights go to ``<path>.data`` one tensor at a time (64-byte aligned), so at
-    most one weight is materialised here at a time.
+    With ``external`` the weights go to ``<path>.data`` one tensor at a time (64-byte aligned);
+    without, into ``path`` itself, also one tensor at a time: the graph is written without its
+    initializers, then each initializer as a one-tensor ``ModelProto`` -- protobuf parses concatenated
+    messages as one, appending repeated fields in order. Either way at most one weight is materialised
+    here at a time (building the whole proto held ~4 copies of the weights; issue 11).
     """
     import onnx
     from onnx import numpy_helper
@@ -110,12 +114,15 @@ def write_model(model, values: Callable, path: Path, external: bool) -> list[Pat
                     entry = stored.external_data.add()
                     entry.key, entry.value = key, value
                 out.graph.initializer.append(stored)
-    else:
-        for tensor in tensors:
-            array = values(tensor)
-            out.graph.initializer.append(numpy_helper.from_array(np.asarray(array), tensor.name))
+        with open(path, "wb") as f:
+            f.write(out.SerializeToString())
+        return files
     with open(path, "wb") as f:
         f.write(out.SerializeToString())
+        for tensor in tensors:
+            piece = onnx.ModelProto()
+            piece.graph.initializer.append(numpy_helper.from_array(np.asarray(values(tensor)), tensor.name))
+            f.write(piece.SerializeToString())
     return files
 
 
@@ -202,6 +209,9 @@ def _session(path: Path, optimization: str = "all"):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = max(1, torch.get_num_threads())
+    # No arena: a verification session runs each shape once, and the arena would keep the largest
+    # activations of one case while the next allocates others (small UNet at 256²: 3.6 -> 2.6 GiB peak).
+    options.enable_cpu_mem_arena = False
     options.graph_optimization_level = {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -395,8 +405,14 @@ def _place(candidate: _Candidate, out_dir: Path) -> Path:
 
 def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions: Sequence[str] = PRECISIONS,
                       verify: bool = True, *, opset: int = DEFAULT_OPSET,
-                      external_data_bytes: int = EXTERNAL_DATA_BYTES) -> dict[str, dict]:
-    """Export one network in several precisions from one trace; returns precision -> manifest record."""
+                      external_data_bytes: int = EXTERNAL_DATA_BYTES, release: bool = False) -> dict[str, dict]:
+    """Export one network in several precisions from one trace; returns precision -> manifest record.
+
+    ``release``: once the torch outputs are computed and the graph traced, the component is dropped from
+    ``models`` (``models.<component> = None``), so that the ONNX files are written and verified without
+    the torch module resident (6.3 GiB for the released denoising UNet). For a caller that exports this
+    component's last network and needs it no longer (``export_all(release_components=True)``).
+    """
     import onnx
 
     if opset < 17:
@@ -435,6 +451,10 @@ def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions
         lookup = _island_lookup(spec, wrapper, module) if "fp16" in precisions else None
         trace_seconds = time.perf_counter() - started
         trace_peak = rss.peak()
+        if release:  # the weights are in the trace's files now, the references computed
+            setattr(models, spec.component, None)
+            del module, wrapper
+            gc.collect()
         unused = dead_nodes(traced)
         candidates = []
         for precision in precisions:
@@ -513,8 +533,10 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
 
     ``release_components`` (for a caller that loaded ``models`` only for this export, as ``build``
     does): networks are exported smallest component first, and each component is dropped from
-    ``models`` after its last network, so the largest (the denoising UNet, 6.7 GB at the released
-    size) is exported with little else resident.
+    ``models`` once its last network is traced (before that network's files are written and verified),
+    so the largest (the denoising UNet, 6.7 GB at the released size) is exported with little else
+    resident and verified without itself; and glibc returns freed blocks to the system
+    (:func:`personalive_trt.buildmem.return_freed_memory`).
     """
     out_dir = Path(out_dir)
     items = [shapes] if isinstance(shapes, (StreamShapes, int)) else list(shapes)
@@ -532,11 +554,15 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     if manifest.get("weights_fingerprint") != fingerprint:
         manifest = {}  # exports of other weights: none of them may be reused
     entries = manifest.get("networks", {})
+    if release_components:
+        buildmem.return_freed_memory()
     for index, name in enumerate(names):
         if log:
             log(f"exporting {name} ({', '.join(precisions)})")
+        last_of_component = all(specs[n].component != specs[name].component for n in names[index + 1:])
         records = export_precisions(specs[name], models, out_dir, precisions, verify, opset=opset,
-                                    external_data_bytes=external_data_bytes)
+                                    external_data_bytes=external_data_bytes,
+                                    release=release_components and last_of_component)
         entry = entries.get(name, {})
         entry.update(spec=specs[name].describe(), component=specs[name].component)
         entry.setdefault("precisions", {}).update(records)
@@ -553,10 +579,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
             "versions": versions(), "networks": entries,
         }
         _write_json(out_dir / MANIFEST, manifest)  # after every network: a crash keeps what is done
-        if release_components and all(specs[n].component != specs[name].component for n in names[index + 1:]):
-            setattr(models, specs[name].component, None)
-            del records
-            gc.collect()
+        del records
     return manifest
 
 

@@ -215,6 +215,7 @@ def build(
     if export:
         from personalive_trt.export.onnx_export import export_all
 
+        log(buildmem.return_freed_memory())  # before loading: the state dicts' copies are given back too
         models = load_models(weights, seed=seed, vae=vae)
         export_all(models, shapes_list, onnx_dir, precisions=precisions, networks=names, fingerprint=fingerprint,
                    release_components=True, log=log)

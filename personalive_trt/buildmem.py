@@ -33,6 +33,8 @@ its own cgroup up; v1 ``memory.limit_in_bytes - memory.usage_in_bytes``) and RLI
 """
 from __future__ import annotations
 
+import ctypes
+import platform
 import resource
 import types
 from collections.abc import Mapping, Sequence
@@ -199,6 +201,30 @@ def estimate_for(weights: str, windows: Sequence[int], resolution: int, vae: str
                                                            unet_config) for w in windows])
 
 
+# ---- the allocator ---------------------------------------------------------------------------------------
+MMAP_THRESHOLD = 1 << 20  # bytes: every allocation from 1 MiB up is its own mapping, unmapped when freed
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc malloc.h)
+
+
+def return_freed_memory() -> str:
+    """Make glibc give freed tensors back to the system (a fixed mmap threshold); returns what was done.
+
+    glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), after which
+    blocks below it come from the heap, where freed space is kept while anything above it lives. Tracing a
+    UNet (`torch.onnx.export`) frees thousands of such activations between small objects the tracer keeps,
+    so the process held ~40x the network's input and output bytes until the trace was dropped: 3.1 GiB of
+    a 4.4 GiB peak for the small UNet at 256² (measured 2026-12-06, benchmarks/RESULTS.md). A fixed
+    threshold (which also stops the adjustment) returns every block of 1 MiB or more when it is freed.
+    Process-wide and permanent; `build` and :func:`~personalive_trt.export.onnx_export.export_all` call it.
+    Elsewhere than glibc nothing is changed, and the returned text says so."""
+    libc_name, _ = platform.libc_ver()
+    if libc_name != "glibc":
+        return f"allocator unchanged (C library {libc_name or 'unknown'}, not glibc)"
+    if ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
+        raise BuildMemoryError(f"glibc mallopt(M_MMAP_THRESHOLD, {MMAP_THRESHOLD}) failed")
+    return f"glibc mmap threshold fixed at {MMAP_THRESHOLD >> 20} MiB"
+
+
 # ---- what this process may use ---------------------------------------------------------------------------
 def _read_int(path: Path) -> int | None:
     """An integer file (cgroup ``max`` means unlimited: None); a missing file is None."""
@@ -291,4 +317,4 @@ def check_fits(estimate: Estimate, limit: MemoryLimit) -> None:
 
 
 __all__ = ["BuildMemoryError", "Estimate", "MemoryLimit", "Phase", "check_fits", "estimate", "estimate_for",
-           "memory_limit", "meta_models", "phases"]
+           "memory_limit", "meta_models", "phases", "return_freed_memory"]

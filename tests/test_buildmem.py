@@ -143,3 +143,14 @@ def test_build_that_fits_or_skips_the_check_goes_on(tmp_path, monkeypatch, no_lo
     with pytest.raises(AssertionError, match="load_models reached"):
         build_module.build("synthetic", tmp_path / "b", backend="onnxruntime", resolution=128, log=lines.append,
                            memory_check=False)
+
+
+def test_return_freed_memory_fixes_glibc_mmap_threshold(monkeypatch):
+    """On glibc the mmap threshold is fixed (what keeps a traced UNet's freed activations from staying
+    resident); on another C library nothing is changed and the text says so."""
+    import platform
+
+    if platform.libc_ver()[0] == "glibc":
+        assert buildmem.return_freed_memory() == "glibc mmap threshold fixed at 1 MiB"
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert buildmem.return_freed_memory() == "allocator unchanged (C library musl, not glibc)"

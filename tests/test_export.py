@@ -394,3 +394,50 @@ def test_activation_survey(exported, specs):
     assert rows and rows[0]["max_abs"] >= rows[-1]["max_abs"]
     assert any(r["op"] == "ReduceL2" for r in rows)  # GRN sums reported as sums of squares
     assert all(np.isfinite(r["max_abs"]) for r in rows)
+
+
+def test_embedded_weights_are_written_one_tensor_at_a_time(tmp_path):
+    """Below the external-data threshold the file is the graph followed by one-tensor ModelProtos (protobuf
+    merges concatenated messages): ONNX reads back every initializer, in order and bit-exact, and ONNX
+    Runtime runs it to the numpy result within 1e-6."""
+    rng = np.random.default_rng(0)
+    values = {f"w{i}": rng.standard_normal((8, 8)).astype(np.float32) for i in range(5)}
+    nodes, previous = [], "x"
+    for i in range(5):
+        nodes.append(onnx.helper.make_node("MatMul", [previous, f"w{i}"], [f"y{i}"]))
+        previous = f"y{i}"
+    graph = onnx.helper.make_graph(nodes, "chain", [onnx.helper.make_tensor_value_info("x", FLOAT, [2, 8])],
+                                   [onnx.helper.make_tensor_value_info("y4", FLOAT, [2, 8])],
+                                   [fp16_graph.placeholder(name, FLOAT, [8, 8]) for name in values])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    path = tmp_path / "model.onnx"
+    assert oe.write_model(model, lambda tensor: values[tensor.name], path, external=False) == [path]
+    back = onnx.load(str(path))
+    onnx.checker.check_model(back)
+    assert [t.name for t in back.graph.initializer] == list(values)
+    for tensor in back.graph.initializer:
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(tensor), values[tensor.name])
+    x = rng.standard_normal((2, 8)).astype(np.float32)
+    expected = x
+    for i in range(5):
+        expected = expected @ values[f"w{i}"]
+    np.testing.assert_allclose(_session(path).run(None, {"x": x})[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_released_component_is_gone_before_verification(models, shapes, tmp_path, monkeypatch):
+    """`build`'s export_all(release_components=True) drops a component once its last network is traced, so the
+    ONNX Runtime verification runs without the torch module resident (issue 11); the caller's other models stay."""
+    own = dataclasses.replace(models)
+    seen = []
+    verify = oe._verify
+
+    def spy(candidate, *args, **kwargs):
+        seen.append((candidate.spec.name, getattr(own, candidate.spec.component)))
+        return verify(candidate, *args, **kwargs)
+
+    monkeypatch.setattr(oe, "_verify", spy)
+    manifest = oe.export_all(own, shapes, tmp_path, precisions=["fp32"], networks=["pose_guider"],
+                             release_components=True)
+    assert seen == [("pose_guider", None)]
+    assert manifest["networks"]["pose_guider"]["precisions"]["fp32"]["verification"]["passed"]
+    assert own.pose_guider is None and models.pose_guider is not None and own.vae is models.vae
