@@ -53,17 +53,34 @@ def log(line):
 started = time.perf_counter()
 if only is None:
     build(weights, engines, backend="onnxruntime", resolution=resolution, precision=precision, log=log)
-else:  # these networks only, as build exports them, with every other component dropped before
+else:  # these networks only, as build exports them; only their components are ever loaded
+    import types
+    import torch
+    from personalive_trt import buildmem
     from personalive_trt.config import StreamConfig
     from personalive_trt.export.onnx_export import all_specs, export_all
     from personalive_trt.shapes import StreamShapes
-    from personalive_trt.weights import load_models
-    models = load_models(weights)
-    shapes = StreamShapes.from_unet_config(StreamConfig(resolution=resolution), models.denoising_unet.config)
+    from personalive_trt.synthetic import CONFIGS, fill_module_
+    from personalive_trt.weights import (COMPONENTS, _synthetic_namespace, build_module, folder_configs,
+                                         load_component, parse_weights_spec)
+    buildmem.return_freed_memory()  # as build does before it loads
+    kind, value = parse_weights_spec(weights)
+    unet_config = buildmem.meta_models(weights).denoising_unet.config
+    shapes = StreamShapes.from_unet_config(StreamConfig(resolution=resolution), unet_config)
     needed = {all_specs([shapes])[name].component for name in only}
-    for component in models.NAMES:
-        if component not in needed:
-            setattr(models, component, None)
+    modules = {}
+    for component in COMPONENTS:
+        if component.name not in needed:
+            modules[component.name] = None
+        elif kind == "synthetic":  # filled in place (no state dict): same sizes, other random numbers
+            with torch.device("meta"):
+                module = build_module(component.name, CONFIGS[str(value)])
+            module = module.eval().requires_grad_(False).to_empty(device="cpu")
+            fill_module_(module, 0, _synthetic_namespace(component.name))
+            modules[component.name] = module
+        else:
+            modules[component.name] = load_component(component, folder_configs(Path(value)), Path(value)).eval()
+    models = types.SimpleNamespace(**modules, source=weights, synthetic=kind == "synthetic")
     export_all(models, [shapes], engines / "onnx", precisions=[precision], networks=only, release_components=True,
                log=log)
 seconds = time.perf_counter() - started
@@ -126,7 +143,7 @@ def main() -> None:
     parser.add_argument("--config", action="append", default=[], help="WEIGHTS:RESOLUTION (repeatable)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     parser.add_argument("--network", dest="networks", action="append", help="export only these networks (repeatable; "
-                        "the others' components are dropped first); default: the whole `build`")
+                        "only their components are loaded); default: the whole `build`")
     parser.add_argument("--cap-gib", type=float, default=11.5, help="kill a build whose RSS passes this")
     parser.add_argument("--json", type=Path, help="append the runs to this JSON file")
     parser.add_argument("--fit", type=Path, help="fit the estimate's coefficients to the runs in this JSON file "
