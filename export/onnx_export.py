@@ -321,17 +321,24 @@ def _build(candidate: _Candidate, traced, store, lookup, external_data_bytes: in
     return model, values
 
 
-def _fused_copy(source: Path, target: Path) -> int:
-    """Write ``target``: ``source``'s graph with fused attention; returns the attentions fused.
+def _fused_copy(candidate: _Candidate, model, values, target: Path) -> int:
+    """Write ``target``: the candidate's graph with fused attention; returns the attentions fused.
 
-    The graph is loaded without external data, so a large export's copy keeps pointing at the same
-    ``model.onnx.data`` (it must sit in the same folder); a small export's embedded weights are copied.
+    A large export's copy is its ``model.onnx`` read without external data, so it keeps pointing at the same
+    ``model.onnx.data`` (it must sit in the same folder). A small export's copy embeds its own weights,
+    written from ``model`` (initializer placeholders) and ``values`` one tensor at a time like
+    ``model.onnx`` itself, rather than by loading and re-serialising the whole file (three copies of the
+    weights at once).
     """
     import onnx
 
-    fused, count = fuse_attention(onnx.load(str(source), load_external_data=False))
-    with open(target, "wb") as f:
-        f.write(fused.SerializeToString())
+    if candidate.record["external_data"]:
+        fused, count = fuse_attention(onnx.load(str(candidate.folder / MODEL_FILE), load_external_data=False))
+        with open(target, "wb") as f:
+            f.write(fused.SerializeToString())
+        return count
+    fused, count = fuse_attention(model)
+    write_model(fused, values, target, external=False)
     return count
 
 
@@ -348,7 +355,7 @@ def _verify(candidate: _Candidate, model, values, cases, references, scratch: Pa
     spec, precision = candidate.spec, candidate.precision
     tolerance = spec.tolerance(precision)
     fused_path = candidate.folder / FUSED_FILE
-    fused = _fused_copy(candidate.folder / MODEL_FILE, fused_path)
+    fused = _fused_copy(candidate, model, values, fused_path)
     candidate.files.append(fused_path)
     runs = {"onnxruntime": fused_path}
     if precision == "fp16":
