@@ -189,9 +189,9 @@ def measured_peak(run: dict, network: str) -> int:
 
 
 def fit(runs: list[dict], hold_out: list[str]) -> None:
-    """Non-negative least squares of ``peak - loaded = BASE + WEIGHT_FACTOR * weights + ACTIVATION[kind] *
-    activation`` (bytes; one row per network of every run not held out), in two stages: BASE, WEIGHT_FACTOR
-    and the UNets' ACTIVATION from the UNet networks alone (their weights change 12x between the tiny and
+    """Non-negative least squares of ``peak - loaded = BASE + WEIGHT_FACTOR[path] * weights + ACTIVATION[kind] *
+    activation`` (bytes; one row per network of every run not held out; ``path``: embedded or external
+    weights), in two stages: BASE, WEIGHT_FACTOR and the UNets' ACTIVATION from the UNet networks alone (their weights change 12x between the tiny and
     small configs; every other network's weights are the same in both, so their rows cannot separate a
     weight factor from a constant), then each other kind's ACTIVATION with those fixed. Prints the
     coefficients and, per run, the worst measured/modelled ratio (no MARGIN)."""
@@ -204,24 +204,32 @@ def fit(runs: list[dict], hold_out: list[str]) -> None:
     held = {parse_config(text) for text in hold_out}
     per_run = {id(r): run_phases(r)[0] for r in runs}
     fitted = [(r, p) for r in runs if (r["weights"], r["resolution"]) not in held for p in per_run[id(r)]]
-    if any(p.external for _, p in fitted):
-        raise SystemExit("a measured network kept its weights in external data: the fit covers embedded weights only")
     unet = [(r, p) for r, p in fitted if p.kind in UNET_KINDS]
     kinds = sorted({p.kind for _, p in unet})
-    rows = [[1.0, p.weights / 2**30] + [p.activation / 2**30 if k == p.kind else 0.0 for k in kinds] for _, p in unet]
+    # one weight factor per path: embedded (the tiny and small UNets) and external (the full-size UNets, when
+    # measured; otherwise buildmem's value is kept)
+    paths = ["embedded"] + (["external"] if any(p.external for _, p in unet) else [])
+    rows = [[1.0] + [p.weights / 2**30 if p.external == (path == "external") else 0.0 for path in paths]
+            + [p.activation / 2**30 if k == p.kind else 0.0 for k in kinds] for _, p in unet]
     coef, _ = nnls(np.array(rows), np.array([(measured_peak(r, p.network) - p.loaded) / 2**30 for r, p in unet]))
-    base, factor = coef[0] * 2**30, coef[1]
-    activation = dict(zip(kinds, coef[2:]))
+    base = coef[0] * 2**30
+    factors = dict(buildmem.WEIGHT_FACTOR) | dict(zip(paths, coef[1:1 + len(paths)]))
+    activation = dict(zip(kinds, coef[1 + len(paths):]))
+
+    def factor(p) -> float:
+        return factors["external" if p.external else "embedded"]
+
     for kind in sorted({p.kind for _, p in fitted} - set(kinds)):
         pairs = [(r, p) for r, p in fitted if p.kind == kind]
-        rest = np.array([measured_peak(r, p.network) - p.loaded - base - factor * p.weights for r, p in pairs])
+        rest = np.array([measured_peak(r, p.network) - p.loaded - base - factor(p) * p.weights for r, p in pairs])
         a = np.array([[p.activation] for _, p in pairs], dtype=float)
         activation[kind] = float(nnls(a / 2**30, rest / 2**30)[0][0])
-    print(f"BASE = {base / 2**30:.3f} GiB, WEIGHT_FACTOR['embedded'] = {factor:.3f}")
+    print(f"BASE = {base / 2**30:.3f} GiB, WEIGHT_FACTOR = " + "{" + ", ".join(
+        f'"{k}": {v:.3f}' + ("" if k in paths else " (not fitted: no such run)") for k, v in factors.items()) + "}")
     print("ACTIVATION = {" + ", ".join(f'"{k}": {c:.2f}' for k, c in sorted(activation.items())) + "}")
     for run in runs:
         tag = "held out" if (run["weights"], run["resolution"]) in held else "fitted"
-        ratios = sorted((measured_peak(run, p.network) / (base + p.loaded + factor * p.weights
+        ratios = sorted((measured_peak(run, p.network) / (base + p.loaded + factor(p) * p.weights
                                                           + activation[p.kind] * p.activation), p.network)
                         for p in per_run[id(run)])
         shipped = buildmem.estimate_for(run["weights"], [4], run["resolution"])

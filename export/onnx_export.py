@@ -32,6 +32,7 @@ import gc
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -591,11 +592,18 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
 
 
 def _smallest_component_first(models, specs: dict[str, NetworkSpec], names: list[str]) -> list[str]:
+    """``names`` in `build`'s order: components by size, and within one component the network with the
+    largest tensors last (the bank projector before the denoising UNet, the VAE encoder before its decoder):
+    a component is dropped once its last network is traced, so that network, the largest, is verified
+    without the torch module resident."""
     def size(component: str) -> int:
         return sum(t.numel() * t.element_size() for t in getattr(models, component).state_dict().values())
 
+    def io_elements(name: str) -> int:
+        return sum(math.prod(t.max_shape) for t in (*specs[name].inputs, *specs[name].outputs))
+
     sizes = {component: size(component) for component in {specs[n].component for n in names}}
-    return sorted(names, key=lambda n: (sizes[specs[n].component], specs[n].component, names.index(n)))
+    return sorted(names, key=lambda n: (sizes[specs[n].component], specs[n].component, io_elements(n), names.index(n)))
 
 
 def measured_line(name: str, record: dict) -> str:
