@@ -81,6 +81,7 @@ else:  # these networks only, as build exports them; only their components are e
         else:
             modules[component.name] = load_component(component, folder_configs(Path(value)), Path(value)).eval()
     models = types.SimpleNamespace(**modules, source=weights, synthetic=kind == "synthetic")
+    del modules, module  # export_all drops each component from `models`: no other reference may keep it
     export_all(models, [shapes], engines / "onnx", precisions=[precision], networks=only, release_components=True,
                log=log)
 seconds = time.perf_counter() - started
