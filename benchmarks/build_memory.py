@@ -79,7 +79,8 @@ else:  # these networks only, as build exports them; only their components are e
             fill_module_(module, 0, _synthetic_namespace(component.name))
             modules[component.name] = module
         else:
-            modules[component.name] = load_component(component, folder_configs(Path(value)), Path(value)).eval()
+            module = load_component(component, folder_configs(Path(value)), Path(value)).eval()
+            modules[component.name] = module
     models = types.SimpleNamespace(**modules, source=weights, synthetic=kind == "synthetic")
     del modules, module  # export_all drops each component from `models`: no other reference may keep it
     export_all(models, [shapes], engines / "onnx", precisions=[precision], networks=only, release_components=True,
