@@ -1,31 +1,34 @@
 """Will `build` fit in memory? Its estimated peak host memory against what this process may use.
 
-`build` exports and verifies one network at a time, smallest component first, dropping each torch
-component after its last network (:func:`personalive_trt.export.onnx_export.export_all`). While network
-``n`` is exported and verified the process holds
+`build` exports and verifies one network at a time, smallest component first, and drops each torch
+component once its last network is traced (:func:`personalive_trt.export.onnx_export.export_all`; within a
+component the network with the largest tensors goes last). While network ``n`` is exported and verified
+the process holds
 
-    resident_n = BASE + sum of the weights of the components still loaded
+    resident_n = BASE + sum of the weights of the components still loaded (n's included)
     peak_n     = resident_n + WEIGHT_FACTOR[embedded|external] * weights(n's component)
                  + ACTIVATION[n] * activation_bytes(n)
 
-``WEIGHT_FACTOR`` counts the copies of the network's weights besides the torch module: measured for
-exports that embed their weights in ``model.onnx`` (the traced graph, the written file and its fused copy
-are held as protobufs, then the ONNX Runtime session); ``external`` (weights above EXTERNAL_DATA_BYTES,
-the full-size UNets) streams them tensor by tensor from the exporter's external data, leaving the
-exporter's constant-folded tensors and the session: 2, an assumption from that code path, not a
-measurement (no such build fits the 12 GB the measurements could use). ``activation_bytes`` is the size
-of the network's tensors at its largest verification shapes (inputs and outputs, or for the VAE its
-widest full-resolution feature map), and ``ACTIVATION`` how many such sizes ONNX Runtime and the torch
-reference hold at once; for the fixed-size networks (motion and pose encoders, CLIP) it is in effect a
-constant. Loading peaks at ``BASE + all weights + the largest component`` (a state dict and its module).
-The build's estimate is the largest of these, times ``MARGIN``.
+``WEIGHT_FACTOR`` counts the copies of the network's weights besides the one in ``resident_n``. Embedded
+weights (``model.onnx`` holds them): the traced graph held as a protobuf while the files are written and
+the ONNX Runtime session. ``external`` (weights above EXTERNAL_DATA_BYTES: the full-size UNets): the
+exporter writes them to files as it goes, the ONNX files are written tensor by tensor, and the torch module
+is dropped before the session loads its copy, so one copy is resident at any time: fitted 0 on the
+full-size denoising UNet. ``activation_bytes`` is the size of the network's tensors at its largest
+verification shapes (inputs and outputs, or for the VAE its widest full-resolution feature map), and
+``ACTIVATION`` how many such sizes the tracer and ONNX Runtime hold at once; for the fixed-size networks
+(motion and pose encoders, CLIP) it is in effect a constant. Loading peaks at ``BASE + all weights + the
+largest component`` (a state dict and its module). The build's estimate is the largest of these, times
+``MARGIN``. Two things keep the measured peaks this low, and the estimate assumes them:
+:func:`return_freed_memory` (glibc) and ONNX Runtime sessions without their memory arena.
 
 The coefficients are fitted to `benchmarks/build_memory.py` runs (tiny and small synthetic weights at
-128, 256 and 512 px, fp32; ``--fit`` prints the fit, benchmarks/RESULTS.md the method and errors) and
-rounded up; ``MARGIN`` covers the largest underestimate of a build's peak seen, held-out runs included.
-Nothing is loaded to estimate: every component is built on the meta device from its config (seconds),
-which also gives `build` the UNet config without loading 11.5 GB of weights before the check. The fp16
-export (TensorRT's default) is estimated with the same coefficients; it was not measured separately.
+128, 256 and 512 px, the full-size denoising UNet alone at 128 px, fp32; ``--fit`` prints the fit,
+benchmarks/RESULTS.md the method and errors) and rounded up; ``MARGIN`` covers the largest underestimate
+of a build's peak seen, held-out runs included. Nothing is loaded to estimate: every component is built on
+the meta device from its config (seconds), which also gives `build` the UNet config without loading
+11.5 GB of weights before the check. The fp16 export (TensorRT's default) is estimated with the same
+coefficients; it was not measured separately.
 
 Memory this process may use (:func:`memory_limit`): its resident memory plus the smallest headroom of
 MemAvailable (/proc/meminfo), its cgroup's limit (v2 ``memory.max - memory.current`` at every level from
@@ -45,12 +48,15 @@ import torch
 
 GIB = 2**30
 # ---- coefficients: `python benchmarks/build_memory.py --fit benchmarks/results/build_memory.json`, rounded up ----
-BASE = int(0.6 * GIB)  # interpreter, torch, onnx, onnxruntime, and what their allocators keep (fitted 0.57)
-WEIGHT_FACTOR = {"embedded": 4.5, "external": 2.0}  # embedded fitted 4.40; external assumed (see above)
+BASE = int(0.6 * GIB)  # interpreter, torch, onnx, onnxruntime, and what their allocators keep (fitted 0.59)
+# embedded fitted 1.57; external fitted 0.00 on the full-size denoising UNet (128², 2026-12-06): one copy of its
+# weights is resident at any time (the torch module until it is traced, then the ONNX Runtime session),
+# and that copy is already in ``loaded``
+WEIGHT_FACTOR = {"embedded": 1.6, "external": 0.0}
 ACTIVATION = {  # fitted; bank_projector and image_encoder fit 0 (their weights term covers them)
-    "reference_unet": 72.0, "bank_projector": 0.0, "denoising_unet": 36.0, "motion_encoder": 240.0,
-    "pose_guider": 14.0, "pose_encoder": 135.0, "vae_decoder": 11.0, "vae_encoder": 8.0, "image_encoder": 0.0,
-    "vae_decoder_tiny": 11.0,  # not measured: TAESD decodes the same shapes as the VAE decoder
+    "reference_unet": 38.0, "bank_projector": 0.0, "denoising_unet": 27.0, "motion_encoder": 173.0,
+    "pose_guider": 14.0, "pose_encoder": 74.0, "vae_decoder": 5.0, "vae_encoder": 3.0, "image_encoder": 0.0,
+    "vae_decoder_tiny": 5.0,  # not measured: TAESD decodes the same shapes as the VAE decoder
 }
 DEFAULT_ACTIVATION = max(ACTIVATION.values())  # a network added later without its own fit
 MARGIN = 1.25  # the worst measured/modelled ratio of any network's peak in the fit runs is 1.21
