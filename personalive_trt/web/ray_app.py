@@ -243,7 +243,8 @@ def deploy_animators(animator_factory: Callable[[], object], settings: ServeSett
 
 
 class DeployError(RuntimeError):
-    """The animator replicas could not start (bad weights, engines, device...): one line with the cause."""
+    """``serve --ray`` could not start: the cluster could not be joined, or the animator replicas failed to start
+    (bad weights, engines, device...). One line with the cause."""
 
 
 def serve_forever(animator_factory: Callable[[], object], settings: ServeSettings, options: ClusterOptions,
@@ -253,7 +254,12 @@ def serve_forever(animator_factory: Callable[[], object], settings: ServeSetting
     Without an address a new local Ray instance is started (``address="local"``: never one left running) and
     shut down on exit; with one, only this app's two applications are deleted on exit.
     """
-    ray.init(address=options.address or "local", include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        ray.init(address=options.address or "local", include_dashboard=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:  # a wrong address, a cluster that is down, or a token it does not accept
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise DeployError(f"cannot join the Ray cluster at {options.address}: {lines[0] if lines else exc} (a "
+                          "cluster with token authentication needs RAY_AUTH_MODE=token and its token)") from exc
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
