@@ -7,9 +7,9 @@ returns the frames that entered at call *k - (steps-1)*, the first ``steps-1`` c
 output from input; ``step_seconds`` sleeps inside ``step`` (releasing the GIL, as a GPU step does) to
 stand in for the model's step time. With ``fail_on_black=True`` it fails on demand: a step whose window holds
 an all-black driving frame (every pixel below 8) raises :class:`EchoFailure` -- a stand-in for a real animator
-failure (a CUDA error), which tests trigger by sending black frames. It does no model work: its frames say nothing about quality, only
-about plumbing, pacing, latency and memory. ``personalive-trt serve`` never uses it; tests and
-``scripts/soak.py`` do.
+failure (a CUDA error), which tests trigger by sending black frames. It does no model work: its frames say
+nothing about quality, only about plumbing, pacing, latency and memory. ``personalive-trt serve`` never uses
+it; tests and ``scripts/soak.py`` do.
 """
 from __future__ import annotations
 
