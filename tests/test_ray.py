@@ -388,3 +388,31 @@ def test_a_redeploy_drains_the_old_replica_and_its_sessions_go_on(base, referenc
         first.close()
         if second is not None:
             second.close()
+
+
+def test_a_replica_with_a_failed_animator_drains_its_other_sessions(base, reference):
+    """Ray stops a replica that fails its health check the graceful way: its other session goes on until the
+    replacement runs and beyond, and the replica leaves when that session ends."""
+    ray_app.deploy_animators(echo_animator, dataclasses.replace(SETTINGS, max_sessions=2), ClusterOptions(
+        replicas=1, cpus_per_replica=0.25, drain_timeout=60.0, health_check_period=0.5, health_check_timeout=5.0))
+    wait_for(lambda: len(health(base)["replicas"]) == 1, 60, "1 replica x 2 sessions")
+    failing, other = Client(base), Client(base)
+    try:
+        assert failing.start(reference)["type"] == "started" and other.start(reference)["type"] == "started"
+        assert failing.pid == other.pid
+        messages, code = failing.until_closed(send=jpeg(0))
+        assert code == 1011 and [m["code"] for m in messages if m["type"] == "error"] == ["animation_failed"]
+        deadline = time.monotonic() + 60
+        while deployment_replica_states() != {"STOPPING": 1, "RUNNING": 1}:  # stopped, its replacement running
+            assert time.monotonic() < deadline, f"no replacement within 60 s: {deployment_replica_states()}"
+            assert other.frames(8, seconds=10) >= 8, "the other session stalled"
+        for _ in range(4):  # draining: the other session goes on
+            assert other.frames(8) >= 8
+        assert other.pid in {r["pid"] for r in health(base)["replicas"]}
+        other.close()
+        wait_for(lambda: (h := health(base))["sessions_active"] == 0 and other.pid not in
+                 {r["pid"] for r in h["replicas"]} and len(h["replicas"]) == 1, 30,
+                 "the drained replica leaving once its last session ended")
+    finally:
+        failing.close()
+        other.close()
