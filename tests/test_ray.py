@@ -2,8 +2,10 @@
 
 One Ray cluster for the module (2 logical CPUs, 1 logical GPU so that GPU fractions are granted and visible;
 no CUDA is used), the dashboard off, replicas at 0.25 CPU. The app is deployed once with 2 animator replicas
-x 1 session; the last test redeploys it with autoscaling. Real sockets through Ray's proxy: websockets' sync
-client, httpx. Everything is shut down at the end of the module (serve.shutdown, ray.shutdown).
+x 1 session (health checks every 0.5 s); the last three tests redeploy the animators (autoscaled, then fixed)
+and run in file order. The echo animators fail on an all-black driving frame (``fail_on_black``). Real sockets
+through Ray's proxy: websockets' sync client, httpx. Everything is shut down at the end of the module
+(serve.shutdown, ray.shutdown).
 """
 from __future__ import annotations
 
