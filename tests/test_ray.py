@@ -68,17 +68,9 @@ def wait_for(predicate, seconds: float, what: str, step: float = 0.5):
     raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
-# Ray's replicas and proxies push their load to the autoscaler every 10 s by default; 1 s keeps the autoscaling
-# tests short. Set before ray.init: Ray's processes inherit this process's environment.
-METRIC_PUSH = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
-               "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
-
-
 @pytest.fixture(scope="module")
 def base():
     port = free_port()
-    saved = {name: os.environ.get(name) for name in METRIC_PUSH}
-    os.environ.update(METRIC_PUSH)
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=100 * 2**20,
              logging_level="WARNING", log_to_driver=False)
     try:
@@ -92,11 +84,6 @@ def base():
             serve.shutdown()
         finally:
             ray.shutdown()
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
