@@ -9,7 +9,10 @@
 The client uploads the sample portrait, starts a session and sends the sample clip's frames (JPEG, looped) at
 ``--fps`` on a fixed schedule; when it falls behind it skips a frame (counted) rather than bursting. For every
 animated frame that comes back it measures the time since it sent the driving frame the server says it
-animates (the protocol's ``index``): the loopback glass-to-glass latency minus camera and display.
+animates (the protocol's ``index``): the loopback glass-to-glass latency minus camera and display. Its
+``transport`` part is that latency minus the server's own (``server_latency_ms`` of the ``frame`` message, from
+receiving the driving frame to sending the output): the two trips between client and server, which is what
+Ray's proxy adds to (the rest is the stream's structure and the server's playout, the same in both servers).
 
 It reports sent/received counts, output fps, latency percentiles, frames dropped at each stage (client, server
 input slot, server output ring), malformed frames, and the server's host RSS / device memory at the start
@@ -23,7 +26,7 @@ Bounded: at most ``--duration`` seconds (capped at 4 h) and ``fps * duration`` f
 latencies, and lists each replica's host/device memory at the start and the end (``/api/health``'s
 ``replicas``). ``--ray`` spawns the echo server as the Ray Serve app (``--replicas`` x ``--max-sessions``);
 ``--compare-ray`` runs the single-process server (``--max-sessions`` x ``--replicas`` animators) and then the
-Ray app under the same load, and reports both.
+Ray app under the same load, and reports both (``ray_added_transport_ms_p50``: the proxy hop's cost).
 """
 from __future__ import annotations
 
@@ -129,11 +132,13 @@ def soak_many(base: str, sessions: int, duration: float, fps: float, warmup: flo
     if sessions == 1:
         return reports[0]
     latencies = [v for r in reports for v in r.pop("_latencies")]
+    transports = [v for r in reports for v in r.pop("_transports")]
     return {
         "sessions": sessions, "server": reports[0]["server"], "resolution": reports[0]["resolution"],
         "duration_s": max(r["duration_s"] for r in reports), "input_fps_per_session": fps,
         "output_fps_total": round(sum(r["output_fps"] or 0 for r in reports), 2),
         "latency_ms": latency_summary(latencies),
+        "transport_ms": latency_summary(transports),
         "client_skipped": sum(r["client_skipped"] for r in reports),
         "server_dropped_input": sum(r["server_dropped_input"] or 0 for r in reports),
         "server_dropped_output": sum(r["server_dropped_output"] or 0 for r in reports),
@@ -160,6 +165,7 @@ def soak(base: str, duration: float, fps: float, warmup: float, sample_every: fl
     memory_at_connect = memory(base)
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
+    transports: list[float] = []  # latency minus the server's part: both hops between client and server
     received = {"frames": 0, "last_stats": {}, "errors": []}
     counters = {"sent": 0, "skipped": 0}
     stop = threading.Event()
@@ -190,6 +196,7 @@ def soak(base: str, duration: float, fps: float, warmup: float, sample_every: fl
                     received["frames"] += 1
                     if meta is not None and meta["index"] in sent_at:
                         latencies.append(now - sent_at.pop(meta["index"]))
+                        transports.append(latencies[-1] - meta["server_latency_ms"] / 1000)
                         for key in [k for k in sent_at if k < meta["index"]]:  # frames dropped on the way
                             del sent_at[key]
                     meta = None
@@ -247,6 +254,7 @@ def soak(base: str, duration: float, fps: float, warmup: float, sample_every: fl
         "sent": counters["sent"], "client_skipped": counters["skipped"], "received": received["frames"],
         "output_fps": round(received["frames"] / elapsed, 2) if elapsed else None,
         "latency_ms": latency_summary(latencies), "_latencies": latencies,
+        "transport_ms": latency_summary(transports), "_transports": transports,
         "server_dropped_input": stats.get("dropped_input"), "server_dropped_output": stats.get("dropped_output"),
         "server_malformed": stats.get("malformed"), "server_step_ms_mean": stats.get("step_ms_mean"),
         "server_errors": stats.get("errors"), "client_errors": received["errors"],
@@ -296,6 +304,7 @@ def run(args, ray: bool) -> dict:
             except subprocess.TimeoutExpired:
                 process.kill()
     report.pop("_latencies", None)
+    report.pop("_transports", None)
     return {"server_kind": "ray" if ray else "single-process", **report}
 
 
@@ -332,8 +341,10 @@ def main() -> int:
     if args.compare_ray:
         reports = [run(args, ray=False), run(args, ray=True)]
         p50 = [r["latency_ms"][50] for r in reports]
+        hop50 = [r["transport_ms"][50] for r in reports]
         report = {"single_process": reports[0], "ray": reports[1],
-                  "ray_added_latency_ms_p50": round(p50[1] - p50[0], 1) if None not in p50 else None}
+                  "ray_added_latency_ms_p50": round(p50[1] - p50[0], 1) if None not in p50 else None,
+                  "ray_added_transport_ms_p50": round(hop50[1] - hop50[0], 1) if None not in hop50 else None}
     else:
         reports = [run(args, ray=args.ray)]
         report = reports[0]

@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -117,14 +118,15 @@ def test_page_animates_through_the_ray_app(ray_server, fake_camera):
     check_page(ray_server, fake_camera, "browser_e2e_ray.png")
 
 
-def check_page(server: str, fake_camera: Path, screenshot: str) -> None:
-    """Upload the sample, start, wait for frames and HUD figures, stop: the page's whole path."""
+@contextmanager
+def browser_page(server: str, fake_camera: Path):
+    """Headless Chromium on ``server``'s page with the fake camera, the sample reference uploaded: (page,
+    console lines)."""
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     from personalive_trt.sample import sample_reference
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
             "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
@@ -138,24 +140,58 @@ def check_page(server: str, fake_camera: Path, screenshot: str) -> None:
             page.wait_for_function("document.querySelectorAll('#camera-select option').length > 0", timeout=30_000)
             page.set_input_files("#reference-input", str(sample_reference()))
             page.wait_for_selector("#reference-preview:not([hidden])", timeout=60_000)
-            page.fill("#fps-input", "8")  # frames beyond one window per step are dropped anyway; spare the CPU
-            page.dispatch_event("#fps-input", "change")
-            page.wait_for_selector("#start:enabled", timeout=30_000)
-            page.click("#start")
-            page.wait_for_selector("#status[data-state=running]", timeout=30_000)
-            # 3 steps of pipeline delay, then a window of 4 frames; ~4 s a step on 2 CPU cores
-            page.wait_for_function("window.__hud.frames >= 4", timeout=150_000)
-            first = page.evaluate("({...window.__hud})")
-            page.wait_for_function(f"window.__hud.frames >= {first['frames'] + 4}", timeout=60_000)
-            hud = page.evaluate("({...window.__hud})")
-            texts = {name: page.inner_text(f"#hud-{name}") for name in ("fps", "step", "g2g", "frames", "dropped")}
-            natural = page.evaluate("[document.getElementById('output').naturalWidth, "
-                                    "document.getElementById('output').naturalHeight]")
-            page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
-            page.click("#stop")
-            page.wait_for_selector("#status:has-text('stopped')", timeout=10_000)
+            yield page, console
         finally:
             browser.close()
+
+
+def test_page_says_busy_when_every_ray_slot_is_taken(ray_server, fake_camera):
+    """The one slot (1 replica x 1 session) held by another client: Start on the page is refused (``busy``, then
+    close 1013) and the page says so."""
+    import json
+
+    import httpx
+    from websockets.sync.client import connect
+
+    from personalive_trt.sample import sample_reference
+
+    upload = httpx.post(f"{ray_server}/api/reference", timeout=30,
+                        files={"file": ("ref.png", sample_reference().read_bytes(), "image/png")})
+    assert upload.status_code == 200, upload.text
+    with connect(ray_server.replace("http://", "ws://") + "/api/ws", open_timeout=30, max_queue=None) as holder:
+        assert json.loads(holder.recv(timeout=30))["type"] == "hello"
+        holder.send(json.dumps({"type": "start", "reference": upload.json()["id"]}))
+        assert json.loads(holder.recv(timeout=30))["type"] == "started"
+        with browser_page(ray_server, fake_camera) as (page, console):
+            page.wait_for_selector("#start:enabled", timeout=30_000)
+            page.click("#start")
+            page.wait_for_selector("#status[data-state=error]", timeout=30_000)
+            status = page.inner_text("#status")
+            running = page.evaluate("window.__hud.frames")
+    assert status.startswith("busy:") and "try again later" in status, status
+    assert running == 0 and not [line for line in console if line.startswith("pageerror")], console
+
+
+def check_page(server: str, fake_camera: Path, screenshot: str) -> None:
+    """Upload the sample, start, wait for frames and HUD figures, stop: the page's whole path."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with browser_page(server, fake_camera) as (page, console):
+        page.fill("#fps-input", "8")  # frames beyond one window per step are dropped anyway; spare the CPU
+        page.dispatch_event("#fps-input", "change")
+        page.wait_for_selector("#start:enabled", timeout=30_000)
+        page.click("#start")
+        page.wait_for_selector("#status[data-state=running]", timeout=30_000)
+        # 3 steps of pipeline delay, then a window of 4 frames; ~4 s a step on 2 CPU cores
+        page.wait_for_function("window.__hud.frames >= 4", timeout=150_000)
+        first = page.evaluate("({...window.__hud})")
+        page.wait_for_function(f"window.__hud.frames >= {first['frames'] + 4}", timeout=60_000)
+        hud = page.evaluate("({...window.__hud})")
+        texts = {name: page.inner_text(f"#hud-{name}") for name in ("fps", "step", "g2g", "frames", "dropped")}
+        natural = page.evaluate("[document.getElementById('output').naturalWidth, "
+                                "document.getElementById('output').naturalHeight]")
+        page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
+        page.click("#stop")
+        page.wait_for_selector("#status:has-text('stopped')", timeout=10_000)
     assert natural == [RES, RES]
     assert hud["frames"] >= first["frames"] + 4 and hud["step"] > 0 and hud["g2g"] > 0
     assert int(texts["frames"]) >= 8 and texts["step"] != "–" and texts["g2g"] != "–" and float(texts["fps"]) >= 0

@@ -167,6 +167,7 @@ def test_worker_ends_the_stream_when_prepare_fails_for_another_reason_than_bad_d
         worker.close()
     assert [type(e) for e in errors] == [TypeError] and not worker.active
     assert worker.stats.malformed == 0 and worker.stats.errors == 1
+    assert worker.animator_failure is None  # prepare failed, not the animator
 
 
 def test_worker_ends_the_stream_after_n_malformed_frames_in_a_row():
@@ -192,7 +193,7 @@ def test_worker_ends_the_stream_after_n_malformed_frames_in_a_row():
         worker.close()
     assert len(errors) == 1 and isinstance(errors[0], MalformedStreamError) and not worker.active
     assert "3 malformed driving frames in a row" in str(errors[0]) and "bad bytes" in str(errors[0])
-    assert worker.stats.malformed == 7
+    assert worker.stats.malformed == 7 and worker.animator_failure is None  # bad input is not the animator's failure
     with pytest.raises(ValueError, match="max_malformed_in_a_row"):
         AnimationWorker(EchoAnimator(), emit=print, max_malformed_in_a_row=0)
 
@@ -217,8 +218,9 @@ def test_worker_survives_an_animator_failure_and_tags_streams():
         while not errors and time.monotonic() < deadline:
             time.sleep(0.01)
         assert [str(e) for e in errors] == ["boom"] and not worker.active
+        assert worker.animator_failure is errors[0]  # liveness: the animator itself failed
         worker.start(level_frame(0), level_frame, tag="second")
-        assert worker.wait_idle()
+        assert worker.wait_idle() and worker.animator_failure is None  # a restart that fuses clears it
         for value in range(8):
             worker.inbox.put(StampedFrame(value, time.monotonic(), value))
             time.sleep(0.02)

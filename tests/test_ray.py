@@ -2,11 +2,14 @@
 
 One Ray cluster for the module (2 logical CPUs, 1 logical GPU so that GPU fractions are granted and visible;
 no CUDA is used), the dashboard off, replicas at 0.25 CPU. The app is deployed once with 2 animator replicas
-x 1 session; the last test redeploys it with autoscaling. Real sockets through Ray's proxy: websockets' sync
-client, httpx. Everything is shut down at the end of the module (serve.shutdown, ray.shutdown).
+x 1 session (health checks every 0.5 s); the last three tests redeploy the animators (autoscaled, then fixed)
+and run in file order. The echo animators fail on an all-black driving frame (``fail_on_black``). Real sockets
+through Ray's proxy: websockets' sync client, httpx. Everything is shut down at the end of the module
+(serve.shutdown, ray.shutdown).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -34,12 +37,13 @@ from personalive_trt.web.settings import ServeSettings  # noqa: E402
 
 RES = 64
 SETTINGS = ServeSettings(crop=False, stats_interval=0.2, idle_timeout=30.0)
-FIXED = ClusterOptions(replicas=2, cpus_per_replica=0.25, gpus_per_replica=0.25, drain_timeout=60.0)
+FIXED = ClusterOptions(replicas=2, cpus_per_replica=0.25, gpus_per_replica=0.25, drain_timeout=60.0,
+                       health_check_period=0.5, health_check_timeout=5.0)
 
 
 # The factory travels to the replicas pickled; a partial of package objects pickles by reference (a function
-# of this test module would not import there).
-echo_animator = functools.partial(EchoAnimator, StreamConfig(resolution=RES), 0.02)
+# of this test module would not import there). An all-black driving frame makes it fail (fail_on_black).
+echo_animator = functools.partial(EchoAnimator, StreamConfig(resolution=RES), 0.02, fail_on_black=True)
 
 
 def free_port() -> int:
@@ -115,7 +119,9 @@ class Client:
     """One page's session: connect, hello, start."""
 
     def __init__(self, base: str) -> None:
-        self.ws = connect(base.replace("http://", "ws://") + "/api/ws", open_timeout=30, max_size=2**22)
+        # an unbounded queue: a client that reads nothing (stats every 0.2 s) still sees the close at once
+        self.ws = connect(base.replace("http://", "ws://") + "/api/ws", open_timeout=30, max_size=2**22,
+                          max_queue=None)
         self.hello = json.loads(self.ws.recv(timeout=30))
         assert self.hello["type"] == "hello"
 
@@ -146,6 +152,23 @@ class Client:
 
     def close(self) -> None:
         self.ws.close()
+
+    def until_closed(self, send: bytes | None = None, seconds: float = 10.0) -> tuple[list[dict], int]:
+        """Send ``send`` (if any) and read until the server closes: the JSON messages read, the close code."""
+        messages, deadline = [], time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                if send is not None:
+                    self.ws.send(send)
+                try:
+                    message = self.ws.recv(timeout=0.05)
+                except TimeoutError:
+                    continue
+                if isinstance(message, str):
+                    messages.append(json.loads(message))
+        except ConnectionClosed as closed:
+            return messages, closed.rcvd.code if closed.rcvd is not None else 1006
+        raise AssertionError(f"the server did not close within {seconds:.0f} s")
 
 
 def test_replica_options_reach_ray(base):
@@ -190,6 +213,30 @@ def test_three_clients_two_animated_one_busy_and_the_reference_crosses_replicas(
     wait_for(lambda: health(base)["sessions_active"] == 0, 10, "sessions_active back to 0")
 
 
+def test_mjpeg_streams_a_replica_s_frames_through_the_front(base, reference):
+    """``/api/stream.mjpg`` on the front: output JPEGs that a replica pushed to the registry."""
+    client = started_session(base, reference, 30)
+    try:
+        done = threading.Event()
+
+        def drive():
+            while not done.is_set() and client.frames(4, seconds=5):
+                pass
+
+        streaming = threading.Thread(target=drive)
+        streaming.start()
+        try:
+            response = httpx.get(f"{base}/api/stream.mjpg", params={"max_frames": 2, "timeout": 10}, timeout=30)
+        finally:
+            done.set()
+            streaming.join()
+    finally:
+        client.close()
+    assert response.status_code == 200 and response.headers["content-type"].startswith("multipart/x-mixed-replace")
+    parts = response.content.split(b"--frame\r\n")[1:]
+    assert len(parts) == 2 and all(b"Content-Type: image/jpeg\r\n" in p and b"\xff\xd8" in p for p in parts)
+
+
 def test_a_killed_replica_tells_its_client_the_other_goes_on_and_ray_replaces_it(base, reference):
     victim, survivor = Client(base), Client(base)
     try:
@@ -221,22 +268,99 @@ def test_a_killed_replica_tells_its_client_the_other_goes_on_and_ray_replaces_it
     assert victim.pid not in {r["pid"] for r in health(base)["replicas"]}
 
 
-def test_autoscaling_follows_live_sessions_and_scale_down_keeps_them(base, reference):
+def test_a_failed_animator_ends_its_session_and_ray_replaces_its_replica(base, reference):
+    wait_for(lambda: len(health(base)["replicas"]) == 2, 60, "2 replicas reporting")
+    victim, survivor = Client(base), Client(base)
+    try:
+        assert victim.start(reference)["type"] == "started" and survivor.start(reference)["type"] == "started"
+        assert victim.pid != survivor.pid
+        assert victim.frames(4) >= 4 and survivor.frames(4) >= 4
+        t0 = time.monotonic()
+        messages, code = victim.until_closed(send=jpeg(0))  # black frames: the echo animator fails
+        told_after = time.monotonic() - t0
+        errors = [m for m in messages if m["type"] == "error"]
+        assert code == 1011 and [e["code"] for e in errors] == ["animation_failed"], (code, errors)
+        assert "EchoFailure" in errors[0]["message"] and told_after < 5, (errors, told_after)
+        assert survivor.frames(12) >= 12  # the other replica's session goes on
+        # the failed replica fails its health checks; Ray stops it and starts a new one
+        def replaced():
+            pids = {r["pid"] for r in health(base)["replicas"]}
+            return pids if len(pids) == 2 and victim.pid not in pids else None
+
+        pids = wait_for(replaced, 60, "Ray replacing the failed replica")
+        assert survivor.pid in pids
+        assert not any(r["animator_failures"] for r in health(base)["replicas"])
+        assert survivor.frames(8) >= 8
+        started = started_session(base, reference, 30)
+        try:
+            assert started.pid in pids and started.pid != survivor.pid and started.frames(4) >= 4
+        finally:
+            started.close()
+    finally:
+        victim.close()
+        survivor.close()
+    wait_for(lambda: health(base)["sessions_active"] == 0, 10, "sessions_active back to 0")
+
+
+def deployment_replica_states() -> dict:
+    """The animator deployment's replica counts by Ray state (RUNNING, STOPPING...)."""
+    return dict(serve.status().applications[ray_app.ANIMATE_APP].deployments["Animators"].replica_states)
+
+
+def test_the_autoscaler_scales_down_by_draining_a_replica_whose_session_goes_on(base, reference):
+    """Ray picks the replica to stop (Ray 2.60, one node: the newest). Two slots a replica, so one live session
+    is under one replica's target (1.5) and the autoscaler scales down while it runs: the session is put on the
+    newest replica, the one Ray stops, which must drain."""
     autoscaled = ClusterOptions(min_replicas=1, max_replicas=2, cpus_per_replica=0.25, drain_timeout=60.0,
-                                upscale_delay=0.0, downscale_delay=1.0)
-    ray_app.deploy_animators(echo_animator, SETTINGS, autoscaled)
+                                upscale_delay=0.0, downscale_delay=1.0, metrics_window=10.5,
+                                health_check_period=0.5, health_check_timeout=5.0)
+    two_slots = dataclasses.replace(SETTINGS, max_sessions=2)
+    ray_app.deploy_animators(echo_animator, two_slots, autoscaled)
     wait_for(lambda: len(health(base)["replicas"]) == 1, 90, "autoscaling down to 1 idle replica")
-    first = Client(base)
+    clients = []
+    try:
+        clients += [Client(base), Client(base)]  # the one replica (the oldest) takes both
+        assert [c.start(reference)["type"] for c in clients] == ["started", "started"]
+        oldest = clients[0].pid
+        assert clients[1].pid == oldest
+        wait_for(lambda: len(health(base)["replicas"]) == 2, 90, "autoscaling up to 2 replicas")
+        clients.append(started_session(base, reference, 30))  # the least loaded: the new replica
+        live = clients[-1]
+        assert live.pid != oldest and live.frames(4) >= 4
+        for client in clients[:2]:
+            client.close()
+        # 1 session under the target of one replica: the autoscaler stops the newest, live's, which drains
+        deadline = time.monotonic() + 60
+        while deployment_replica_states().get("STOPPING", 0) == 0:
+            assert time.monotonic() < deadline, f"no scale-down within 60 s: {deployment_replica_states()}"
+            got = live.frames(4, seconds=10)
+            assert got >= 4, f"the live session stalled before the scale-down ({got} frames)"
+        assert deployment_replica_states().get("RUNNING") == 1
+        for _ in range(4):  # draining: the session goes on
+            assert live.frames(8) >= 8
+        now = health(base)
+        assert {r["pid"]: r["sessions"] for r in now["replicas"]} == {oldest: 0, live.pid: 1}, now["replicas"]
+        newcomer = Client(base)  # the draining replica takes no new session
+        clients.append(newcomer)
+        assert newcomer.start(reference)["type"] == "started" and newcomer.pid == oldest
+        newcomer.close()
+        assert live.frames(8) >= 8 and deployment_replica_states().get("STOPPING") == 1
+        live.close()  # its last session ended: the drained replica leaves
+        wait_for(lambda: (h := health(base))["sessions_active"] == 0 and [r["pid"] for r in h["replicas"]]
+                 == [oldest], 30, "the drained replica leaving once its session ended")
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_redeploy_drains_the_old_replica_and_its_sessions_go_on(base, reference):
+    """A redeploy (a new version) replaces every replica: the old one drains; its sessions go on."""
+    wait_for(lambda: len(health(base)["replicas"]) >= 1, 30, "a replica reporting")
+    first = started_session(base, reference, 30)
     second = None
     try:
-        reply = first.start(reference)
-        assert reply["type"] == "started", (reply, health(base))
-        # 1 live session over a target of 0.75 per replica: Ray adds the second replica
-        wait_for(lambda: len(health(base)["replicas"]) == 2, 90, "autoscaling up to 2 replicas")
         second = started_session(base, reference, 30)
-        assert second.pid != first.pid
-        # redeploy at 1 replica while both replicas hold a live session: they drain, no session ends. serve.run
-        # returns when the old replicas have gone, so it runs beside the streams.
+        # serve.run returns when the old replicas have gone, so it runs beside the streams
         redeploy = threading.Thread(target=ray_app.deploy_animators, args=(echo_animator, SETTINGS, ClusterOptions(
             replicas=1, cpus_per_replica=0.25, drain_timeout=60.0)))
         redeploy.start()
@@ -253,3 +377,31 @@ def test_autoscaling_follows_live_sessions_and_scale_down_keeps_them(base, refer
         first.close()
         if second is not None:
             second.close()
+
+
+def test_a_replica_with_a_failed_animator_drains_its_other_sessions(base, reference):
+    """Ray stops a replica that fails its health check the graceful way: its other session goes on until the
+    replacement runs and beyond, and the replica leaves when that session ends."""
+    ray_app.deploy_animators(echo_animator, dataclasses.replace(SETTINGS, max_sessions=2), ClusterOptions(
+        replicas=1, cpus_per_replica=0.25, drain_timeout=60.0, health_check_period=0.5, health_check_timeout=5.0))
+    wait_for(lambda: len(health(base)["replicas"]) == 1, 60, "1 replica x 2 sessions")
+    failing, other = Client(base), Client(base)
+    try:
+        assert failing.start(reference)["type"] == "started" and other.start(reference)["type"] == "started"
+        assert failing.pid == other.pid
+        messages, code = failing.until_closed(send=jpeg(0))
+        assert code == 1011 and [m["code"] for m in messages if m["type"] == "error"] == ["animation_failed"]
+        deadline = time.monotonic() + 60
+        while deployment_replica_states() != {"STOPPING": 1, "RUNNING": 1}:  # stopped, its replacement running
+            assert time.monotonic() < deadline, f"no replacement within 60 s: {deployment_replica_states()}"
+            assert other.frames(8, seconds=10) >= 8, "the other session stalled"
+        for _ in range(4):  # draining: the other session goes on
+            assert other.frames(8) >= 8
+        assert other.pid in {r["pid"] for r in health(base)["replicas"]}
+        other.close()
+        wait_for(lambda: (h := health(base))["sessions_active"] == 0 and other.pid not in
+                 {r["pid"] for r in h["replicas"]} and len(h["replicas"]) == 1, 30,
+                 "the drained replica leaving once its last session ended")
+    finally:
+        failing.close()
+        other.close()

@@ -355,12 +355,34 @@ def test_animator_failure_sends_the_error_then_closes_1011_and_frees_the_animato
         assert code == 1011 and len(errors) == 1 and errors[0]["code"] == "animation_failed"
         assert ("RuntimeError: boom" if failure == "exception" else "NonFiniteError") in errors[0]["message"]
         wait_idle(client)
-        Failing.fail = False  # the worker thread survived: the next client animates
+        [failed] = client.get("/api/health").json()["replicas"][0]["animator_failures"]
+        assert failed.startswith("RuntimeError: boom" if failure == "exception" else "NonFiniteError")
+        Failing.fail = False  # the worker thread survived: the next client animates (serve reuses animators)
         with client.websocket_connect("/api/ws") as ws:
             ws.receive_json()
             start(ws, key)
             stream_frames(ws, range(0, 200, 10))
             assert receive_until(ws, lambda m: isinstance(m, bytes))
+        assert client.get("/api/health").json()["replicas"][0]["animator_failures"] == []
+
+
+def test_a_pool_that_does_not_reuse_failed_animators_leases_only_live_ones():
+    """The Ray app's pool (``reuse_failed=False``): a failed animator is never leased again; Ray replaces the
+    replica (its health check raises on ``failures``)."""
+    from personalive_trt.web.pool import EnginePool
+    from personalive_trt.web.session import Session
+
+    settings = ServeSettings(max_sessions=2)
+    for reuse_failed, leased in ((False, [1]), (True, [0, 1])):
+        pool = EnginePool.create(lambda: EchoAnimator(StreamConfig(resolution=64)), settings, reuse_failed)
+        try:
+            pool.engines[0].worker.animator_failure = RuntimeError("boom")
+            assert pool.failures == ["RuntimeError: boom"]
+            sessions = [Session(i, loop=None, capacity=8) for i in range(2)]
+            got = [pool.acquire(s) for s in sessions]
+            assert [pool.engines.index(e) for e in got if e is not None] == leased
+        finally:
+            pool.close()
 
 
 def test_malformed_frames_in_a_row_end_the_session_with_1007():

@@ -5,9 +5,11 @@
 returns the frames that entered at call *k - (steps-1)*, the first ``steps-1`` calls return warm-up frames
 (the reference). Its "animation" is the driving frame blended with the reference, so a test can tell
 output from input; ``step_seconds`` sleeps inside ``step`` (releasing the GIL, as a GPU step does) to
-stand in for the model's step time. It does no model work: its frames say nothing about quality, only
-about plumbing, pacing, latency and memory. ``personalive-trt serve`` never uses it; tests and
-``scripts/soak.py`` do.
+stand in for the model's step time. With ``fail_on_black=True`` it fails on demand: a step whose window holds
+an all-black driving frame (every pixel below 8) raises :class:`EchoFailure` -- a stand-in for a real animator
+failure (a CUDA error), which tests trigger by sending black frames. It does no model work: its frames say
+nothing about quality, only about plumbing, pacing, latency and memory. ``personalive-trt serve`` never uses
+it; tests and ``scripts/soak.py`` do.
 """
 from __future__ import annotations
 
@@ -19,12 +21,18 @@ import numpy as np
 from personalive_trt.config import StreamConfig
 
 
+class EchoFailure(RuntimeError):
+    """The echo test double failing on demand (``fail_on_black``): stands in for an animator failure."""
+
+
 class EchoAnimator:
     """Test double: the pipeline's timing and interface, no model (see the module docstring)."""
 
-    def __init__(self, config: StreamConfig | None = None, step_seconds: float = 0.0) -> None:
+    def __init__(self, config: StreamConfig | None = None, step_seconds: float = 0.0,
+                 fail_on_black: bool = False) -> None:
         self.config = config or StreamConfig()
         self.step_seconds = step_seconds
+        self.fail_on_black = fail_on_black
         self.description = f"echo test double (no model, {step_seconds * 1000:.0f} ms/step)"
         self.reference: np.ndarray | None = None
         self.count = 0
@@ -52,6 +60,8 @@ class EchoAnimator:
         if frames.shape != (cfg.window, cfg.resolution, cfg.resolution, 3) or frames.dtype != np.uint8:
             raise ValueError(f"frames must be ({cfg.window}, {cfg.resolution}, {cfg.resolution}, 3) uint8, "
                              f"got {frames.shape} {frames.dtype}")
+        if self.fail_on_black and (frames.reshape(len(frames), -1).max(axis=1) < 8).any():
+            raise EchoFailure("echo test double failing on demand: an all-black driving frame")
         if self.step_seconds > 0:
             time.sleep(self.step_seconds)
         blended = ((frames.astype(np.uint16) * 3 + self.reference.astype(np.uint16)) // 4).astype(np.uint8)

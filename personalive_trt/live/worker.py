@@ -147,6 +147,10 @@ class AnimationWorker:
     stream with :class:`MalformedStreamError`. Any other exception -- in ``prepare``, the animator (a
     ``NonFiniteError`` included) or ``emit`` -- ends the stream too. A stream that ends reports its exception
     to ``on_error`` once; the thread stays, ready for the next :meth:`start`.
+
+    Liveness: :attr:`animator_failure` is what the animator itself raised (``step``, ``reset``,
+    ``fuse_reference``) when a stream ended that way, and None while it works; a restart whose reset and fuse
+    succeed clears it. Bad input (``prepare``) and a failing ``emit`` are not the animator's failure.
     """
 
     def __init__(self, animator, emit: Callable[[OutputFrame], None],
@@ -171,6 +175,7 @@ class AnimationWorker:
         self._tag: Any = None
         self._pending: deque[list[StampedFrame]] = deque()
         self.stepping = False  # True while animator.step runs
+        self.animator_failure: BaseException | None = None  # see the class docstring (liveness)
         self.last_step_end = 0.0  # time.monotonic() of the last step's end
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -264,8 +269,13 @@ class AnimationWorker:
     def _restart(self, reference: np.ndarray) -> None:
         self._active = False
         self._pending.clear()
-        self.animator.reset()
-        self.animator.fuse_reference(reference)
+        try:
+            self.animator.reset()
+            self.animator.fuse_reference(reference)
+        except Exception as exc:
+            self.animator_failure = exc
+            raise
+        self.animator_failure = None
         self.inbox.clear()  # frames that waited through the (slow) fuse are stale
         self._malformed_run = 0
         self._active = True
@@ -314,6 +324,7 @@ class AnimationWorker:
         try:
             out = self.animator.step(np.stack([f.data for f in batch]))
         except Exception as exc:
+            self.animator_failure = exc
             self._fail(exc)
             return
         finally:

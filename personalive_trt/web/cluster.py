@@ -10,6 +10,17 @@ waiting in Ray's queue (Ray refuses ``max_queued_requests=0``; its smallest queu
 queued there would wait for a slot with no bound). The router (:class:`~personalive_trt.web.ray_app.
 LeastLoadedRouter`) asks every replica its load and picks the least loaded, so a session only meets a full
 replica when every replica is full.
+
+Health: Ray calls each replica's ``check_health`` every ``health_check_period`` s; it raises when one of the
+replica's animators has failed, and after 3 failed checks in a row (Ray's threshold) Ray stops the replica the
+graceful way (its other sessions drain, as below) and starts a new one. A check that does not answer within
+``health_check_timeout`` s counts as failed (a hung replica). The period is short so a failed animator is
+replaced within seconds; the timeout is long because a replica stopped by mistake takes its sessions with it.
+
+Scale-down and redeploys: a replica Ray stops is *drained*: Ray routes no new socket to it and waits for its
+open sockets (live sessions) to end, for at most ``drain_timeout`` s (``graceful_shutdown_timeout_s``), before
+it kills the replica. Which replica the autoscaler stops is Ray's choice (Ray 2.60: replicas still starting,
+then those on the node with the fewest replicas, newest first), so it may be one with live sessions; they go on.
 """
 from __future__ import annotations
 
@@ -33,6 +44,10 @@ class ClusterOptions:
     # Autoscaler pacing (seconds); tests shorten them.
     upscale_delay: float = 5.0
     downscale_delay: float = 60.0
+    metrics_window: float = 30.0  # seconds of load the autoscaler averages (Ray's look_back_period_s)
+    # Replica health checks (seconds; module docstring); tests shorten the period.
+    health_check_period: float = 2.0
+    health_check_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         autoscale = self.min_replicas is not None or self.max_replicas is not None
@@ -48,8 +63,11 @@ class ClusterOptions:
         if self.gpus_per_replica < 0 or self.cpus_per_replica <= 0:
             raise ValueError(f"--gpus-per-replica {self.gpus_per_replica} --cpus-per-replica "
                              f"{self.cpus_per_replica}: expected GPUs >= 0 and CPUs > 0 (fractions allowed)")
-        if self.drain_timeout <= 0 or self.upscale_delay < 0 or self.downscale_delay < 0:
-            raise ValueError("the drain timeout must be > 0 and the autoscaling delays >= 0")
+        if self.drain_timeout <= 0 or self.upscale_delay < 0 or self.downscale_delay < 0 or self.metrics_window <= 0:
+            raise ValueError("the drain timeout and metrics window must be > 0 and the autoscaling delays >= 0")
+        if self.health_check_period <= 0 or self.health_check_timeout <= 0:
+            raise ValueError(f"health check period {self.health_check_period} and timeout "
+                             f"{self.health_check_timeout}: expected > 0")
 
     @property
     def autoscaling(self) -> bool:
@@ -66,6 +84,8 @@ def animator_deployment_options(options: ClusterOptions, max_sessions: int) -> d
         "max_queued_requests": 1,  # Ray's smallest queue; over it the handshake is refused (HTTP 503)
         "graceful_shutdown_timeout_s": options.drain_timeout,
         "graceful_shutdown_wait_loop_s": 1.0,
+        "health_check_period_s": options.health_check_period,
+        "health_check_timeout_s": options.health_check_timeout,
     }
     if options.autoscaling:
         deployment["autoscaling_config"] = {
@@ -76,6 +96,7 @@ def animator_deployment_options(options: ClusterOptions, max_sessions: int) -> d
             "target_ongoing_requests": max_sessions * 0.75,
             "upscale_delay_s": options.upscale_delay,
             "downscale_delay_s": options.downscale_delay,
+            "look_back_period_s": options.metrics_window,
         }
     else:
         deployment["num_replicas"] = options.replicas or 1

@@ -3,7 +3,8 @@
 The single-process ``serve`` has one replica (itself); the Ray app has one per Ray Serve replica, each pushing
 its report to the cluster registry. Both answer :func:`aggregate` of their reports, so the fields mean the same
 thing whichever server runs: ``sessions_active`` and ``max_sessions`` are totals, ``replicas`` lists each
-process (``pid``, ``node``, ``sessions``, fps, latency, host and device memory).
+process (``pid``, ``node``, ``sessions``, fps, latency, host and device memory, ``animator_failures``: the
+animators that failed and have not restarted).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def replica_report(state: ServerState) -> dict:
         "latency_ms_p50": max((w["latency_ms_p50"] for w in live if w["latency_ms_p50"] is not None), default=None),
         "host_memory_bytes": host_memory_bytes(),
         "device_memory_bytes": device_memory_bytes(),
+        "animator_failures": pool.failures,
         "counters": dict(state.counters),
         "workers": workers,
         **({"resources": state.resources} if state.resources is not None else {}),

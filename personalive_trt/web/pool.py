@@ -3,6 +3,11 @@
 Animators are created once, when the server starts (a bad weights folder fails ``serve`` at start, not at the
 first click), and never per session: loading networks and capturing CUDA graphs takes seconds and device
 memory. A session leases an :class:`Engine` for as long as it animates; ``busy`` is the pool being empty.
+
+An animator that failed (:attr:`~personalive_trt.live.worker.AnimationWorker.animator_failure`) is the pool's
+liveness: :attr:`EnginePool.failures` lists them. The single-process ``serve`` leases a failed animator again
+(its next start resets it; a passing failure costs one session), the Ray app does not (``reuse_failed=False``):
+its replica fails Ray's health check instead and Ray replaces it (:mod:`.ray_app`).
 """
 from __future__ import annotations
 
@@ -45,16 +50,23 @@ class Engine:
 
 
 class EnginePool:
-    def __init__(self, engines: list[Engine]) -> None:
+    def __init__(self, engines: list[Engine], reuse_failed: bool = True) -> None:
         self.engines = engines
+        self.reuse_failed = reuse_failed  # lease an engine whose animator failed (module docstring)
 
     @classmethod
-    def create(cls, animator_factory, settings: ServeSettings) -> "EnginePool":
+    def create(cls, animator_factory, settings: ServeSettings, reuse_failed: bool = True) -> "EnginePool":
         """``settings.max_sessions`` engines from ``animator_factory()`` (called that many times, now)."""
         if settings.max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {settings.max_sessions}")
         return cls([Engine(animator_factory(), settings.output_quality, settings.max_malformed_in_a_row)
-                    for _ in range(settings.max_sessions)])
+                    for _ in range(settings.max_sessions)], reuse_failed=reuse_failed)
+
+    @property
+    def failures(self) -> list[str]:
+        """``"Type: message"`` of each animator that failed and has not restarted since (empty: all alive)."""
+        return [f"{type(e.worker.animator_failure).__name__}: {e.worker.animator_failure}" for e in self.engines
+                if e.worker.animator_failure is not None]
 
     @property
     def active(self) -> int:
@@ -67,7 +79,7 @@ class EnginePool:
 
     def acquire(self, session: Session) -> Engine | None:
         for engine in self.engines:
-            if engine.session is None:
+            if engine.session is None and (self.reuse_failed or engine.worker.animator_failure is None):
                 engine.session = session
                 session.engine = engine
                 return engine

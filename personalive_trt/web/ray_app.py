@@ -8,7 +8,8 @@ Ray routes, back-pressures, scales and replaces; what is ours is unchanged: ever
   work. Each loads its animators and captures its graphs once, at start (``EnginePool.create``), and serves the
   WebSocket session protocol. An open socket is one of Ray's ongoing requests on the replica that accepted
   it, for its whole life: a session never moves. Admission, autoscaling and draining follow from that
-  (:mod:`.cluster` says how).
+  (:mod:`.cluster` says how). A replica whose animator fails leases it to no new session and fails Ray's
+  health check (``check_health``), so Ray replaces it (the failed session was closed with 1011 at once).
 * ``Front`` (application ``personalive``, route prefix ``/``): the page, static files, uploads, MJPEG and
   ``/api/health``. Kept off the animator replicas so that the page and uploads never wait behind sessions
   holding every request slot of a full cluster.
@@ -144,12 +145,19 @@ class Animators:
     def __init__(self, animator_factory: Callable[[], object], settings: ServeSettings) -> None:
         self.registry = serve.get_deployment_handle("Registry", app_name=APP)
         self.replica = serve.get_replica_context().replica_id.unique_id
-        pool = EnginePool.create(animator_factory, settings)
+        pool = EnginePool.create(animator_factory, settings, reuse_failed=False)  # Ray replaces the replica
         context = ray.get_runtime_context()
         resources = {name: round(amount, 4) for name, amount in context.get_assigned_resources().items()}
         self.state = ServerState(settings=settings, references=RemoteReferences(self.registry),
                                  resolution=pool.engines[0].resolution, pool=pool, resources=resources,
                                  node=f"{socket.gethostname()}/{context.get_node_id()[:8]}")
+
+    def check_health(self) -> None:
+        """Ray's health check: raises while an animator of this replica has failed (Ray then replaces it)."""
+        failures = self.state.pool.failures
+        if failures:
+            raise AnimatorFailedError(f"{len(failures)} of {len(self.state.pool.engines)} animator(s) failed; "
+                                      f"first: {failures[0]}")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         state, registry, replica = self.state, self.registry, self.replica
@@ -182,6 +190,10 @@ class Animators:
         mount(app, state, http=False, websocket_path=WEBSOCKET_PATH)
         app.add_middleware(FullPath)
         return app
+
+
+class AnimatorFailedError(RuntimeError):
+    """An animator replica's health check: one of its animators failed (Ray replaces the replica)."""
 
 
 class FullPath:
@@ -231,7 +243,8 @@ def deploy_animators(animator_factory: Callable[[], object], settings: ServeSett
 
 
 class DeployError(RuntimeError):
-    """The animator replicas could not start (bad weights, engines, device...): one line with the cause."""
+    """``serve --ray`` could not start: the cluster could not be joined, or the animator replicas failed to start
+    (bad weights, engines, device...). One line with the cause."""
 
 
 def serve_forever(animator_factory: Callable[[], object], settings: ServeSettings, options: ClusterOptions,
@@ -241,7 +254,12 @@ def serve_forever(animator_factory: Callable[[], object], settings: ServeSetting
     Without an address a new local Ray instance is started (``address="local"``: never one left running) and
     shut down on exit; with one, only this app's two applications are deleted on exit.
     """
-    ray.init(address=options.address or "local", include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        ray.init(address=options.address or "local", include_dashboard=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:  # a wrong address, a cluster that is down, or a token it does not accept
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise DeployError(f"cannot join the Ray cluster at {options.address}: {lines[0] if lines else exc} (a "
+                          "cluster with token authentication needs RAY_AUTH_MODE=token and its token)") from exc
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
