@@ -23,8 +23,9 @@ largest component`` (a state dict and its module). The build's estimate is the l
 :func:`return_freed_memory` (glibc) and ONNX Runtime sessions without their memory arena.
 
 The coefficients are fitted to `benchmarks/build_memory.py` runs (tiny and small synthetic weights at
-128, 256 and 512 px, the full-size denoising UNet alone at 128 px, fp32; ``--fit`` prints the fit,
-benchmarks/RESULTS.md the method and errors) and rounded up; ``MARGIN`` covers the largest underestimate
+128, 256 and 512 px, the full-size denoising UNet alone at 128 px, fp32; held out: small weights and the
+full-size UNet at 512 px, 16.4 GiB measured for the latter against 17.9 modelled; ``--fit`` prints the
+fit, benchmarks/RESULTS.md the method and errors) and rounded up; ``MARGIN`` covers the largest underestimate
 of a build's peak seen, held-out runs included. Nothing is loaded to estimate: every component is built on
 the meta device from its config (seconds), which also gives `build` the UNet config without loading
 11.5 GB of weights before the check. The fp16 export (TensorRT's default) is estimated with the same
