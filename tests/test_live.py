@@ -265,7 +265,10 @@ def test_run_live_stops_after_max_frames(tmp_path):
     assert probe_video(tmp_path / "o.mp4").frame_count == 10
 
 
-def test_ctrl_c_stops_cleanly_and_finalises_the_output(tmp_path):
+@pytest.mark.parametrize("signum, label", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_stops_cleanly_and_finalises_the_output(tmp_path, signum, label):
+    """Ctrl-C (and SIGTERM, which the play-out loop also turns into a stop flag rather than an exception that
+    could land inside a lock) stops the run, keeps the frames shown and leaves no temporary file."""
     out = tmp_path / "live.mp4"
     script = textwrap.dedent(f"""
         from pathlib import Path
@@ -282,14 +285,14 @@ def test_ctrl_c_stops_cleanly_and_finalises_the_output(tmp_path):
     try:
         assert "Ctrl-C stops" in process.stdout.readline()
         time.sleep(2.0)  # a looping source never ends by itself
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         stdout, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, stderr[-2000:]
-    assert "STOPPED Ctrl-C" in stdout and "Traceback" not in stderr
-    frames = int(stdout.split("STOPPED Ctrl-C")[1].split()[0])
+    assert f"STOPPED {label}" in stdout and "Traceback" not in stderr
+    frames = int(stdout.split(f"STOPPED {label}")[1].split()[0])
     with VideoReader(out) as reader:
         assert sum(1 for _ in reader) == frames > 10
     assert [p.name for p in tmp_path.iterdir()] == ["live.mp4"]  # finalised: no temporary file left

@@ -8,7 +8,9 @@ thread plays them out to the sinks, spaced like the driving frames were captured
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -143,17 +145,20 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
     stats = LiveStats(backend=getattr(animator, "description", ""), weights=weights)
     start = time.monotonic()
     finished = False
+    stop = _StopRequest()
     try:
+        stop.install()
         worker.start(reference, framer)
         source.start()
         status(f"live: {options.driving} at {source.fps:g} fps -> "
                f"{', '.join(s.name for s in sinks)} ({stats.backend}); Ctrl-C stops")
-        stats.stopped_by = _play_out(ring, worker, source, sinks, stats, options.max_frames, errors)
+        stats.stopped_by = _play_out(ring, worker, source, sinks, stats, options.max_frames, errors, stop)
         finished = True
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit):  # where no handler could be installed (not the main thread)
         stats.stopped_by = "Ctrl-C" if sys.exc_info()[0] is KeyboardInterrupt else "SIGTERM"
         finished = True  # a requested stop keeps (finalises) the output
     finally:
+        stop.restore()
         source.close()
         worker.close()
         stats.seconds = time.monotonic() - start
@@ -177,11 +182,43 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
     return stats
 
 
+class _StopRequest:
+    """Ctrl-C and SIGTERM as a flag the play-out loop reads, not an exception raised wherever the main thread is.
+
+    An asynchronous KeyboardInterrupt can land inside a ``with lock:`` of the frame ring or the worker (CPython's
+    with-statement is not signal-safe), leaving the lock held and the clean-up's ``worker.close()`` waiting
+    forever: a stop under load hung that way. Handlers are installed only in the main thread (elsewhere the
+    signals stay exceptions, caught by :func:`run_live`) and restored afterwards."""
+
+    SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.reason = self.reason or self.SIGNALS[signum]
+        self.event.set()
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
 def _play_out(ring, worker, source, sinks, stats: LiveStats, max_frames: int | None,
-              errors: list[BaseException]) -> str:
+              errors: list[BaseException], stop: _StopRequest) -> str:
     """Show frames spaced as they were captured; returns why it stopped."""
     clock = PlayoutClock()
     while True:
+        if stop.event.is_set():
+            return stop.reason
         frame = ring.get(timeout=0.1)
         if errors:
             return "error"
@@ -191,8 +228,8 @@ def _play_out(ring, worker, source, sinks, stats: LiveStats, max_frames: int | N
                 return f"end of source{f' ({source.error})' if source.error else ''}"
             continue
         wait = clock.wait(frame.t_capture, time.monotonic())
-        if wait > 0:
-            time.sleep(wait)
+        if wait > 0 and stop.event.wait(wait):
+            return stop.reason
         shown = time.monotonic()
         stats.latencies.append(shown - frame.t_capture)
         snapshot = worker.stats.snapshot()
