@@ -115,12 +115,9 @@ def write_model(model, values: Callable, path: Path, external: bool) -> list[Pat
                     entry = stored.external_data.add()
                     entry.key, entry.value = key, value
                 out.graph.initializer.append(stored)
-        with open(path, "wb") as f:
-            f.write(out.SerializeToString())
-        return files
     with open(path, "wb") as f:
         f.write(out.SerializeToString())
-        for tensor in tensors:
+        for tensor in tensors if not external else ():
             piece = onnx.ModelProto()
             piece.graph.initializer.append(numpy_helper.from_array(np.asarray(values(tensor)), tensor.name))
             f.write(piece.SerializeToString())
@@ -587,7 +584,6 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
             "versions": versions(), "networks": entries,
         }
         _write_json(out_dir / MANIFEST, manifest)  # after every network: a crash keeps what is done
-        del records
     return manifest
 
 
