@@ -210,12 +210,16 @@ def build(
         log(f"estimated peak memory {estimate.peak / buildmem.GIB:.1f} GiB (while {estimate.largest}); this "
             f"process may use {limit.bytes / buildmem.GIB:.1f} GiB ({limit.source})")
     del meta
+    if export:
+        try:
+            log(buildmem.return_freed_memory())  # before loading: the state dicts' copies are given back too
+        except buildmem.BuildMemoryError as exc:
+            raise BuildError(str(exc)) from exc
     engines_dir.mkdir(parents=True, exist_ok=True)
     models = None
     if export:
         from personalive_trt.export.onnx_export import export_all
 
-        log(buildmem.return_freed_memory())  # before loading: the state dicts' copies are given back too
         models = load_models(weights, seed=seed, vae=vae)
         export_all(models, shapes_list, onnx_dir, precisions=precisions, networks=names, fingerprint=fingerprint,
                    release_components=True, log=log)

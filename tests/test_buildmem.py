@@ -134,6 +134,21 @@ def test_build_that_would_not_fit_stops_before_it_starts(tmp_path, monkeypatch, 
     assert not engines.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_build_whose_allocator_setting_fails_stops_in_one_line(tmp_path, monkeypatch, no_loading):
+    """glibc refusing the mmap threshold is a one-line error before anything is written, not a traceback."""
+    def refuse():
+        raise buildmem.BuildMemoryError("glibc mallopt(M_MMAP_THRESHOLD, 1048576) failed")
+
+    monkeypatch.setattr(buildmem, "return_freed_memory", refuse)
+    engines = tmp_path / "engines"
+    result = CliRunner().invoke(app, ["build", "--backend", "onnxruntime", "--weights", "synthetic", "--engines",
+                                      str(engines), "--skip-memory-check"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == ["error: glibc mallopt(M_MMAP_THRESHOLD, 1048576) failed"], result.output
+    assert "Traceback" not in result.output and not engines.exists()
+
+
 def test_build_that_fits_or_skips_the_check_goes_on(tmp_path, monkeypatch, no_loading):
     monkeypatch.setattr(buildmem, "memory_limit", lambda: MemoryLimit(64 * GIB, "MemAvailable 63.0 GiB"))
     lines: list[str] = []
