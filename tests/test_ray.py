@@ -31,7 +31,7 @@ from websockets.sync.client import connect  # noqa: E402
 from personalive_trt.config import StreamConfig  # noqa: E402
 from personalive_trt.live.testing import EchoAnimator  # noqa: E402
 from personalive_trt.sample import sample_reference  # noqa: E402
-from personalive_trt.web import ray_app  # noqa: E402
+from personalive_trt.web import cluster, ray_app  # noqa: E402
 from personalive_trt.web.cluster import ClusterOptions, animator_deployment_options  # noqa: E402
 from personalive_trt.web.settings import ServeSettings  # noqa: E402
 
@@ -177,7 +177,7 @@ def test_replica_options_reach_ray(base):
     options = animator_deployment_options(ClusterOptions(min_replicas=1, max_replicas=4, gpus_per_replica=0.5,
                                                          cpus_per_replica=2), max_sessions=3)
     assert options["ray_actor_options"] == {"num_gpus": 0.5, "num_cpus": 2}
-    assert options["max_ongoing_requests"] == 4 and options["max_queued_requests"] == 1
+    assert options["max_ongoing_requests"] == 4 and options["max_queued_requests"] == cluster.HANDSHAKE_QUEUE
     assert options["autoscaling_config"]["min_replicas"] == 1 and options["autoscaling_config"]["max_replicas"] == 4
     assert options["autoscaling_config"]["target_ongoing_requests"] == pytest.approx(2.25)
     assert "num_replicas" not in options
@@ -210,6 +210,47 @@ def test_three_clients_two_animated_one_busy_and_the_reference_crosses_replicas(
     finally:
         first.close()
         second.close()
+    wait_for(lambda: health(base)["sessions_active"] == 0, 10, "sessions_active back to 0")
+
+
+def start_together(base: str, reference: str, count: int) -> tuple[list[dict], list["Client"]]:
+    """``count`` clients connect and start at the same instant; each one's reply (a refused handshake is an
+    ``exception`` entry) and the clients that connected."""
+    barrier, replies, clients = threading.Barrier(count), [None] * count, [None] * count
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            clients[i] = Client(base)
+            replies[i] = {**clients[i].start(reference), "pid": clients[i].pid, "at": time.monotonic() - t0}
+        except Exception as exc:  # noqa: BLE001 - reported below as a refused session
+            replies[i] = {"type": "exception", "error": repr(exc)[:200]}
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return replies, [c for c in clients if c is not None]
+
+
+@pytest.mark.parametrize("count", [3, 3, 6])
+def test_clients_arriving_together_fill_every_replica_and_the_rest_are_told_busy(base, reference, count):
+    """Sockets routed at the same moment spread over the replicas: with 2 replicas x 1 session, exactly 2
+    start, on the 2 replicas, and every other one is told busy at once (not refused by Ray's queue, not left
+    waiting). With Ray's queue of 1 and its own router, sockets arriving together were refused with HTTP 500
+    or put on one replica."""
+    replies, clients = start_together(base, reference, count)
+    try:
+        started = [r for r in replies if r["type"] == "started"]
+        assert len(started) == 2 and len({r["pid"] for r in started}) == 2, replies
+        others = [r for r in replies if r["type"] != "started"]
+        assert all(r["type"] == "error" and r["code"] == "busy" for r in others), replies
+        assert max(r["at"] for r in replies) < 10, replies
+    finally:
+        for client in clients:
+            client.close()
     wait_for(lambda: health(base)["sessions_active"] == 0, 10, "sessions_active back to 0")
 
 

@@ -5,11 +5,16 @@ Kept apart from :mod:`personalive_trt.web.ray_app` so that the mapping (what Ray
 
 Admission: each open WebSocket is one of Ray's ongoing requests on the replica that accepted it, for the
 socket's whole life (sticky sessions come from that). A replica takes ``max_sessions + 1`` sockets: the extra
-one lets a socket that arrives at a full replica be told ``busy`` by the protocol and closed, instead of
-waiting in Ray's queue (Ray refuses ``max_queued_requests=0``; its smallest queue is 1 per proxy, and a request
-queued there would wait for a slot with no bound). The router (:class:`~personalive_trt.web.ray_app.
-LeastLoadedRouter`) asks every replica its load and picks the least loaded, so a session only meets a full
-replica when every replica is full.
+one lets a socket that arrives at a full replica be told ``busy`` by the protocol and closed at once, instead
+of waiting in Ray's queue for a live session to end. The router (:class:`~personalive_trt.web.ray_app.
+LeastLoadedRouter`) sends each socket to the least loaded replica, counting the sockets being routed at the
+same moment, so a session meets a full replica only when every replica is full. Sockets wait in the proxy's
+queue only while they are routed or while every replica's spare slot holds a socket being told ``busy``
+(milliseconds each): 20 sockets at once on 2 replicas x 2 were 4 sessions and 16 ``busy`` within 0.6 s
+(2-core CPU, 2026-12-06). The queue is bounded by :data:`HANDSHAKE_QUEUE` sockets per proxy; over it Ray sheds
+the socket (its proxy answers the handshake with HTTP 500), which a browser sees as a refused connection. A
+queue of 1 (Ray's smallest) refused sockets that arrived together although slots were free: Ray counts a
+socket as queued while it is being routed (4 at once on 2 x 2: 2 or 3 shed, 4 rounds of 4).
 
 Health: Ray calls each replica's ``check_health`` every ``health_check_period`` s; it raises when one of the
 replica's animators has failed, and after 3 failed checks in a row (Ray's threshold) Ray stops the replica the
@@ -25,6 +30,9 @@ then those on the node with the fewest replicas, newest first), so it may be one
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: Sockets one Ray proxy may hold while they are routed to a replica (``max_queued_requests``; module docstring).
+HANDSHAKE_QUEUE = 64
 
 #: Seconds a draining replica keeps its live sessions before Ray stops it anyway (``graceful_shutdown_timeout_s``).
 DEFAULT_DRAIN_TIMEOUT = 3600.0
@@ -81,7 +89,7 @@ def animator_deployment_options(options: ClusterOptions, max_sessions: int) -> d
     deployment = {
         "ray_actor_options": {"num_gpus": options.gpus_per_replica, "num_cpus": options.cpus_per_replica},
         "max_ongoing_requests": max_sessions + 1,  # + the socket being told 'busy' (module docstring)
-        "max_queued_requests": 1,  # Ray's smallest queue; over it the handshake is refused (HTTP 503)
+        "max_queued_requests": HANDSHAKE_QUEUE,  # a burst of handshakes; over it Ray refuses them
         "graceful_shutdown_timeout_s": options.drain_timeout,
         "graceful_shutdown_wait_loop_s": 1.0,
         "health_check_period_s": options.health_check_period,

@@ -59,12 +59,65 @@ REPORT_TTL = 3.0  # a report older than this is a replica that has gone
 
 
 class LeastLoadedRouter(RequestRouter):
-    """Every replica is a candidate; Ray's router then probes their loads and picks the least loaded one that is
-    not full. (Ray's default samples two replicas at random, so with three or more a session could meet two
-    full replicas while a third has a free slot.)"""
+    """Each new socket goes to the replica with the fewest sockets, counting those still being routed.
+
+    Ray's default router samples two replicas at random, so with three or more a session could meet two full
+    replicas while a third has a free slot. Asking every replica its load is not enough either: sockets that
+    arrive together are routed concurrently, all probe the same idle loads and all pick the same replica. (4
+    sessions at once on 2 replicas x 2 put 3 on one in 3 rounds of 4, and the third was told ``busy`` while the
+    other replica had a free slot: measured 2026-12-06.) So this router (one per Ray proxy, run in its event
+    loop) counts per replica the sockets it routed that are still open, and those it chose a replica for but
+    has not sent yet (a reservation, dropped when Ray sends one to that replica or asks again for the same
+    request, and after ``RESERVATION_TTL`` s at most). It takes the larger of its count and Ray's cached load
+    (which also counts sockets from other proxies) and offers Ray the least loaded replica alone; if Ray finds
+    it full it asks again. When every replica looks full it offers them all, so that Ray probes their loads
+    afresh (a cached load can be stale) and waits for a spare slot to free up.
+
+    Exact within one proxy. Across nodes (a proxy each), two sockets that arrive at the same instant through
+    different proxies can still meet at one replica's spare slot, and one of them is told ``busy``.
+    """
+
+    RESERVATION_TTL = 5.0  # seconds; routing a handshake takes milliseconds, this only bounds a leak
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._open: dict[str, object] = {}  # request id -> replica id: sockets this proxy routed, still open
+        self._reserved: dict[str, tuple[object, float]] = {}  # request id -> (replica id, when chosen)
+
+    def _load(self, replica) -> int:
+        rid = replica.replica_id
+        routed = sum(1 for r in self._open.values() if r == rid)
+        reported = self.replica_queue_len_cache.get(rid) or 0
+        return max(routed, reported) + sum(1 for r, _ in self._reserved.values() if r == rid)
 
     async def choose_replicas(self, candidate_replicas, pending_request=None):
-        return [list(candidate_replicas)] if candidate_replicas else []
+        if not candidate_replicas:
+            return []
+        now = time.monotonic()
+        for key in [k for k, (_, t) in self._reserved.items() if now - t > self.RESERVATION_TTL]:
+            del self._reserved[key]
+        key = pending_request.metadata.internal_request_id if pending_request is not None else None
+        self._reserved.pop(key, None)  # asked again for this request: the last choice was full or is gone
+        loads = [(self._load(r), i, r) for i, r in enumerate(candidate_replicas)]
+        open_ = [(load, i, r) for load, i, r in loads if load < r.max_ongoing_requests]
+        if not open_:  # all look full: let Ray probe them all (counts can be stale) and wait for a free slot
+            return [list(candidate_replicas)]
+        _, _, best = min(open_, key=lambda item: item[:2])
+        if key is not None:
+            self._reserved[key] = (best.replica_id, now)
+        return [[best]]
+
+    def on_send_request(self, replica_id) -> None:
+        super().on_send_request(replica_id)  # Ray's cached load counts the socket from now on: drop a reservation
+        key = next((k for k, (r, _) in self._reserved.items() if r == replica_id), None)
+        self._reserved.pop(key, None)
+
+    def on_request_routed(self, pending_request, replica_id, result) -> None:
+        self._open[pending_request.metadata.internal_request_id] = replica_id
+
+    def on_request_completed(self, replica_id, internal_request_id: str) -> None:
+        self._open.pop(internal_request_id, None)
+        self._reserved.pop(internal_request_id, None)
 
 
 class RemoteReferences:
