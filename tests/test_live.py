@@ -65,6 +65,40 @@ def test_playout_clock_spaces_frames_like_their_capture_without_drift():
     assert clock.wait(10.5, 101.0) == pytest.approx(0.1)
 
 
+def play(clock: PlayoutClock, windows: int, late_first: float, spacing: float = 0.1, window: int = 4,
+         transit: float = 0.2) -> list[tuple[float, float]]:
+    """(capture, show) of each frame: windows of ``window`` frames captured ``spacing`` apart arrive together
+    ``transit`` s after their last frame (the first window ``late_first`` s later still), and are shown one
+    after the other as the play-out loop does (the next frame's 'now' is the previous one's show time)."""
+    shown, t = [], 0.0
+    for w in range(windows):
+        captures = [(w * window + i) * spacing for i in range(window)]
+        arrival = captures[-1] + transit + (late_first if w == 0 else 0.0)
+        t = max(t, arrival)
+        for capture in captures:
+            t += clock.wait(capture, t, arrival)
+            shown.append((capture, t))
+    return shown
+
+
+def test_playout_clock_comes_back_down_after_a_late_window_smoothly():
+    """One late window at the start must not hold the whole session to its latency: the offset returns to
+    what the windows need (the first frame of each: 3 frames + transit = 0.5 s) by 0.1 s per s, and frames are
+    never shown closer together than 90% of their capture spacing on the way."""
+    clock = PlayoutClock()
+    shown = play(clock, windows=40, late_first=0.5)  # 16 s of stream
+    latencies = [s - c for c, s in shown]
+    assert latencies[0] == pytest.approx(1.0)  # anchored on the late window
+    assert latencies[-1] == pytest.approx(0.5, abs=1e-9) and clock.offset == pytest.approx(0.5, abs=1e-9)
+    assert min(latencies) >= 0.5 - 1e-9  # never earlier than the first frame of a window allows: no stutter
+    gaps = [b[1] - a[1] for a, b in zip(shown, shown[1:])]
+    assert min(gaps) >= 0.09 - 1e-9, min(gaps)
+    recovered = next(i for i, lat in enumerate(latencies) if lat < 0.5 + 1e-6)
+    assert shown[recovered][1] < 9.0, shown[recovered]  # 2 s horizon + 0.5 s at 0.1 s/s, from ~1.2 s
+    steady = play(PlayoutClock(), windows=40, late_first=0.0)
+    assert all(s - c == pytest.approx(0.5) for c, s in steady)  # on time from the start: held at 0.5 throughout
+
+
 # ------------------------------------------------------------------------------------------------ sources
 
 

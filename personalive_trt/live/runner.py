@@ -227,7 +227,7 @@ def _play_out(ring, worker, source, sinks, stats: LiveStats, max_frames: int | N
             if source.ended.is_set() and _worker_drained(worker):
                 return f"end of source{f' ({source.error})' if source.error else ''}"
             continue
-        wait = clock.wait(frame.t_capture, time.monotonic())
+        wait = clock.wait(frame.t_capture, time.monotonic(), frame.t_out)
         if wait > 0 and stop.event.wait(wait):
             return stop.reason
         shown = time.monotonic()

@@ -121,27 +121,51 @@ class FrameRing(Generic[T]):
 class PlayoutClock:
     """When to show each output frame so that frames are spaced like their driving frames were captured.
 
-    The animator returns ``window`` frames at once; showing them at once would stutter. The clock anchors the
-    capture timeline to the wall clock at the first frame and schedules each frame at ``anchor + (capture -
-    anchor capture)``, so there is no drift (spacing each frame from the previous one's actual show time
-    accumulates send overheads and builds up a backlog). A frame more than ``max_lag`` late, or a jump
-    (pause, swapped stream) re-anchors on that frame and is shown at once.
+    The animator returns ``window`` frames at once; showing them at once would stutter. Every frame is held to
+    one latency, the *offset* (show time minus capture time), so frames keep their capture spacing and nothing
+    drifts (spacing each frame from the previous one's actual show time accumulates send overheads and builds
+    up a backlog). The offset starts at the first frame's latency. A frame more than ``max_lag`` late, or a
+    jump (pause, swapped stream: a frame due more than ``max_wait`` ahead), re-anchors the offset on that
+    frame, which is shown at once. When frames arrive earlier again the offset comes back down, to the largest
+    latency of the last ``horizon`` seconds (the first frame of each window needs that much), by at most
+    ``catch_up`` seconds per second of capture (those frames play that much faster, so it is smooth). Without the way
+    down, one late window early in a session held every later frame to its latency for the whole session.
     """
 
-    def __init__(self, max_lag: float = 0.25, max_wait: float = 1.0) -> None:
+    def __init__(self, max_lag: float = 0.25, max_wait: float = 1.0, horizon: float = 2.0,
+                 catch_up: float = 0.1) -> None:
         self.max_lag = max_lag
         self.max_wait = max_wait
-        self._anchor: tuple[float, float] | None = None
+        self.horizon = horizon
+        self.catch_up = catch_up
+        self._offset: float | None = None
+        self._last = 0.0  # capture time of the previous frame
+        self._recent: deque[tuple[float, float]] = deque()  # (ready, latency when ready) of recent frames
+
+    @property
+    def offset(self) -> float | None:
+        """The latency frames are held to now (seconds), None before the first frame."""
+        return self._offset
 
     def reset(self) -> None:
-        self._anchor = None
+        self._offset = None
+        self._recent.clear()
 
-    def wait(self, t_capture: float, now: float) -> float:
-        """Seconds to wait before showing the frame captured at ``t_capture`` (0 = now)."""
-        if self._anchor is not None:
-            due = self._anchor[1] + (t_capture - self._anchor[0])
-            delay = due - now
-            if -self.max_lag <= delay <= self.max_wait:
-                return max(delay, 0.0)
-        self._anchor = (t_capture, now)
-        return 0.0
+    def wait(self, t_capture: float, now: float, t_ready: float | None = None) -> float:
+        """Seconds to wait before showing the frame captured at ``t_capture`` (0 = now). ``t_ready``: when the
+        frame became available (default ``now``); the time it then waited behind frames being held is the
+        clock's own doing, so it does not count towards the latency frames need."""
+        latency = now - t_capture
+        ready = now if t_ready is None else t_ready
+        recent = self._recent
+        recent.append((ready, ready - t_capture))
+        while recent[0][0] < ready - self.horizon:
+            recent.popleft()
+        if self._offset is None or not -self.max_lag <= self._offset - latency <= self.max_wait:
+            self._offset, self._last = latency, t_capture  # anchor, or re-anchor on a late frame or a jump
+            return 0.0
+        needed = max(seen for _, seen in recent)
+        if needed < self._offset:
+            self._offset = max(needed, self._offset - self.catch_up * max(t_capture - self._last, 0.0))
+        self._last = t_capture
+        return max(self._offset - latency, 0.0)

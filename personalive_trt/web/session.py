@@ -159,7 +159,7 @@ class WebSocketSession:
                 return
             while session.outputs:
                 jpeg, frame = session.outputs.popleft()
-                wait = clock.wait(frame.t_capture, time.monotonic())
+                wait = clock.wait(frame.t_capture, time.monotonic(), frame.t_out)
                 if wait > 0:
                     await asyncio.sleep(wait)
                 now = time.monotonic()
