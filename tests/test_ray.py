@@ -171,6 +171,67 @@ class Client:
         raise AssertionError(f"the server did not close within {seconds:.0f} s")
 
 
+class FakeReplica:
+    def __init__(self, name: str, failed: int = 0, max_ongoing: int = 3) -> None:
+        self.replica_id, self.max_ongoing_requests = name, max_ongoing
+        self.routing_stats = {ray_app.FAILED_ANIMATORS: failed} if failed else {}
+
+
+class FakeQueueLengths:
+    """Ray's cached replica loads (``ReplicaQueueLengthCache.get``/``update``)."""
+
+    def __init__(self, **loads: int) -> None:
+        self.loads = dict(loads)
+
+    def get(self, replica_id):
+        return self.loads.get(replica_id)
+
+    def update(self, replica_id, value) -> None:
+        self.loads[replica_id] = value
+
+
+def fake_router(**loads: int) -> ray_app.LeastLoadedRouter:
+    """The router's choice logic without a Ray proxy around it: only the state it reads is set."""
+    router = object.__new__(ray_app.LeastLoadedRouter)
+    router._open, router._reserved = {}, {}
+    router._replica_queue_len_cache = FakeQueueLengths(**loads)
+    router._use_replica_queue_len_cache = True
+    router._update_router_queue_len_gauge = lambda *args: None
+    return router
+
+
+def request(key: str):
+    return type("Pending", (), {"metadata": type("Meta", (), {"internal_request_id": key})()})()
+
+
+def choose(router, replicas, key):
+    import asyncio
+
+    return asyncio.run(router.choose_replicas(replicas, request(key)))
+
+
+def test_router_spreads_requests_routed_together_and_skips_a_replica_whose_animator_failed():
+    a, b = FakeReplica("a"), FakeReplica("b")
+    router = fake_router()
+    # four sockets routed at once (none sent yet): reservations spread them 2 and 2, not all on the idle 'a'
+    picks = [choose(router, [a, b], f"r{i}") for i in range(4)]
+    assert [p[0][0].replica_id for p in picks] == ["a", "b", "a", "b"]
+    choose(router, [a, b], "r0")  # asked again for r0 (its replica was full): its reservation is dropped first
+    assert sum(1 for r, _ in router._reserved.values() if r == "a") == 2
+    router.on_send_request("a")  # Ray counts a sent socket in its cache; a reservation on 'a' goes
+    assert router._replica_queue_len_cache.get("a") == 1 and len(router._reserved) == 3
+    router.on_request_routed(request("r0"), "a", None)
+    router.on_request_completed("a", "r0")
+    assert router._open == {}
+    # every replica full (K + 1 sockets each): all are offered, so that Ray probes them afresh
+    full = fake_router(a=3, b=3)
+    assert choose(full, [a, b], "x") == [[a, b]] and full._reserved == {}
+    # a replica whose animator failed is offered only when no other one is
+    failed = FakeReplica("a", failed=1)
+    assert choose(fake_router(b=2), [failed, b], "y") == [[b]]
+    assert choose(fake_router(), [failed], "z") == [[failed]]
+
+
 def test_replica_options_reach_ray(base):
     replicas = health(base)["replicas"]
     assert [r["resources"] for r in replicas] == [{"CPU": 0.25, "GPU": 0.25}] * 2
@@ -446,3 +507,28 @@ def test_a_replica_with_a_failed_animator_drains_its_other_sessions(base, refere
     finally:
         failing.close()
         other.close()
+
+
+def test_a_replica_with_a_failed_animator_gets_no_new_session_while_another_has_room(base, reference):
+    """Until Ray's health checks take a failed replica out (3 checks, 3 s apart here), its routing stats keep new
+    sessions off it: a session started meanwhile goes to the other replica, though the failed one is idler
+    (without the routing stats it was told busy by the failed replica, 4 times in 4)."""
+    ray_app.deploy_animators(echo_animator, SETTINGS, dataclasses.replace(FIXED, health_check_period=3.0))
+    wait_for(lambda: len(health(base)["replicas"]) == 2, 60, "2 new replicas reporting")
+    victim = started_session(base, reference, 30)
+    try:
+        assert victim.frames(4) >= 4
+        _, code = victim.until_closed(send=jpeg(0))
+        assert code == 1011
+        time.sleep(2 * ray_app.ROUTING_STATS_PERIOD + 0.3)  # Ray polls the stats, then tells the proxy
+        failed = [r["pid"] for r in health(base)["replicas"] if r["animator_failures"]]
+        assert failed == [victim.pid], failed  # still up: its 3rd failed health check is seconds away
+        newcomer = Client(base)
+        try:
+            reply = newcomer.start(reference)
+            assert reply["type"] == "started" and newcomer.pid != victim.pid, reply
+            assert newcomer.frames(4) >= 4
+        finally:
+            newcomer.close()
+    finally:
+        victim.close()

@@ -56,6 +56,8 @@ ANIMATE_APP = "personalive-animate"  # animator replicas, route prefix WEBSOCKET
 WEBSOCKET_PATH = "/api/ws"
 REPORT_INTERVAL = 0.5  # seconds between an animator replica's health reports
 REPORT_TTL = 3.0  # a report older than this is a replica that has gone
+ROUTING_STATS_PERIOD = 0.5  # seconds between Ray's polls of each animator replica's routing stats
+FAILED_ANIMATORS = "failed_animators"  # routing stats key: how many of the replica's animators have failed
 
 
 class LeastLoadedRouter(RequestRouter):
@@ -72,6 +74,9 @@ class LeastLoadedRouter(RequestRouter):
     (which also counts sockets from other proxies) and offers Ray the least loaded replica alone; if Ray finds
     it full it asks again. When every replica looks full it offers them all, so that Ray probes their loads
     afresh (a cached load can be stale) and waits for a spare slot to free up.
+
+    A replica with a failed animator (its routing stats, polled every ``ROUTING_STATS_PERIOD`` s) is offered
+    only when no other replica is: it would tell every new session ``busy`` until Ray replaces it.
 
     Exact within one proxy. Across nodes (a proxy each), two sockets that arrive at the same instant through
     different proxies can still meet at one replica's spare slot, and one of them is told ``busy``.
@@ -98,6 +103,8 @@ class LeastLoadedRouter(RequestRouter):
             del self._reserved[key]
         key = pending_request.metadata.internal_request_id if pending_request is not None else None
         self._reserved.pop(key, None)  # asked again for this request: the last choice was full or is gone
+        healthy = [r for r in candidate_replicas if not r.routing_stats.get(FAILED_ANIMATORS)]
+        candidate_replicas = healthy or candidate_replicas  # none healthy: they answer busy until replaced
         loads = [(self._load(r), i, r) for i, r in enumerate(candidate_replicas)]
         open_ = [(load, i, r) for load, i, r in loads if load < r.max_ongoing_requests]
         if not open_:  # all look full: let Ray probe them all (counts can be stale) and wait for a free slot
@@ -205,6 +212,11 @@ class Animators:
                                  resolution=pool.engines[0].resolution, pool=pool, resources=resources,
                                  node=f"{socket.gethostname()}/{context.get_node_id()[:8]}")
 
+    def record_routing_stats(self) -> dict:
+        """Polled by Ray every ``ROUTING_STATS_PERIOD`` s for the router: a replica whose animator failed gets
+        no new session while Ray's health checks (``check_health``) take it out."""
+        return {FAILED_ANIMATORS: len(self.state.pool.failures)}
+
     def check_health(self) -> None:
         """Ray's health check: raises while an animator of this replica has failed (Ray then replaces it)."""
         failures = self.state.pool.failures
@@ -284,7 +296,8 @@ def deploy_animators(animator_factory: Callable[[], object], settings: ServeSett
     """
     settings = dataclasses.replace(settings, close_when_busy=True)
     animators = serve.deployment(Animators, name="Animators").options(
-        request_router_config={"request_router_class": LeastLoadedRouter},
+        request_router_config={"request_router_class": LeastLoadedRouter,
+                               "request_routing_stats_period_s": ROUTING_STATS_PERIOD},
         **animator_deployment_options(options, settings.max_sessions))
     try:
         serve.run(animators.bind(animator_factory, settings), name=ANIMATE_APP, route_prefix=WEBSOCKET_PATH)
