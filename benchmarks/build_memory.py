@@ -55,14 +55,12 @@ if only is None:
     build(weights, engines, backend="onnxruntime", resolution=resolution, precision=precision, log=log)
 else:  # these networks only, as build exports them; only their components are ever loaded
     import types
-    import torch
     from personalive_trt import buildmem
     from personalive_trt.config import StreamConfig
     from personalive_trt.export.onnx_export import all_specs, export_all
     from personalive_trt.shapes import StreamShapes
-    from personalive_trt.synthetic import CONFIGS, fill_module_
-    from personalive_trt.weights import (COMPONENTS, _synthetic_namespace, build_module, folder_configs,
-                                         load_component, parse_weights_spec)
+    from personalive_trt.weights import (COMPONENTS, folder_configs, load_component, parse_weights_spec,
+                                         synthetic_component)
     buildmem.return_freed_memory()  # as build does before it loads
     kind, value = parse_weights_spec(weights)
     unet_config = buildmem.meta_models(weights).denoising_unet.config
@@ -73,10 +71,7 @@ else:  # these networks only, as build exports them; only their components are e
         if component.name not in needed:
             modules[component.name] = None
         elif kind == "synthetic":  # filled in place (no state dict): same sizes, other random numbers
-            with torch.device("meta"):
-                module = build_module(component.name, CONFIGS[str(value)])
-            module = module.eval().requires_grad_(False).to_empty(device="cpu")
-            fill_module_(module, 0, _synthetic_namespace(component.name))
+            module = synthetic_component(component.name, str(value).partition(":")[0])
             modules[component.name] = module
         else:
             module = load_component(component, folder_configs(Path(value)), Path(value)).eval()

@@ -452,25 +452,31 @@ def synthetic_models(
 
 
 def _synthetic_on_device(size: str, seed: int, device, dtype: torch.dtype, vae: str) -> Models:
-    """``synthetic:SIZE:device``: meta build, cast on meta, ``to_empty`` on ``device``, filled in place there.
-
-    Nothing is allocated but the final tensors (plus one fill chunk), and no state dict is materialised."""
+    """``synthetic:SIZE:device``: every component from :func:`synthetic_component`."""
     from personalive_trt.devices import canonical_device
-    from personalive_trt.synthetic import CONFIGS, fill_module_
 
     device = canonical_device(device)
-    modules = {}
-    for component in COMPONENTS + ((TAESD,) if vae == "tiny" else ()):
-        with torch.device("meta"):
-            module = build_module(component.name, CONFIGS[size])
-        cast(module.eval().requires_grad_(False), None, dtype)  # on meta: free; keeps fp32 parts where kept
-        module.to_empty(device=device)
-        filled = fill_module_(module, seed, _synthetic_namespace(component.name))
-        expected = module.state_dict().keys()
-        if sorted(filled) != sorted(expected):  # strict: every key of the layout, nothing else
-            raise WeightsError(f"{component.name}: device fill covered {len(filled)} of {len(expected)} keys")
-        modules[component.name] = module
+    modules = {component.name: synthetic_component(component.name, size, seed, device, dtype)
+               for component in COMPONENTS + ((TAESD,) if vae == "tiny" else ())}
     return Models(**modules, source=f"synthetic:{size}:device (seed {seed})", synthetic=True)
+
+
+def synthetic_component(name: str, size: str, seed: int = 0, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """One synthetic component built on the meta device, cast there, ``to_empty`` on ``device`` and filled in
+    place (:func:`personalive_trt.synthetic.fill_module_`): nothing is allocated but the final tensors (plus
+    one fill chunk), and no state dict is materialised. Eval mode, no gradients."""
+    from personalive_trt.synthetic import CONFIGS, fill_module_
+
+    with torch.device("meta"):
+        module = build_module(name, CONFIGS[size])
+    cast(module.eval().requires_grad_(False), None, dtype)  # on meta: free; keeps fp32 parts where kept
+    module.to_empty(device=device)
+    filled = fill_module_(module, seed, _synthetic_namespace(name))
+    expected = module.state_dict().keys()
+    if sorted(filled) != sorted(expected):  # strict: every key of the layout, nothing else
+        raise WeightsError(f"{name}: device fill covered {len(filled)} of {len(expected)} keys")
+    return module
 
 
 def parse_weights_spec(spec: str | Path) -> tuple[str, str | Path]:
