@@ -188,9 +188,10 @@ def measured_peak(run: dict, network: str) -> int:
 def fit(runs: list[dict], hold_out: list[str]) -> None:
     """Non-negative least squares of ``peak - loaded = BASE + WEIGHT_FACTOR[path] * weights + ACTIVATION[kind] *
     activation`` (bytes; one row per network of every run not held out; ``path``: embedded or external
-    weights), in two stages: BASE, WEIGHT_FACTOR and the UNets' ACTIVATION from the UNet networks alone (their weights change 12x between the tiny and
-    small configs; every other network's weights are the same in both, so their rows cannot separate a
-    weight factor from a constant), then each other kind's ACTIVATION with those fixed. Prints the
+    weights), in two stages: BASE, WEIGHT_FACTOR and the UNets' ACTIVATION from the UNet networks alone
+    (their weights change 12x between the tiny and small configs; every other network's weights are the
+    same in both, so their rows cannot separate a weight factor from a constant), then each other kind's
+    ACTIVATION with those fixed. Prints the
     coefficients and, per run, the worst measured/modelled ratio (no MARGIN)."""
     import numpy as np
     from scipy.optimize import nnls
