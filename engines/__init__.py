@@ -1,7 +1,7 @@
 """TensorRT engine building and the engine cache (``personalive_trt.engines``).
 
 * :mod:`~personalive_trt.engines.builder`: ONNX -> TensorRT engine through the Python API (TensorRT 10
-  and 11), one optimisation profile per network from its :class:`~personalive_trt.export.spec.NetworkSpec`,
+  and 11), one optimisation profile per network from its :class:`~personalive_trt.export.interface.NetworkSpec`,
   a timing cache per GPU, per-network precision overrides.
 * :mod:`~personalive_trt.engines.cache`: engines keyed by network, ONNX hash, profile, precision, TensorRT
   version and GPU, with a JSON manifest; stale engines are rebuilt or refused, never loaded.

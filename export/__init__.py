@@ -3,7 +3,7 @@
 Filled in by the export stage: one spec per network derived from the shared shapes
 object, traced from the ``personalive_trt`` models.
 
-* :mod:`~personalive_trt.export.spec`: :class:`TensorSpec`, :class:`NetworkSpec`, :class:`Tolerance`.
+* :mod:`~personalive_trt.export.interface`: :class:`TensorSpec`, :class:`NetworkSpec`, :class:`Tolerance`.
 * :mod:`~personalive_trt.export.specs`: :func:`network_specs` (the eight networks of a
   :class:`~personalive_trt.shapes.StreamShapes`), :func:`sample_inputs`, the traceable wrappers.
 * :mod:`~personalive_trt.export.onnx_export`: :func:`export_network` / :func:`export_all` (fp32 and
@@ -13,7 +13,7 @@ object, traced from the ``personalive_trt`` models.
 """
 from importlib import import_module
 
-from .spec import ExportError, NetworkSpec, TensorSpec, Tolerance
+from .interface import ExportError, NetworkSpec, TensorSpec, Tolerance
 from .specs import merge_specs, network_specs, sample_inputs, verification_cases
 
 # The exporter needs the `onnx` extra; specs do not (the torch pipeline reads them), so the

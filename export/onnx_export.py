@@ -1,6 +1,6 @@
 """ONNX export of the PersonaLive networks, verified in ONNX Runtime against torch, with a manifest.
 
-For each :class:`~personalive_trt.export.spec.NetworkSpec`:
+For each :class:`~personalive_trt.export.interface.NetworkSpec`:
 
 1. the torch FP32 reference outputs are computed on the spec's sample inputs at two shapes
    (:func:`~personalive_trt.export.specs.verification_cases`);
@@ -13,7 +13,7 @@ For each :class:`~personalive_trt.export.spec.NetworkSpec`:
    fp16 ops in float32, see :mod:`~personalive_trt.export.fp16`). ONNX Runtime runs the file's
    fused-attention copy (``model.fused.onnx``, :mod:`~personalive_trt.export.attention`): the plain
    attention TensorRT fuses would make ONNX Runtime materialise every score matrix. A metric beyond
-   the spec's :class:`~personalive_trt.export.spec.Tolerance` raises :class:`ExportError`;
+   the spec's :class:`~personalive_trt.export.interface.Tolerance` raises :class:`ExportError`;
 5. only when every requested precision has passed are the exports moved into place (``out_dir/<name>.<precision>/model.onnx``, plus
    ``model.onnx.data`` when the weights exceed ``external_data_bytes``); a failed export leaves
    nothing behind and an earlier export of the same network untouched.
@@ -44,13 +44,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from personalive_trt import buildmem
+from personalive_trt.build import memory as buildmem
 from personalive_trt.config import StreamConfig
 from personalive_trt.shapes import StreamShapes
 
 from . import fp16 as fp16_graph
 from .attention import fuse_attention
-from .spec import ExportError, NetworkSpec
+from .interface import ExportError, NetworkSpec
 from .specs import merge_specs, network_specs, sample_inputs, verification_cases
 
 DEFAULT_OPSET = 17
@@ -532,7 +532,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     sequence of them (one denoising UNet per window; shared networks cover every window's range).
     An existing manifest in ``out_dir`` is updated: entries of networks exported now are replaced,
     the others kept -- unless it records other weights: ``fingerprint`` (see
-    :func:`personalive_trt.build.weights_fingerprint`) is written into the manifest, and a manifest
+    :func:`personalive_trt.build.driver.weights_fingerprint`) is written into the manifest, and a manifest
     with another (or no) fingerprint is started afresh, so one manifest never mixes exports of two
     sets of weights. Returns the manifest.
 
@@ -541,7 +541,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     ``models`` once its last network is traced (before that network's files are written and verified),
     so the largest (the denoising UNet, 6.7 GB at the released size) is exported with little else
     resident and verified without itself; and glibc returns freed blocks to the system
-    (:func:`personalive_trt.buildmem.return_freed_memory`).
+    (:func:`personalive_trt.build.memory.return_freed_memory`).
     """
     out_dir = Path(out_dir)
     items = [shapes] if isinstance(shapes, (StreamShapes, int)) else list(shapes)

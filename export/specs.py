@@ -45,7 +45,7 @@ from torch import nn
 from personalive_trt.config import LATENT_SCALE
 from personalive_trt.shapes import StreamShapes, kv_names, safe_name
 
-from .spec import DEFAULT_TOLERANCES, NetworkSpec, TensorSpec, Tolerance
+from .interface import DEFAULT_TOLERANCES, NetworkSpec, TensorSpec, Tolerance
 
 # CLIP image normalisation (CLIPImageProcessor defaults), for realistic encoder samples.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -9,8 +9,8 @@ Python API::
     out = anim.step(frames)             # (4, 512, 512, 3) uint8 -> (4, 512, 512, 3) uint8
 """
 from personalive_trt.config import StreamConfig
-from personalive_trt.pipeline import Animator, NonFiniteError
-from personalive_trt.weights import Models, WeightsError, load_models, synthetic_models
+from personalive_trt.runtime.reference_loop import Animator, NonFiniteError
+from personalive_trt.models.weights import Models, WeightsError, load_models, synthetic_models
 
 __version__ = "0.1.0"
 __all__ = ["Animator", "Models", "NonFiniteError", "StreamConfig", "WeightsError", "load_models",

@@ -1,7 +1,7 @@
 """``torch.compile`` for the torch backend: compiled networks that run inside the runtime's own CUDA graphs.
 
 Where TensorRT cannot be built, the torch backend is the engine. :func:`compile_networks` returns a new
-:class:`~personalive_trt.networks.Networks` whose per-step networks (denoising UNet, VAE decoder, motion
+:class:`~personalive_trt.engines.networks.Networks` whose per-step networks (denoising UNet, VAE decoder, motion
 encoder, pose encoder, pose guider, and the keyframe path's reference UNet and bank projector) run compiled
 code; the image encoder and VAE encoder, called once per reference, stay eager. What it costs and why:
 
@@ -89,7 +89,7 @@ class CompileOptions:
     def folder(self) -> Path:
         if self.cache_dir is not None:
             return Path(self.cache_dir)
-        from personalive_trt.build import DEFAULT_ENGINES_DIR
+        from personalive_trt.build.driver import DEFAULT_ENGINES_DIR
 
         return Path(DEFAULT_ENGINES_DIR) / CACHE_SUBDIR
 
@@ -266,7 +266,7 @@ def compile_networks(networks, options: CompileOptions | None = None):
     """A new :class:`Networks` whose :data:`COMPILED_ROLES` run compiled copies (see the module docstring);
     ``networks`` (torch backends) and its modules are left as they were. Compilation itself happens at the
     first call of each shape; ``StreamRuntime`` makes those calls at construction, then freezes."""
-    from personalive_trt.networks import Networks
+    from personalive_trt.engines.networks import Networks
 
     options = options or CompileOptions()
     not_torch = sorted(role for role in COMPILED_ROLES if type(networks.backends[role]) is not TorchBackend)
@@ -329,7 +329,7 @@ def resolve_compile(mode: str, backend: str, engines: Path | None = None, networ
             raise ValueError("--compile on: compiles the streaming runtime's networks, not --reference-loop's")
     elif backend != "torch" or loop != "runtime" or networks is None:
         return None
-    from personalive_trt.build import DEFAULT_ENGINES_DIR
+    from personalive_trt.build.driver import DEFAULT_ENGINES_DIR
 
     options = CompileOptions(cache_dir=Path(engines or DEFAULT_ENGINES_DIR) / CACHE_SUBDIR)
     if mode == "auto" and not compile_is_warm(networks, options):
@@ -344,7 +344,7 @@ def warm_cache(weights: str, engines: Path, windows=(4,), vae: str = "full", dev
     from personalive_trt.config import StreamConfig
     from personalive_trt.devices import resolve_device
     from personalive_trt.runtime.stream import StreamRuntime
-    from personalive_trt.weights import load_models
+    from personalive_trt.models.weights import load_models
 
     torch_device, torch_dtype = resolve_device(device, dtype, backend="torch")
     require_compiler(torch_device)

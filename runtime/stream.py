@@ -1,6 +1,6 @@
 """The streaming runtime: PersonaLive's online loop on buffers allocated once, replayed as CUDA graphs.
 
-:class:`~personalive_trt.pipeline.Animator` is the readable reference: it keeps its piles in Python
+:class:`~personalive_trt.runtime.reference_loop.Animator` is the readable reference: it keeps its piles in Python
 lists, concatenates them every call and decides on keyframes on the host. :class:`StreamRuntime` does
 the same arithmetic with every piece of state in a device buffer allocated at construction:
 
@@ -42,13 +42,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from personalive_trt import keypoints as kp
+from personalive_trt.models import keypoints as kp
 from personalive_trt.config import COND_SIZE, StreamConfig
 from personalive_trt.devices import canonical_device
-from personalive_trt.keypoints import crop_faces_device
-from personalive_trt.networks import BACKENDS, Networks
-from personalive_trt.pipeline import NonFiniteError, check_frames, encode_reference, write_banks
-from personalive_trt.scheduler import DDIMSchedule
+from personalive_trt.models.keypoints import crop_faces_device
+from personalive_trt.engines.networks import BACKENDS, Networks
+from personalive_trt.runtime.reference_loop import NonFiniteError, check_frames, encode_reference, write_banks
+from personalive_trt.models.scheduler import DDIMSchedule
 
 NoiseFn = Callable[[torch.Tensor], object]
 
@@ -101,7 +101,7 @@ KEYPOINT_LIMIT = 1e4
 class StreamRuntime:
     """PersonaLive's streaming loop on preallocated buffers (CUDA graphs on GPU).
 
-    Drop-in for :class:`~personalive_trt.pipeline.Animator` (``fuse_reference``, ``swap_reference``,
+    Drop-in for :class:`~personalive_trt.runtime.reference_loop.Animator` (``fuse_reference``, ``swap_reference``,
     ``step``, ``reset``, the in-place ``noise`` hook, ``config``, ``count``) plus the asynchronous
     ``submit``/``collect`` pair.
 
@@ -166,7 +166,7 @@ class StreamRuntime:
                     engines: str | Path | None = None, noise: NoiseFn | None = None, seed: int = 42,
                     graphs: bool | None = None, weights: str | None = None,
                     compile: "bool | CompileOptions" = False) -> "StreamRuntime":  # noqa: A002
-        """A runtime over loaded :class:`~personalive_trt.weights.Models` (``backend="torch"``) or over the
+        """A runtime over loaded :class:`~personalive_trt.models.weights.Models` (``backend="torch"``) or over the
         engines built from them (``"onnxruntime"``/``"tensorrt"``, from ``engines``; ``weights`` is the
         spec they were built from, checked against the build record).
 
@@ -185,7 +185,7 @@ class StreamRuntime:
 
                 networks = compile_networks(networks, compile if isinstance(compile, CompileOptions) else None)
         else:
-            from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
+            from personalive_trt.build.driver import DEFAULT_ENGINES_DIR, load_networks
 
             if weights is None:
                 raise ValueError("StreamRuntime.from_models: pass weights= (the spec the engines were built from)")
@@ -197,7 +197,7 @@ class StreamRuntime:
                      device: str | torch.device = "cuda", noise: NoiseFn | None = None, seed: int = 42,
                      graphs: bool | None = None) -> "StreamRuntime":
         """A runtime from a ``personalive-trt build`` folder alone: no torch weights are loaded."""
-        from personalive_trt.build import load_networks, read_build
+        from personalive_trt.build.driver import load_networks, read_build
 
         if backend not in ("onnxruntime", "tensorrt"):
             raise ValueError(f"from_engines: backend {backend!r}: expected onnxruntime or tensorrt")

@@ -62,7 +62,7 @@ def driving_jpegs(limit: int = 120) -> list[bytes]:
     import cv2
 
     from personalive_trt.media import VideoReader
-    from personalive_trt.sample import sample_driving
+    from personalive_trt.media.sample import sample_driving
 
     out = []
     with VideoReader(sample_driving(), max_frames=limit) as reader:
@@ -102,7 +102,7 @@ def mib(value):
 def upload_reference(base: str) -> str:
     import httpx
 
-    from personalive_trt.sample import sample_reference
+    from personalive_trt.media.sample import sample_reference
 
     reference = httpx.post(f"{base}/api/reference", files={"file": ("ref.png", sample_reference().read_bytes(),
                                                                      "image/png")}, timeout=60)

@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from personalive_trt import build as build_module  # noqa: E402
-from personalive_trt.build import BuildRecord, build, read_build  # noqa: E402
+from personalive_trt.build import driver as build_module  # noqa: E402
+from personalive_trt.build.driver import BuildRecord, build, read_build  # noqa: E402
 from personalive_trt.export import onnx_export as oe  # noqa: E402
-from personalive_trt.weights import SYNTHETIC_NOTICE, load_models  # noqa: E402
+from personalive_trt.models.weights import SYNTHETIC_NOTICE, load_models  # noqa: E402
 
 RESOLUTION = 128
 

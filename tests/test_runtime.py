@@ -14,11 +14,11 @@ import torch
 from parity import (ANIMATOR_KEYFRAMES, CALLS_AFTER_SWAP, CALLS_BEFORE_SWAP, CONFIG, ORT_TOLERANCE,
                     RUNTIME_KEYFRAMES, TORCH_TOLERANCE, drive, seeded_noise)
 from conftest import relative_error
-from personalive_trt import framing
+from personalive_trt.media import framing
 from personalive_trt.config import StreamConfig
-from personalive_trt.pipeline import Animator, NonFiniteError
+from personalive_trt.runtime.reference_loop import Animator, NonFiniteError
 from personalive_trt.runtime import StreamRuntime
-from personalive_trt.weights import synthetic_models
+from personalive_trt.models.weights import synthetic_models
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ class CountingRuntime:
 
 @pytest.mark.parametrize("n", [1, 4, 7, 12, 13])
 def test_file_mode_pipelines_the_runtime_and_keeps_every_frame(n):
-    from personalive_trt.animate import prefetched, stream_video
+    from personalive_trt.filemode.animate import prefetched, stream_video
 
     frames = [np.full((2, 2, 3), i, np.uint8) for i in range(n)]
     runtime = CountingRuntime(StreamConfig())
@@ -231,7 +231,7 @@ def test_file_mode_pipelines_the_runtime_and_keeps_every_frame(n):
 
 
 def test_prefetched_reraises_the_producer_error():
-    from personalive_trt.animate import prefetched
+    from personalive_trt.filemode.animate import prefetched
 
     def broken():
         yield 1
@@ -244,7 +244,7 @@ def test_prefetched_reraises_the_producer_error():
 
 
 def test_background_writer_reraises_and_copies():
-    from personalive_trt.animate import BackgroundWriter
+    from personalive_trt.filemode.animate import BackgroundWriter
 
     written = []
 

@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from personalive_trt.config import StreamConfig  # noqa: E402
-from personalive_trt.framing import resize_square  # noqa: E402
+from personalive_trt.media.framing import resize_square  # noqa: E402
 from personalive_trt.live.testing import EchoAnimator  # noqa: E402
-from personalive_trt.sample import sample_reference  # noqa: E402
+from personalive_trt.media.sample import sample_reference  # noqa: E402
 from personalive_trt.web.app import ServeSettings, create_app  # noqa: E402
 
 RES = 64
@@ -334,7 +334,7 @@ def wait_idle(client) -> None:
 
 @pytest.mark.parametrize("failure", ["exception", "non_finite"])
 def test_animator_failure_sends_the_error_then_closes_1011_and_frees_the_animator(failure):
-    from personalive_trt.pipeline import NonFiniteError
+    from personalive_trt.runtime.reference_loop import NonFiniteError
 
     class Failing(EchoAnimator):
         fail = True

@@ -59,7 +59,7 @@ def build_json(tmp_path: Path, monkeypatch) -> str:
     --override pose_guider=fp16` on synthetic weights at 128², its ``seconds`` set to 0."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from personalive_trt import build as build_module
+    from personalive_trt.build import driver as build_module
     from personalive_trt.export import onnx_export
 
     monkeypatch.setattr(onnx_export, "export_all", lambda models, shapes, out_dir, precisions, networks, fingerprint=None,
@@ -83,8 +83,8 @@ def export_interfaces() -> str:
     from personalive_trt.config import StreamConfig
     from personalive_trt.export.onnx_export import all_specs
     from personalive_trt.shapes import StreamShapes
-    from personalive_trt.synthetic import CONFIGS
-    from personalive_trt.weights import build_module
+    from personalive_trt.models.synthetic import CONFIGS
+    from personalive_trt.models.weights import build_module
 
     unet_config = build_module("denoising_unet", CONFIGS["tiny"]).config
     shapes = [StreamShapes.from_unet_config(StreamConfig(window=w, resolution=RESOLUTION, vae=vae), unet_config)
@@ -113,8 +113,8 @@ def engine_manifest(tmp_path: Path) -> str:
     from personalive_trt.engines.cache import EngineCache, GpuInfo
     from personalive_trt.export.specs import network_specs
     from personalive_trt.shapes import StreamShapes
-    from personalive_trt.synthetic import CONFIGS
-    from personalive_trt.weights import build_module
+    from personalive_trt.models.synthetic import CONFIGS
+    from personalive_trt.models.weights import build_module
 
     unet_config = build_module("denoising_unet", CONFIGS["tiny"]).config
     spec = network_specs(StreamShapes.from_unet_config(StreamConfig(resolution=RESOLUTION), unet_config))[
@@ -137,9 +137,9 @@ def engine_manifest(tmp_path: Path) -> str:
 def compile_key() -> str:
     """The torch.compile cache key (and its digest) of tiny synthetic networks at 64², default options."""
     from personalive_trt.config import StreamConfig
-    from personalive_trt.networks import Networks
+    from personalive_trt.engines.networks import Networks
     from personalive_trt.runtime.compile import CompileOptions, cache_key, key_digest
-    from personalive_trt.weights import synthetic_models
+    from personalive_trt.models.weights import synthetic_models
 
     networks = Networks.from_models(synthetic_models("tiny", vae="tiny"), StreamConfig(resolution=64, vae="tiny"))
     key = cache_key(networks, CompileOptions(channels_last=True, attention="math"))
@@ -165,7 +165,7 @@ def test_record_serializes_as_stored(name, tmp_path, monkeypatch):
 
 def test_stored_records_are_read_back(tmp_path):
     """The stored build.json is a record today's code reads, and its decoder and configs come back as written."""
-    from personalive_trt.build import read_build
+    from personalive_trt.build.driver import read_build
     from personalive_trt.config import StreamConfig
 
     (tmp_path / "build.json").write_text((RECORDS / "build.json").read_text())

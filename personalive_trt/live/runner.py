@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personalive_trt.animate import SessionOptions
+from personalive_trt.filemode.animate import SessionOptions
 from personalive_trt.live.slots import FrameRing, PlayoutClock
 from personalive_trt.live.worker import AnimationWorker, OutputFrame, percentile
 
@@ -81,8 +81,10 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
 
     ``_animator`` (tests) replaces the loaded animator; it must have the animator interface.
     """
-    from personalive_trt import framing, media, sample
-    from personalive_trt.animate import open_animator, resolve_weights
+    from personalive_trt import media
+    from personalive_trt.media import framing
+    from personalive_trt.media import sample
+    from personalive_trt.filemode.animate import open_animator, resolve_weights
     from personalive_trt.config import StreamConfig
     from personalive_trt.devices import resolve_device
     from personalive_trt.live.sinks import FileSink, PreviewSink, VirtualCameraSink

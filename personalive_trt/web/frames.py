@@ -27,7 +27,7 @@ def make_frame_decoder(resolution: int, settings: ServeSettings) -> Callable[[by
     """
     import cv2
 
-    from personalive_trt import framing
+    from personalive_trt.media import framing
 
     framer = framing.DrivingFramer(size=resolution) if settings.crop else None
 

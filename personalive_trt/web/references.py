@@ -53,7 +53,8 @@ def decode_reference(data: bytes, resolution: int, settings: ServeSettings) -> n
     """
     from PIL import Image, UnidentifiedImageError
 
-    from personalive_trt import framing, media
+    from personalive_trt import media
+    from personalive_trt.media import framing
 
     try:
         with Image.open(io.BytesIO(data)) as probe:

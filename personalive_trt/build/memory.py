@@ -96,7 +96,7 @@ class MemoryLimit:
 # ---- components without their weights --------------------------------------------------------------------
 def meta_models(weights: str, vae: str = "full") -> types.SimpleNamespace:
     """Every component of ``weights`` built on the meta device (sizes and configs, no memory, no values)."""
-    from personalive_trt.weights import (
+    from personalive_trt.models.weights import (
         COMPONENTS,
         TAESD,
         build_module,
@@ -108,7 +108,7 @@ def meta_models(weights: str, vae: str = "full") -> types.SimpleNamespace:
 
     kind, value = parse_weights_spec(weights)
     if kind == "synthetic":
-        from personalive_trt.synthetic import CONFIGS
+        from personalive_trt.models.synthetic import CONFIGS
 
         configs = CONFIGS[str(value).partition(":")[0]]
     else:

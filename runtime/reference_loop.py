@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from personalive_trt import keypoints as kp
+from personalive_trt.models import keypoints as kp
 from personalive_trt.config import CLIP_SIZE, COND_SIZE, LATENT_SCALE, StreamConfig
-from personalive_trt.networks import Networks
-from personalive_trt.scheduler import DDIMSchedule
-from personalive_trt.weights import Models
+from personalive_trt.engines.networks import Networks
+from personalive_trt.models.scheduler import DDIMSchedule
+from personalive_trt.models.weights import Models
 
 NoiseFn = Callable[[torch.Tensor], object]
 
@@ -147,7 +147,7 @@ class Animator:
 
     Args:
         models (`Models` or `Networks`): the networks: loaded modules (see ``load_models``), run as
-            the torch reference, or any :class:`~personalive_trt.networks.Networks` (ONNX Runtime,
+            the torch reference, or any :class:`~personalive_trt.engines.networks.Networks` (ONNX Runtime,
             TensorRT engines).
         config (`StreamConfig`, *optional*): stream parameters; defaults to the original's.
         noise (`callable`, *optional*): fills a given tensor in place with the diffusion noise

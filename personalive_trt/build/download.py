@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from personalive_trt.weights import BASE, PERSONALIVE, TAESD_DIR, VAE_DIR
+from personalive_trt.models.weights import BASE, PERSONALIVE, TAESD_DIR, VAE_DIR
 
 # (hub repository, file in the repository, destination relative to the weights folder)
 WEIGHT_FILES = (

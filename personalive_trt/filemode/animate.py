@@ -20,10 +20,10 @@ import torch
 
 from personalive_trt.config import StreamConfig
 from personalive_trt.devices import canonical_device, describe, resolve_device
-from personalive_trt.networks import Networks
-from personalive_trt.pipeline import Animator
+from personalive_trt.engines.networks import Networks
+from personalive_trt.runtime.reference_loop import Animator
 from personalive_trt.runtime import StreamRuntime
-from personalive_trt.weights import SYNTHETIC_NOTICE, load_models, parse_weights_spec, validate_weights_folder
+from personalive_trt.models.weights import SYNTHETIC_NOTICE, load_models, parse_weights_spec, validate_weights_folder
 
 DEFAULT_WEIGHTS_DIR = Path("pretrained_weights")
 LOOPS = ("runtime", "reference")
@@ -245,7 +245,7 @@ def open_animator(
     if backend == "torch":
         networks = Networks.from_models(load_models(weights, device=device, dtype=dtype, vae=config.vae), config)
     else:
-        from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
+        from personalive_trt.build.driver import DEFAULT_ENGINES_DIR, load_networks
 
         networks = load_networks(engines or DEFAULT_ENGINES_DIR, backend, weights, config, device, dtype=dtype)
     from personalive_trt.runtime.compile import compile_networks, resolve_compile
@@ -263,7 +263,9 @@ def animate_file(options: RunOptions, progress: bool = True) -> RunStats:
     """Animate ``options.reference`` with ``options.driving`` into ``options.output`` (mp4)."""
     from tqdm import tqdm
 
-    from personalive_trt import framing, media, sample
+    from personalive_trt import media
+    from personalive_trt.media import framing
+    from personalive_trt.media import sample
 
     config = StreamConfig(window=options.window, vae=options.vae)
     if options.backend not in ("torch", "onnxruntime", "tensorrt"):

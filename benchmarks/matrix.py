@@ -7,7 +7,7 @@ measured kind), then ``--calls`` timed calls (and, for the runtime on CUDA, ``--
 ``fps``). Every variant object has the fields of :data:`VARIANT_FIELDS`, whatever happened to it, so that every
 issue's figures are read the same way:
 
-* ``name``, ``engine`` (``reference``: the eager :class:`~personalive_trt.pipeline.Animator`; ``runtime``:
+* ``name``, ``engine`` (``reference``: the eager :class:`~personalive_trt.runtime.reference_loop.Animator`; ``runtime``:
   :class:`~personalive_trt.runtime.StreamRuntime`), ``device``, ``dtype``, ``backend``, ``vae``, ``compile``
   (torch.compile of the per-step networks, :mod:`personalive_trt.runtime.compile`), ``graphs``, ``keyframes``,
   ``resolution``, ``window``, ``weights``, ``calls``;
@@ -105,7 +105,7 @@ def run_matrix(out: Path, variants: tuple[Variant, ...], *, device: str = "auto"
     from personalive_trt.bench.session import sample_inputs
     from personalive_trt.bench.timing import device_name
     from personalive_trt.devices import resolve_device
-    from personalive_trt.weights import load_models
+    from personalive_trt.models.weights import load_models
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     torch_device, torch_dtype = resolve_device(device, dtype, backend="torch")
@@ -164,7 +164,7 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
     from personalive_trt.bench.flops import is_full_size
     from personalive_trt.bench.session import fuse_timed, run_session
     from personalive_trt.bench.timing import Clock, StageProbe, host_peak_rss_mb, percentiles
-    from personalive_trt.pipeline import Animator
+    from personalive_trt.runtime.reference_loop import Animator
     from personalive_trt.runtime import StreamRuntime
     from personalive_trt.shapes import StreamShapes
 
@@ -263,7 +263,7 @@ def compile_probe(folder: Path, config_json: str, weights: str, device: str, dty
     from personalive_trt.config import StreamConfig
     from personalive_trt.runtime import StreamRuntime
     from personalive_trt.runtime.compile import CompileOptions
-    from personalive_trt.weights import load_models
+    from personalive_trt.models.weights import load_models
 
     config = StreamConfig(**json.loads(config_json))
     models = load_models(weights, device=device, dtype=getattr(torch, dtype), vae=config.vae)

@@ -39,12 +39,12 @@ def summary(report: dict) -> str:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from personalive_trt.build import BuildError
+    from personalive_trt.build.driver import BuildError
     from personalive_trt.engines import EngineError, TensorRTNotAvailableError
     from personalive_trt.media import MediaError
-    from personalive_trt.pipeline import NonFiniteError
+    from personalive_trt.runtime.reference_loop import NonFiniteError
     from personalive_trt.runtime.compile import CompileError
-    from personalive_trt.weights import WeightsError
+    from personalive_trt.models.weights import WeightsError
 
     return (BenchError, MediaError, WeightsError, NonFiniteError, BuildError, EngineError, TensorRTNotAvailableError,
             CompileError, ValueError, FileNotFoundError)

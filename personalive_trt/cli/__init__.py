@@ -24,13 +24,13 @@ def fail(message: str) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (printed as one line); anything else keeps its traceback."""
-    from personalive_trt.build import BuildError
+    from personalive_trt.build.driver import BuildError
     from personalive_trt.engines import EngineError, TensorRTNotAvailableError
-    from personalive_trt.export.spec import ExportError
+    from personalive_trt.export.interface import ExportError
     from personalive_trt.media import MediaError
-    from personalive_trt.pipeline import NonFiniteError
+    from personalive_trt.runtime.reference_loop import NonFiniteError
     from personalive_trt.runtime.compile import CompileError
-    from personalive_trt.weights import WeightsError
+    from personalive_trt.models.weights import WeightsError
 
     return (MediaError, WeightsError, NonFiniteError, BuildError, EngineError, ExportError, TensorRTNotAvailableError,
             CompileError, ValueError, FileNotFoundError)
@@ -85,7 +85,7 @@ def run(
     if fps is not None or loop:
         fail("--fps and --loop apply to live mode (a camera or stream, --preview or --virtual-camera); a file "
              "with only --output is animated frame by frame at its own rate")
-    from personalive_trt.animate import RunOptions, animate_file
+    from personalive_trt.filemode.animate import RunOptions, animate_file
 
     options = RunOptions(reference=reference, driving=driving, output=output, weights=weights,
                          max_frames=max_frames, seed=seed, device=device, dtype=dtype, crop=not no_crop,
@@ -157,7 +157,7 @@ def serve(
         from personalive_trt.web.app import ServeSettings, create_app
     except ImportError as exc:
         fail(f"serve needs the web extra ({exc.name} is missing): pip install 'personalive-trt[serve]'")
-    from personalive_trt.animate import open_animator, resolve_weights
+    from personalive_trt.filemode.animate import open_animator, resolve_weights
     from personalive_trt.devices import resolve_device
     from personalive_trt.config import StreamConfig
 
@@ -249,7 +249,7 @@ def build(
                                       "that `run`/`serve`/`bench --compile auto` start warm."),
 ) -> None:
     """Export every network to verified ONNX and build the engines `run --backend` uses."""
-    from personalive_trt.animate import resolve_weights
+    from personalive_trt.filemode.animate import resolve_weights
 
     if compile_flag != (backend == "torch"):
         fail("--compile goes with --backend torch (it fills the compile cache; torch has no engines to build)")
@@ -264,7 +264,7 @@ def build(
             typer.echo(f"window {w}: compile cache {report['cache']} in {report['folder']}, {report['total']:.1f} s "
                        f"({', '.join(f'{role} {s:.1f}' for role, s in report['per_network'].items())})")
         return
-    from personalive_trt.build import build as build_all
+    from personalive_trt.build.driver import build as build_all
 
     overrides = {}
     for item in override:
@@ -284,7 +284,7 @@ def build(
 @weights_app.command("check")
 def weights_check(directory: Path = typer.Argument(..., help="Weights folder in the released layout.")) -> None:
     """Validate every file of a weights folder: a table per component, exit 1 on any problem."""
-    from personalive_trt.weights import WeightsError, check_weights_dir
+    from personalive_trt.models.weights import WeightsError, check_weights_dir
 
     try:
         reports = check_weights_dir(directory)
@@ -311,7 +311,7 @@ def weights_check(directory: Path = typer.Argument(..., help="Weights folder in 
 @weights_app.command("download")
 def weights_download(directory: Path = typer.Argument(Path("pretrained_weights"), help="Destination folder.")) -> None:
     """Fetch the public weights from the Hugging Face Hub into the released layout."""
-    from personalive_trt.hub import download_weights
+    from personalive_trt.build.download import download_weights
 
     try:
         download_weights(directory)

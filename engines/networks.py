@@ -1,6 +1,6 @@
 """The streaming loop's nine networks behind one interface, whatever runs them.
 
-The loop (:class:`~personalive_trt.pipeline.Animator`) calls networks only through
+The loop (:class:`~personalive_trt.runtime.reference_loop.Animator`) calls networks only through
 :class:`Networks`, whose methods have exactly the interface of the exported graphs
 (:func:`personalive_trt.export.specs.network_specs`). Each network is an engine backend
 (:mod:`personalive_trt.engines.backends`): a torch module (the reference), an ONNX Runtime
@@ -18,7 +18,7 @@ import torch
 from personalive_trt.config import StreamConfig
 from personalive_trt.devices import canonical_device
 from personalive_trt.shapes import StreamShapes, kv_names, safe_name
-from personalive_trt.weights import Models
+from personalive_trt.models.weights import Models
 
 ROLES = ("image_encoder", "vae_encoder", "reference_unet", "bank_projector", "pose_encoder", "motion_encoder", "pose_guider",
          "denoising_unet", "vae_decoder")
@@ -111,7 +111,7 @@ class Networks:
         from personalive_trt.engines.backends import TorchBackend
 
         if config.vae == "tiny" and models.taesd is None:
-            from personalive_trt.weights import WeightsError
+            from personalive_trt.models.weights import WeightsError
 
             raise WeightsError(f"StreamConfig(vae='tiny') needs the TAESD decoder, which {models.source} was loaded "
                                "without: load_models(..., vae='tiny')")

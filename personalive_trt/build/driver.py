@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from personalive_trt import buildmem
+from personalive_trt.build import memory as buildmem
 from personalive_trt.config import StreamConfig
-from personalive_trt.networks import ROLES, Networks, specs_by_role
+from personalive_trt.engines.networks import ROLES, Networks, specs_by_role
 from personalive_trt.shapes import StreamShapes
-from personalive_trt.weights import SYNTHETIC_NOTICE, TAESD_DIR, load_models, parse_weights_spec, require_taesd
+from personalive_trt.models.weights import SYNTHETIC_NOTICE, TAESD_DIR, load_models, parse_weights_spec, require_taesd
 
 BUILD_FILE = "build.json"
 DEFAULT_ENGINES_DIR = Path("engines_cache")
@@ -158,7 +158,7 @@ def build(
     """Export (and for TensorRT, build) everything ``run --backend <backend>`` needs.
 
     Before an export starts, its estimated peak host memory is compared with what this process may use
-    (:mod:`personalive_trt.buildmem`); a build that would not fit raises :class:`BuildError` in one line
+    (:mod:`personalive_trt.build.memory`); a build that would not fit raises :class:`BuildError` in one line
     and writes nothing (not even ``engines_dir``). ``memory_check=False`` skips that check.
     """
     if backend not in DEFAULT_PRECISION:

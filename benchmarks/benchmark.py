@@ -22,7 +22,7 @@ Protocol (all warm-up excluded from every figure):
    crops, pile shifts, noise, DDIM update, uint8 conversion, output copy). With graphs this is a second,
    eager runtime over the same networks; without graphs (CPU, ``--no-graph``) the measured calls themselves
    are instrumented.
-5. ``--compare``: the reference :class:`~personalive_trt.pipeline.Animator` (eager, host keyframe decisions,
+5. ``--compare``: the reference :class:`~personalive_trt.runtime.reference_loop.Animator` (eager, host keyframe decisions,
    Python-list piles) runs the same protocol on the same inputs in the same process;
    ``compare.speedup`` = its step p50 / the runtime's step p50.
 
@@ -74,11 +74,11 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
     """Run the benchmark described in the module docstring; returns the report (also written to ``--json``)."""
     import torch
 
-    from personalive_trt.animate import resolve_weights
-    from personalive_trt.networks import Networks
+    from personalive_trt.filemode.animate import resolve_weights
+    from personalive_trt.engines.networks import Networks
     from personalive_trt.runtime import StreamRuntime
     from personalive_trt.runtime.compile import resolve_compile
-    from personalive_trt.weights import load_models
+    from personalive_trt.models.weights import load_models
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     options.validate()
@@ -105,7 +105,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         runtime = StreamRuntime.from_models(models, config, backend="torch", seed=options.seed, graphs=graphs,
                                             compile=compile_options or False)
     else:
-        from personalive_trt.build import DEFAULT_ENGINES_DIR, read_build
+        from personalive_trt.build.driver import DEFAULT_ENGINES_DIR, read_build
 
         engines = Path(options.engines or DEFAULT_ENGINES_DIR)
         record = read_build(engines)
@@ -235,11 +235,11 @@ def compare_reference(options: BenchOptions, models, config, device, dtype, refe
     """The reference Animator (eager) on the same inputs, same protocol; speedup = its p50 / the runtime's."""
     import torch
 
-    from personalive_trt.pipeline import Animator
-    from personalive_trt.weights import load_models
+    from personalive_trt.runtime.reference_loop import Animator
+    from personalive_trt.models.weights import load_models
 
     if models is None:  # engine backends: the reference needs the torch weights the engines were built from
-        from personalive_trt.build import DEFAULT_ENGINES_DIR, read_build
+        from personalive_trt.build.driver import DEFAULT_ENGINES_DIR, read_build
 
         weights = read_build(Path(options.engines or DEFAULT_ENGINES_DIR)).weights
         models = load_models(weights, device=device, dtype=dtype, vae=config.vae)

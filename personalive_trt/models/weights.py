@@ -431,10 +431,10 @@ def synthetic_models(
     seed 0 the tensors equal its synthesized golden weights) or ``"full"`` (released sizes).
     ``SIZE:device`` (``"full:device"``: full-size weights in seconds on a GPU) builds each network on
     the meta device and fills it in place on ``device`` in ``dtype``, with other numbers of the same
-    magnitudes (:func:`personalive_trt.synthetic.fill_module_`).
+    magnitudes (:func:`personalive_trt.models.synthetic.fill_module_`).
     ``vae="tiny"`` adds the TAESD decoder (its tensors in their own ``taesd`` namespace).
     """
-    from personalive_trt.synthetic import CONFIGS, synth_state_dict
+    from personalive_trt.models.synthetic import CONFIGS, synth_state_dict
 
     base, _, fill = size.partition(":")
     if base not in CONFIGS or fill not in ("", "device"):
@@ -464,9 +464,9 @@ def _synthetic_on_device(size: str, seed: int, device, dtype: torch.dtype, vae: 
 def synthetic_component(name: str, size: str, seed: int = 0, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """One synthetic component built on the meta device, cast there, ``to_empty`` on ``device`` and filled in
-    place (:func:`personalive_trt.synthetic.fill_module_`): nothing is allocated but the final tensors (plus
+    place (:func:`personalive_trt.models.synthetic.fill_module_`): nothing is allocated but the final tensors (plus
     one fill chunk), and no state dict is materialised. Eval mode, no gradients."""
-    from personalive_trt.synthetic import CONFIGS, fill_module_
+    from personalive_trt.models.synthetic import CONFIGS, fill_module_
 
     with torch.device("meta"):
         module = build_module(name, CONFIGS[size])
@@ -481,7 +481,7 @@ def synthetic_component(name: str, size: str, seed: int = 0, device: torch.devic
 
 def parse_weights_spec(spec: str | Path) -> tuple[str, str | Path]:
     """``synthetic[:tiny|small|full][:device]`` -> ("synthetic", size[":device"]); anything else -> ("dir", path)."""
-    from personalive_trt.synthetic import CONFIGS, DEFAULT_SYNTHETIC
+    from personalive_trt.models.synthetic import CONFIGS, DEFAULT_SYNTHETIC
 
     text = str(spec)
     if text == "synthetic" or text.startswith("synthetic:"):

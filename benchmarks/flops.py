@@ -41,7 +41,7 @@ def reference_flops(keyframes: int) -> dict[str, int]:
         unet0, unet3 = int(data[_JSON_UNET[0]]), int(data[_JSON_UNET[1]])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"{path}: cannot read the FLOP table ({type(exc).__name__}: {exc}); expected the "
-                         f"JSON shipped as personalive_trt/bench/flops_full_512.json") from exc
+                         f"JSON shipped as benchmarks/flops_full_512.json") from exc
     per_role["denoising_unet"] = unet0 + round((unet3 - unet0) * keyframes / 3)
     return per_role
 
@@ -61,8 +61,8 @@ def tiny_decoder_flops(shapes, config: dict | None = None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from personalive_trt.export.specs import TinyVaeDecoder
-    from personalive_trt.synthetic import TAESD_FULL
-    from personalive_trt.weights import build_module
+    from personalive_trt.models.synthetic import TAESD_FULL
+    from personalive_trt.models.weights import build_module
 
     with torch.device("meta"):
         decoder = TinyVaeDecoder(build_module("taesd", {"taesd": config or TAESD_FULL}))

@@ -20,7 +20,9 @@ def sample_frames(resolution: int):
     import cv2
     import numpy as np
 
-    from personalive_trt import framing, media, sample
+    from personalive_trt import media
+    from personalive_trt.media import framing
+    from personalive_trt.media import sample
 
     reference = framing.resize_square(media.read_image(sample.sample_reference()), resolution)
     path = sample.sample_driving()

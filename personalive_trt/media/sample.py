@@ -12,7 +12,7 @@ from personalive_trt.media import MediaError
 
 __all__ = ["ASSETS_DIR", "SAMPLE_NAME", "resolve_media", "sample_driving", "sample_reference"]
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 #: The command-line value that stands for the built-in sample.
 SAMPLE_NAME = "sample"
 

@@ -1,0 +1,4 @@
+"""``python -m personalive_trt.cli``: the ``personalive-trt`` command."""
+from personalive_trt.cli import app
+
+app()
