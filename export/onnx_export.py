@@ -21,7 +21,7 @@ For each :class:`~personalive_trt.export.interface.NetworkSpec`:
 Memory: weights are streamed tensor by tensor from the traced file into the final file(s), so a
 6.7 GB UNet is not held twice by this module (the tracer and ONNX Runtime hold their own copies);
 one ONNX Runtime session exists at a time. The peak RSS and the time of each network's export and
-verification are measured (:class:`PeakRss`) and written into its manifest record (``memory``,
+verification are measured (:class:`~personalive_trt.export.memory.PeakRss`) and written into its manifest record (``memory``,
 ``export_seconds``, ``verify_seconds``).
 """
 from __future__ import annotations
@@ -44,12 +44,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from personalive_trt.build import memory as buildmem
 from personalive_trt.config import StreamConfig
 from personalive_trt.shapes import StreamShapes
 
 from . import fp16 as fp16_graph
 from .attention import fuse_attention
+from .memory import PeakRss, return_freed_memory
 from .interface import ExportError, NetworkSpec
 from .specs import merge_specs, network_specs, sample_inputs, verification_cases
 
@@ -146,42 +146,6 @@ def dead_nodes(model) -> list[str]:
             alive.add(index)
             needed.update(name for name in node.input if name)
     return [node.name for i, node in enumerate(model.graph.node) if i not in alive]
-
-
-# ---- measured memory -----------------------------------------------------------------------------------
-class PeakRss:
-    """Peak resident memory of this process over one phase, read from ``/proc/self/status`` (VmHWM).
-
-    ``reset()`` writes 5 to ``/proc/self/clear_refs``, which sets the high-water mark back to the
-    current RSS (Linux >= 4.0), so each network's export and verification get their own peak while
-    running in this process. Where that file is not writable the peak is the process high-water mark
-    since start (``method`` says which), an upper bound of the phase's peak.
-    """
-
-    def __init__(self) -> None:
-        self.method = "VmHWM reset per phase via /proc/self/clear_refs"
-        self.reset()
-
-    def reset(self) -> None:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            self.method = "process high-water mark (VmHWM/ru_maxrss; not resettable here)"
-
-    @staticmethod
-    def peak() -> int:
-        """Bytes."""
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ---- metrics -----------------------------------------------------------------------------------------------
@@ -541,7 +505,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     ``models`` once its last network is traced (before that network's files are written and verified),
     so the largest (the denoising UNet, 6.7 GB at the released size) is exported with little else
     resident and verified without itself; and glibc returns freed blocks to the system
-    (:func:`personalive_trt.build.memory.return_freed_memory`).
+    (:func:`personalive_trt.export.memory.return_freed_memory`).
     """
     out_dir = Path(out_dir)
     items = [shapes] if isinstance(shapes, (StreamShapes, int)) else list(shapes)
@@ -554,13 +518,13 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     if unknown:
         raise ExportError(f"unknown network(s) {unknown}; expected some of {list(specs)}")
     if release_components:
-        names = _smallest_component_first(models, specs, names)
+        names = export_order(models, specs, names)
     manifest = read_manifest(out_dir) if (out_dir / MANIFEST).is_file() else {}
     if manifest.get("weights_fingerprint") != fingerprint:
         manifest = {}  # exports of other weights: none of them may be reused
     entries = manifest.get("networks", {})
     if release_components:
-        buildmem.return_freed_memory()
+        return_freed_memory()
     for index, name in enumerate(names):
         if log:
             log(f"exporting {name} ({', '.join(precisions)})")
@@ -587,7 +551,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     return manifest
 
 
-def _smallest_component_first(models, specs: dict[str, NetworkSpec], names: list[str]) -> list[str]:
+def export_order(models, specs: dict[str, NetworkSpec], names: list[str]) -> list[str]:
     """``names`` in `build`'s order: components by size, and within one component the network with the
     largest tensors last (the bank projector before the denoising UNet, the VAE encoder before its decoder):
     a component is dropped once its last network is traced, so that network, the largest, is verified

@@ -335,24 +335,3 @@ def resolve_compile(mode: str, backend: str, engines: Path | None = None, networ
     if mode == "auto" and not compile_is_warm(networks, options):
         return None
     return options
-
-
-def warm_cache(weights: str, engines: Path, windows=(4,), vae: str = "full", device: str = "auto",
-               dtype: str = "auto") -> list[dict]:
-    """``build --backend torch --compile``: compile every window's stream once so later starts are warm;
-    returns each window's :meth:`CompiledState.report`."""
-    from personalive_trt.config import StreamConfig
-    from personalive_trt.devices import resolve_device
-    from personalive_trt.runtime.stream import StreamRuntime
-    from personalive_trt.models.weights import load_models
-
-    torch_device, torch_dtype = resolve_device(device, dtype, backend="torch")
-    require_compiler(torch_device)
-    models = load_models(weights, device=torch_device, dtype=torch_dtype, vae=vae)
-    options = CompileOptions(cache_dir=Path(engines) / CACHE_SUBDIR)
-    reports = []
-    for window in windows:
-        runtime = StreamRuntime.from_models(models, StreamConfig(window=window, vae=vae), compile=options)
-        reports.append(runtime.compile_report())
-        del runtime
-    return reports

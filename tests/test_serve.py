@@ -369,18 +369,18 @@ def test_animator_failure_sends_the_error_then_closes_1011_and_frees_the_animato
 def test_a_pool_that_does_not_reuse_failed_animators_leases_only_live_ones():
     """The Ray app's pool (``reuse_failed=False``): a failed animator is never leased again; Ray replaces the
     replica (its health check raises on ``failures``)."""
-    from personalive_trt.web.pool import EnginePool
+    from personalive_trt.web.pool import AnimatorPool
     from personalive_trt.web.session import Session
 
     settings = ServeSettings(max_sessions=2)
     for reuse_failed, leased in ((False, [1]), (True, [0, 1])):
-        pool = EnginePool.create(lambda: EchoAnimator(StreamConfig(resolution=64)), settings, reuse_failed)
+        pool = AnimatorPool.create(lambda: EchoAnimator(StreamConfig(resolution=64)), settings, reuse_failed)
         try:
-            pool.engines[0].worker.animator_failure = RuntimeError("boom")
+            pool.slots[0].worker.animator_failure = RuntimeError("boom")
             assert pool.failures == ["RuntimeError: boom"]
             sessions = [Session(i, loop=None, capacity=8) for i in range(2)]
             got = [pool.acquire(s) for s in sessions]
-            assert [pool.engines.index(e) for e in got if e is not None] == leased
+            assert [pool.slots.index(e) for e in got if e is not None] == leased
         finally:
             pool.close()
 

@@ -37,8 +37,6 @@ its own cgroup up; v1 ``memory.limit_in_bytes - memory.usage_in_bytes``) and RLI
 """
 from __future__ import annotations
 
-import ctypes
-import platform
 import resource
 import types
 from collections.abc import Mapping, Sequence
@@ -46,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from personalive_trt.export.memory import BuildMemoryError, return_freed_memory
 
 GIB = 2**30
 # ---- coefficients: `python benchmarks/build_memory.py --fit benchmarks/results/build_memory.json`, rounded up ----
@@ -61,10 +61,6 @@ ACTIVATION = {  # fitted; bank_projector and image_encoder fit 0 (their weights 
 }
 DEFAULT_ACTIVATION = max(ACTIVATION.values())  # a network added later without its own fit
 MARGIN = 1.25  # the worst measured/modelled ratio of any network's peak in the fit runs is 1.21
-
-
-class BuildMemoryError(RuntimeError):
-    """The build would not fit in the memory this process may use."""
 
 
 @dataclass(frozen=True)
@@ -165,10 +161,10 @@ class Phase:
 def phases(models, shapes_list: Sequence, names: Sequence[str] | None = None) -> list[Phase]:
     """The networks `build` exports for ``shapes_list`` (default: all of them; else ``names``), in its order,
     from ``models`` (loaded or :func:`meta_models`)."""
-    from personalive_trt.export.onnx_export import EXTERNAL_DATA_BYTES, _smallest_component_first, all_specs
+    from personalive_trt.export.onnx_export import EXTERNAL_DATA_BYTES, all_specs, export_order
 
     specs = all_specs(shapes_list)
-    order = _smallest_component_first(models, specs, list(specs) if names is None else list(names))
+    order = export_order(models, specs, list(specs) if names is None else list(names))
     sizes = {c: component_bytes(getattr(models, c)) for c in {specs[n].component for n in order}}
     vae = getattr(models, "vae", None)
     return [Phase(network=name, kind=name if name in ACTIVATION else name.rpartition("_w")[0],
@@ -206,30 +202,6 @@ def estimate_for(weights: str, windows: Sequence[int], resolution: int, vae: str
     unet_config = models.denoising_unet.config
     return estimate(models, [StreamShapes.from_unet_config(StreamConfig(window=w, resolution=resolution, vae=vae),
                                                            unet_config) for w in windows])
-
-
-# ---- the allocator ---------------------------------------------------------------------------------------
-MMAP_THRESHOLD = 1 << 20  # bytes: every allocation from 1 MiB up is its own mapping, unmapped when freed
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc malloc.h)
-
-
-def return_freed_memory() -> str:
-    """Make glibc give freed tensors back to the system (a fixed mmap threshold); returns what was done.
-
-    glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), after which
-    blocks below it come from the heap, where freed space is kept while anything above it lives. Tracing a
-    UNet (`torch.onnx.export`) frees thousands of such activations between small objects the tracer keeps,
-    so the process held ~40x the network's input and output bytes until the trace was dropped: 3.1 GiB of
-    a 4.4 GiB peak for the small UNet at 256² (measured 2026-12-06, benchmarks/RESULTS.md). A fixed
-    threshold (which also stops the adjustment) returns every block of 1 MiB or more when it is freed.
-    Process-wide and permanent; `build` and :func:`~personalive_trt.export.onnx_export.export_all` call it.
-    Elsewhere than glibc nothing is changed, and the returned text says so."""
-    libc_name, _ = platform.libc_ver()
-    if libc_name != "glibc":
-        return f"allocator unchanged (C library {libc_name or 'unknown'}, not glibc)"
-    if ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
-        raise BuildMemoryError(f"glibc mallopt(M_MMAP_THRESHOLD, {MMAP_THRESHOLD}) failed")
-    return f"glibc mmap threshold fixed at {MMAP_THRESHOLD >> 20} MiB"
 
 
 # ---- what this process may use ---------------------------------------------------------------------------

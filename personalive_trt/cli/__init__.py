@@ -254,7 +254,7 @@ def build(
     if compile_flag != (backend == "torch"):
         fail("--compile goes with --backend torch (it fills the compile cache; torch has no engines to build)")
     if compile_flag:
-        from personalive_trt.runtime.compile import warm_cache
+        from personalive_trt.build.compile_cache import warm_cache
 
         try:
             reports = warm_cache(resolve_weights(weights), engines, windows=window, vae=vae)

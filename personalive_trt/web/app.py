@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from personalive_trt.web.pool import EnginePool
+from personalive_trt.web.pool import AnimatorPool
 from personalive_trt.web.references import ReferenceStore
 from personalive_trt.web.routes import mount
 from personalive_trt.web.settings import ServeSettings
@@ -39,9 +39,9 @@ def create_app(animator_factory: Callable[[], object], settings: ServeSettings |
     The animators are created eagerly so that bad weights fail ``serve`` at start, not at the first click.
     """
     settings = settings or ServeSettings()
-    pool = EnginePool.create(animator_factory, settings)
+    pool = AnimatorPool.create(animator_factory, settings)
     state = ServerState(settings=settings, pool=pool, references=ReferenceStore(settings.references_kept),
-                        resolution=pool.engines[0].resolution)
+                        resolution=pool.slots[0].resolution)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -5,7 +5,7 @@ Ray routes, back-pressures, scales and replaces; what is ours is unchanged: ever
 (:mod:`.references`) as the single-process ``serve``. Three deployments:
 
 * ``Animators`` (application ``personalive-animate``, route prefix ``/api/ws``): the replicas that own the GPU
-  work. Each loads its animators and captures its graphs once, at start (``EnginePool.create``), and serves the
+  work. Each loads its animators and captures its graphs once, at start (``AnimatorPool.create``), and serves the
   WebSocket session protocol. An open socket is one of Ray's ongoing requests on the replica that accepted
   it, for its whole life: a session never moves. Admission, autoscaling and draining follow from that
   (:mod:`.cluster` says how). A replica whose animator fails leases it to no new session and fails Ray's
@@ -43,7 +43,7 @@ from starlette.concurrency import run_in_threadpool
 
 from personalive_trt.web.cluster import ClusterOptions, animator_deployment_options
 from personalive_trt.web.health import aggregate, replica_report
-from personalive_trt.web.pool import EnginePool
+from personalive_trt.web.pool import AnimatorPool
 from personalive_trt.web.references import ReferenceStore
 from personalive_trt.web.routes import mount
 from personalive_trt.web.settings import ServeSettings
@@ -205,11 +205,11 @@ class Animators:
     def __init__(self, animator_factory: Callable[[], object], settings: ServeSettings) -> None:
         self.registry = serve.get_deployment_handle("Registry", app_name=APP)
         self.replica = serve.get_replica_context().replica_id.unique_id
-        pool = EnginePool.create(animator_factory, settings, reuse_failed=False)  # Ray replaces the replica
+        pool = AnimatorPool.create(animator_factory, settings, reuse_failed=False)  # Ray replaces the replica
         context = ray.get_runtime_context()
         resources = {name: round(amount, 4) for name, amount in context.get_assigned_resources().items()}
         self.state = ServerState(settings=settings, references=RemoteReferences(self.registry),
-                                 resolution=pool.engines[0].resolution, pool=pool, resources=resources,
+                                 resolution=pool.slots[0].resolution, pool=pool, resources=resources,
                                  node=f"{socket.gethostname()}/{context.get_node_id()[:8]}")
 
     def record_routing_stats(self) -> dict:
@@ -221,7 +221,7 @@ class Animators:
         """Ray's health check: raises while an animator of this replica has failed (Ray then replaces it)."""
         failures = self.state.pool.failures
         if failures:
-            raise AnimatorFailedError(f"{len(failures)} of {len(self.state.pool.engines)} animator(s) failed; "
+            raise AnimatorFailedError(f"{len(failures)} of {len(self.state.pool.slots)} animator(s) failed; "
                                       f"first: {failures[0]}")
 
     def __serve_build_asgi_app__(self) -> FastAPI:

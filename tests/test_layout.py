@@ -1,0 +1,114 @@
+"""The package's shape: no import cycles, no reaching into another module's private names, and every module
+importable from a real (non-editable) install.
+
+The import graph is read from the source, following pyproject's ``package-dir`` map (the top-level ``export/``,
+``engines/``, ``runtime/`` and ``benchmarks/`` folders are subpackages of ``personalive_trt``), which generic
+tools cannot. Every import statement counts: module level, inside functions and under ``TYPE_CHECKING``.
+Importing ``a.b`` (``import a.b``, ``from a.b import c``, ``from a import b`` where ``b`` is a module) is an
+edge to ``a.b`` alone, not to ``a``'s ``__init__``: an ``__init__`` that re-exports is not a cycle of its
+package's modules.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def package_modules(root: Path = REPO) -> dict[str, Path]:
+    """Module name -> source file, for every package of pyproject's map."""
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = setup["package-dir"]
+    modules = {}
+    for package in setup["packages"]:
+        for path in sorted((root / folders.get(package, package.replace(".", "/"))).glob("*.py")):
+            modules[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    return modules
+
+
+def import_graph(root: Path = REPO) -> tuple[dict[str, set[str]], list[tuple[str, str, str]]]:
+    """(module -> modules it imports, [(importer, module, private name)] for ``from module import _name``)."""
+    modules = package_modules(root)
+    graph: dict[str, set[str]] = {}
+    private: list[tuple[str, str, str]] = []
+    for name, path in modules.items():
+        package = name if path.stem == "__init__" else name.rpartition(".")[0]
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names if alias.name in modules)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: from the importer's package, one level up per extra dot
+                    parts = package.split(".")
+                    target = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                else:
+                    target = node.module
+                for alias in node.names:
+                    if f"{target}.{alias.name}" in modules:
+                        imported.add(f"{target}.{alias.name}")
+                    elif target in modules:
+                        imported.add(target)
+                        if alias.name.startswith("_") and not alias.name.startswith("__"):
+                            private.append((name, target, alias.name))
+        imported.discard(name)
+        graph[name] = imported
+    return graph, private
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                other = stack.pop()
+                on_stack.discard(other)
+                component.append(other)
+                if other == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def test_the_graph_follows_the_package_dir_map():
+    """The walk sees the mapped folders and resolves relative imports (else the checks below prove nothing)."""
+    graph, _ = import_graph()
+    assert "personalive_trt.export.onnx_export" in graph and "personalive_trt.runtime.stream" in graph
+    assert "personalive_trt.export.fp16" in graph["personalive_trt.export.onnx_export"]  # `from . import fp16`
+
+
+def test_no_import_cycles():
+    graph, _ = import_graph()
+    assert cycles(graph) == []
+
+
+def test_no_module_imports_another_modules_private_names():
+    _, private = import_graph()
+    assert private == [], "import the public name (or make it public where it is defined): " + ", ".join(
+        f"{importer} imports {module}.{name}" for importer, module, name in private)
