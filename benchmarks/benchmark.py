@@ -105,7 +105,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         runtime = StreamRuntime.from_models(models, config, backend="torch", seed=options.seed, graphs=graphs,
                                             compile=compile_options or False)
     else:
-        from personalive_trt.build.driver import DEFAULT_ENGINES_DIR, read_build
+        from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR, read_build
 
         engines = Path(options.engines or DEFAULT_ENGINES_DIR)
         record = read_build(engines)
@@ -239,7 +239,7 @@ def compare_reference(options: BenchOptions, models, config, device, dtype, refe
     from personalive_trt.models.weights import load_models
 
     if models is None:  # engine backends: the reference needs the torch weights the engines were built from
-        from personalive_trt.build.driver import DEFAULT_ENGINES_DIR, read_build
+        from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR, read_build
 
         weights = read_build(Path(options.engines or DEFAULT_ENGINES_DIR)).weights
         models = load_models(weights, device=device, dtype=dtype, vae=config.vae)

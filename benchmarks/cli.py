@@ -39,7 +39,7 @@ def summary(report: dict) -> str:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from personalive_trt.build.driver import BuildError
+    from personalive_trt.engines.folder import BuildError
     from personalive_trt.engines import EngineError, TensorRTNotAvailableError
     from personalive_trt.media import MediaError
     from personalive_trt.runtime.reference_loop import NonFiniteError

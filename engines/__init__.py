@@ -8,6 +8,10 @@
 * :mod:`~personalive_trt.engines.backends`: one interface (:class:`EngineBackend`) over a torch module,
   an ONNX Runtime session and a TensorRT engine, each on the device it was given (TensorRT: CUDA only;
   its execution contexts bind their tensor addresses once, see :class:`TensorRTBackend`).
+* :mod:`~personalive_trt.engines.networks`: :class:`~personalive_trt.engines.networks.Networks`, the nine
+  networks of one stream behind that interface, called by role; the loops (``runtime/``) see only this.
+* :mod:`~personalive_trt.engines.folder`: a built engines folder (``build.json``, the ONNX exports, the engine
+  cache): its record, and its networks checked against the weights, configuration, device and dtype asked for.
 
 ``tensorrt`` itself is imported only when needed (:func:`require_tensorrt`).
 """

@@ -496,7 +496,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     sequence of them (one denoising UNet per window; shared networks cover every window's range).
     An existing manifest in ``out_dir`` is updated: entries of networks exported now are replaced,
     the others kept -- unless it records other weights: ``fingerprint`` (see
-    :func:`personalive_trt.build.driver.weights_fingerprint`) is written into the manifest, and a manifest
+    :func:`personalive_trt.engines.folder.weights_fingerprint`) is written into the manifest, and a manifest
     with another (or no) fingerprint is started afresh, so one manifest never mixes exports of two
     sets of weights. Returns the manifest.
 

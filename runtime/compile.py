@@ -89,7 +89,7 @@ class CompileOptions:
     def folder(self) -> Path:
         if self.cache_dir is not None:
             return Path(self.cache_dir)
-        from personalive_trt.build.driver import DEFAULT_ENGINES_DIR
+        from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR
 
         return Path(DEFAULT_ENGINES_DIR) / CACHE_SUBDIR
 
@@ -329,7 +329,7 @@ def resolve_compile(mode: str, backend: str, engines: Path | None = None, networ
             raise ValueError("--compile on: compiles the streaming runtime's networks, not --reference-loop's")
     elif backend != "torch" or loop != "runtime" or networks is None:
         return None
-    from personalive_trt.build.driver import DEFAULT_ENGINES_DIR
+    from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR
 
     options = CompileOptions(cache_dir=Path(engines or DEFAULT_ENGINES_DIR) / CACHE_SUBDIR)
     if mode == "auto" and not compile_is_warm(networks, options):

@@ -185,7 +185,7 @@ class StreamRuntime:
 
                 networks = compile_networks(networks, compile if isinstance(compile, CompileOptions) else None)
         else:
-            from personalive_trt.build.driver import DEFAULT_ENGINES_DIR, load_networks
+            from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR, load_networks
 
             if weights is None:
                 raise ValueError("StreamRuntime.from_models: pass weights= (the spec the engines were built from)")
@@ -197,7 +197,7 @@ class StreamRuntime:
                      device: str | torch.device = "cuda", noise: NoiseFn | None = None, seed: int = 42,
                      graphs: bool | None = None) -> "StreamRuntime":
         """A runtime from a ``personalive-trt build`` folder alone: no torch weights are loaded."""
-        from personalive_trt.build.driver import load_networks, read_build
+        from personalive_trt.engines.folder import load_networks, read_build
 
         if backend not in ("onnxruntime", "tensorrt"):
             raise ValueError(f"from_engines: backend {backend!r}: expected onnxruntime or tensorrt")

@@ -14,7 +14,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from personalive_trt.build import driver as build_module  # noqa: E402
-from personalive_trt.build.driver import BuildRecord, build, read_build  # noqa: E402
+from personalive_trt.build.driver import build  # noqa: E402
+from personalive_trt.engines.folder import BuildRecord, read_build
 from personalive_trt.export import onnx_export as oe  # noqa: E402
 from personalive_trt.models.weights import SYNTHETIC_NOTICE, load_models  # noqa: E402
 
@@ -106,8 +107,9 @@ def test_base_precision_is_recorded_and_used(fake_export, tmp_path, monkeypatch)
         return {spec.name: cache_dir / spec.name for spec in specs}
 
     import personalive_trt.engines as engines
+    from personalive_trt.engines import builder
 
-    monkeypatch.setattr(engines, "build_engines", build_engines)
+    monkeypatch.setattr(builder, "build_engines", build_engines)
     monkeypatch.setattr(engines, "require_tensorrt", lambda: None)
     build("synthetic", tmp_path, backend="tensorrt", resolution=RESOLUTION, precision="fp32",
           precision_overrides={"pose_encoder": "fp16"}, log=lambda line: None)

@@ -11,12 +11,11 @@ package's modules.
 from __future__ import annotations
 
 import ast
-import os
-import shutil
-import subprocess
-import sys
+import importlib
 import tomllib
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,3 +111,23 @@ def test_no_module_imports_another_modules_private_names():
     _, private = import_graph()
     assert private == [], "import the public name (or make it public where it is defined): " + ", ".join(
         f"{importer} imports {module}.{name}" for importer, module, name in private)
+
+
+@pytest.mark.parametrize("old, name, new", [
+    ("personalive_trt.pipeline", "Animator", "personalive_trt.runtime.reference_loop"),
+    ("personalive_trt.runtime", "StreamRuntime", "personalive_trt.runtime.stream"),
+    ("personalive_trt.animate", "open_animator", "personalive_trt.filemode.animate"),
+    ("personalive_trt.build", "load_networks", "personalive_trt.engines.folder"),
+    ("personalive_trt.build", "build", "personalive_trt.build.driver"),
+    ("personalive_trt.networks", "Networks", "personalive_trt.engines.networks"),
+    ("personalive_trt.weights", "load_models", "personalive_trt.models.weights"),
+])
+def test_old_import_paths_keep_working(old, name, new):
+    """The paths users and scripts used before the restructuring give the same objects as the new ones."""
+    assert getattr(importlib.import_module(old), name) is getattr(importlib.import_module(new), name)
+
+
+def test_a_name_that_left_an_old_module_fails_in_one_line_naming_the_new_home():
+    with pytest.raises(ImportError) as caught:
+        from personalive_trt.animate import no_such_name  # noqa: F401
+    assert str(caught.value).count("\n") == 0 and "personalive_trt.filemode" in str(caught.value), caught.value

@@ -165,7 +165,7 @@ def test_record_serializes_as_stored(name, tmp_path, monkeypatch):
 
 def test_stored_records_are_read_back(tmp_path):
     """The stored build.json is a record today's code reads, and its decoder and configs come back as written."""
-    from personalive_trt.build.driver import read_build
+    from personalive_trt.engines.folder import read_build
     from personalive_trt.config import StreamConfig
 
     (tmp_path / "build.json").write_text((RECORDS / "build.json").read_text())

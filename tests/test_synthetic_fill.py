@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from personalive_trt.build.driver import weights_fingerprint
+from personalive_trt.engines.folder import weights_fingerprint
 from personalive_trt.models.synthetic import CONFIGS, fill_module_, hash_fill_
 from personalive_trt.models.weights import build_module, load_models, synthetic_models
 

@@ -231,7 +231,8 @@ def test_tiny_decoder_exports_and_verifies(tiny_models, tmp_path):
 # ---- build records ---------------------------------------------------------------------------------------
 def old_build_record(engines: Path, unet_config) -> None:
     """A build.json as written before --vae existed: no "vae" in the record nor in its configs."""
-    from personalive_trt.build.driver import BUILD_FILE, _plain
+    from personalive_trt.build.driver import _plain
+    from personalive_trt.engines.folder import BUILD_FILE
 
     config = {k: v for k, v in dataclasses.asdict(StreamConfig(resolution=64, window=2)).items() if k != "vae"}
     engines.mkdir(parents=True, exist_ok=True)
@@ -241,7 +242,8 @@ def old_build_record(engines: Path, unet_config) -> None:
 
 
 def test_build_record_without_vae_means_full_and_the_other_decoder_is_refused(tiny_models, tmp_path):
-    from personalive_trt.build.driver import BuildError, build, load_networks, read_build
+    from personalive_trt.build.driver import build
+    from personalive_trt.engines.folder import BuildError, load_networks, read_build
 
     engines = tmp_path / "engines"
     old_build_record(engines, tiny_models.denoising_unet.config)
@@ -266,7 +268,7 @@ def test_build_record_without_vae_means_full_and_the_other_decoder_is_refused(ti
 
 
 def test_taesd_counts_in_the_fingerprint_only_for_the_tiny_decoder(folder_copy):
-    from personalive_trt.build.driver import weights_fingerprint
+    from personalive_trt.engines.folder import weights_fingerprint
 
     full, tiny = weights_fingerprint(str(folder_copy)), weights_fingerprint(str(folder_copy), vae="tiny")
     assert full != tiny

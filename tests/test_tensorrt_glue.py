@@ -23,7 +23,9 @@ import sys
 import pytest
 import torch
 
-from personalive_trt.build.driver import BuildError, build, load_networks, read_build
+from personalive_trt.build.driver import build
+
+from personalive_trt.engines.folder import BuildError, load_networks, read_build
 from personalive_trt.engines import EngineError, TensorRTBackend
 from personalive_trt.engines.networks import ROLES, Networks
 from personalive_trt.runtime.reference_loop import Animator

@@ -24,7 +24,7 @@ def fail(message: str) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (printed as one line); anything else keeps its traceback."""
-    from personalive_trt.build.driver import BuildError
+    from personalive_trt.engines.folder import BuildError
     from personalive_trt.engines import EngineError, TensorRTNotAvailableError
     from personalive_trt.export.interface import ExportError
     from personalive_trt.media import MediaError

@@ -245,7 +245,7 @@ def open_animator(
     if backend == "torch":
         networks = Networks.from_models(load_models(weights, device=device, dtype=dtype, vae=config.vae), config)
     else:
-        from personalive_trt.build.driver import DEFAULT_ENGINES_DIR, load_networks
+        from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR, load_networks
 
         networks = load_networks(engines or DEFAULT_ENGINES_DIR, backend, weights, config, device, dtype=dtype)
     from personalive_trt.runtime.compile import compile_networks, resolve_compile
