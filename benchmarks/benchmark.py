@@ -66,54 +66,32 @@ from dataclasses import asdict
 from pathlib import Path
 
 from personalive_trt.bench.flops import flops_report
+from personalive_trt.choices import Backend
 from personalive_trt.bench.options import BenchError, BenchOptions, resolve_device_dtype, stream_config
 from personalive_trt.bench.session import Session, fuse_timed, run_session, sample_inputs
 from personalive_trt.bench.timing import Clock, StageProbe, device_name, memory_report, percentiles
 
+
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = None) -> dict:
     """Run the benchmark described in the module docstring; returns the report (also written to ``--json``)."""
     import torch
-
-    from personalive_trt.filemode.animate import resolve_weights
-    from personalive_trt.engines.networks import Networks
-    from personalive_trt.runtime import StreamRuntime
-    from personalive_trt.runtime.compile import resolve_compile
-    from personalive_trt.models.weights import load_models
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     options.validate()
     # Device first: on a machine without CUDA, `--backend tensorrt` is refused for the device (the real cause),
     # not for a missing TensorRT that could not run there anyway.
     device, dtype = resolve_device_dtype(options)
-    if options.backend == "tensorrt":
-        from personalive_trt.engines import require_tensorrt
+    if options.backend == Backend.TENSORRT:
+        from personalive_trt.engines.backends import require_tensorrt
 
         require_tensorrt()  # one line, before any work
     config = stream_config(options)
-    graphs = None if options.graphs else False
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     reference, chunks = sample_inputs(options.resolution, options.window)
 
     setup = time.perf_counter()
-    models = None
-    if options.backend == "torch":
-        weights = resolve_weights(options.weights)
-        log(f"bench: loading {weights} on {device} ({str(dtype).removeprefix('torch.')})")
-        models = load_models(weights, device=device, dtype=dtype, vae=config.vae)
-        compile_options = resolve_compile(options.compile, "torch", None, Networks.from_models(models, config))
-        runtime = StreamRuntime.from_models(models, config, backend="torch", seed=options.seed, graphs=graphs,
-                                            compile=compile_options or False)
-    else:
-        from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR, read_build
-
-        engines = Path(options.engines or DEFAULT_ENGINES_DIR)
-        record = read_build(engines)
-        weights = record.weights if options.weights == "auto" else options.weights
-        if weights != record.weights:
-            raise BenchError(f"{engines} was built from weights {record.weights!r}, not {weights!r}")
-        runtime = StreamRuntime.from_engines(engines, config, backend=options.backend, device=device,
-                                             seed=options.seed, graphs=graphs)
+    runtime, models, weights = open_runtime(options, config, device, dtype, log)
     clock = Clock(device, runtime.stream)
     clock.sync()
     setup_s = time.perf_counter() - setup
@@ -125,34 +103,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         runtime.step(chunks[i % len(chunks)])
     clock.sync()
 
-    # Measured session. Without graphs the measured calls are instrumented directly.
-    eager = not runtime.use_graphs
-    probe = StageProbe(runtime.nets, clock) if eager else None
-    log(f"bench: measuring {options.calls} call(s) with {options.keyframes} keyframe(s) in effect")
-    if probe is not None:
-        with probe:
-            session = run_session(runtime, reference, chunks, options.keyframes, options.calls, clock, probe,
-                                  count_flops=options.backend == "torch", pipelined=device.type == "cuda")
-    else:
-        session = run_session(runtime, reference, chunks, options.keyframes, options.calls, clock,
-                              pipelined=device.type == "cuda")
-    memory = memory_report(device)
-
-    if not eager:  # per-stage split: a second, eager runtime over the same networks
-        log("bench: eager pass for the per-stage breakdown")
-        eager_runtime = type(runtime)(runtime.nets, config, seed=options.seed, graphs=False)
-        probe = StageProbe(eager_runtime.nets, Clock(device, eager_runtime.stream))
-        with probe:
-            eager_session = run_session(eager_runtime, reference, chunks, options.keyframes, options.calls,
-                                        Clock(device, eager_runtime.stream), probe,
-                                        count_flops=options.backend == "torch")
-        del eager_runtime
-    else:
-        eager_session = session
-    breakdown = stage_breakdown(probe, eager_session)
-    breakdown["mode"] = "measured calls (runtime is eager)" if eager else "separate eager runtime, same networks"
-
-    fps = session.fps if session.fps is not None else options.window * 1e3 / percentiles(session.step_ms)["mean"]
+    session, memory, probe, breakdown = measure(runtime, options, config, device, reference, chunks, clock, log)
     report = {
         "schema": 1,
         "command": options.command,
@@ -176,17 +127,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         "measured_calls": options.calls,
         "setup_s": round(setup_s, 3),
         "reference_fusion_cold_ms": round(cold_fusion_ms, 3),
-        "reference_fusion_ms": round(session.fusion_ms, 3),
-        "time_to_first_frame_ms": round(session.first_frame_ms, 3),
-        "step_ms": percentiles(session.step_ms),
-        "step_clock": "cuda_events" if device.type == "cuda" else "perf_counter",
-        "host_staging_ms": percentiles(session.host_staging_ms),
-        "fps": round(fps, 6),
-        "throughput_mode": "pipelined" if session.fps is not None else "sequential",
-        "chunk_latency_ms": percentiles(session.chunk_latency_ms),
+        **session_figures(session, options, config, device),
     }
-    report.update(latency_model(config, fps, options.capture_fps, report["chunk_latency_ms"],
-                                report["step_ms"]["p50"], session.first_frame_ms))
     report["stages_ms"] = breakdown
     report["flops"] = flops_report(runtime, options, probe, report["step_ms"]["p50"])
     report["memory"] = memory
@@ -198,6 +140,81 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         Path(options.json).parent.mkdir(parents=True, exist_ok=True)
         Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def open_runtime(options: BenchOptions, config, device, dtype, log: Callable[[str], None]):
+    """The runtime to measure, the torch models it runs (None for engines) and the weights spec."""
+    from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR, read_build
+    from personalive_trt.models.weights import load_models, resolve_weights
+    from personalive_trt.runtime.open import open_networks
+    from personalive_trt.runtime.stream import StreamRuntime
+
+    graphs = None if options.graphs else False
+    if options.backend == Backend.TORCH:
+        weights = resolve_weights(options.weights)
+        log(f"bench: loading {weights} on {device} ({str(dtype).removeprefix('torch.')})")
+        models = load_models(weights, device=device, dtype=dtype, vae=config.vae)
+        networks = open_networks(Backend.TORCH, config=config, models=models, compile=options.compile)
+        return StreamRuntime(networks, config, seed=options.seed, graphs=graphs), models, weights
+    engines = Path(options.engines or DEFAULT_ENGINES_DIR)
+    record = read_build(engines)
+    weights = record.weights if options.weights == "auto" else options.weights
+    if weights != record.weights:
+        raise BenchError(f"{engines} was built from weights {record.weights!r}, not {weights!r}")
+    runtime = StreamRuntime.from_engines(engines, config, backend=options.backend, device=device, seed=options.seed,
+                                         graphs=graphs)
+    return runtime, None, weights
+
+
+def measure(runtime, options: BenchOptions, config, device, reference, chunks, clock, log):
+    """The measured session, the memory it peaked at, the probe that timed each network (eager calls), and the
+    per-stage breakdown.
+
+    Without graphs the measured calls are instrumented directly; with graphs a second, eager runtime over the same
+    networks gives the breakdown (a graph replays a whole call)."""
+    eager = not runtime.use_graphs
+    probe = StageProbe(runtime.nets, clock) if eager else None
+    log(f"bench: measuring {options.calls} call(s) with {options.keyframes} keyframe(s) in effect")
+    if probe is not None:
+        with probe:
+            session = run_session(runtime, reference, chunks, options.keyframes, options.calls, clock, probe,
+                                  count_flops=options.backend == Backend.TORCH, pipelined=device.type == "cuda")
+    else:
+        session = run_session(runtime, reference, chunks, options.keyframes, options.calls, clock,
+                              pipelined=device.type == "cuda")
+    memory = memory_report(device)  # before the eager pass below allocates its own buffers
+    if not eager:
+        log("bench: eager pass for the per-stage breakdown")
+        eager_runtime = type(runtime)(runtime.nets, config, seed=options.seed, graphs=False)
+        probe = StageProbe(eager_runtime.nets, Clock(device, eager_runtime.stream))
+        with probe:
+            eager_session = run_session(eager_runtime, reference, chunks, options.keyframes, options.calls,
+                                        Clock(device, eager_runtime.stream), probe,
+                                        count_flops=options.backend == Backend.TORCH)
+        del eager_runtime
+    else:
+        eager_session = session
+    breakdown = stage_breakdown(probe, eager_session)
+    breakdown["mode"] = "measured calls (runtime is eager)" if eager else "separate eager runtime, same networks"
+    return session, memory, probe, breakdown
+
+
+def session_figures(session: Session, options: BenchOptions, config, device) -> dict:
+    """The measured session's times, throughput and latency model (the report's fields from fusion on)."""
+    fps = session.fps if session.fps is not None else options.window * 1e3 / percentiles(session.step_ms)["mean"]
+    figures = {
+        "reference_fusion_ms": round(session.fusion_ms, 3),
+        "time_to_first_frame_ms": round(session.first_frame_ms, 3),
+        "step_ms": percentiles(session.step_ms),
+        "step_clock": "cuda_events" if device.type == "cuda" else "perf_counter",
+        "host_staging_ms": percentiles(session.host_staging_ms),
+        "fps": round(fps, 6),
+        "throughput_mode": "pipelined" if session.fps is not None else "sequential",
+        "chunk_latency_ms": percentiles(session.chunk_latency_ms),
+    }
+    figures.update(latency_model(config, fps, options.capture_fps, figures["chunk_latency_ms"],
+                                 figures["step_ms"]["p50"], session.first_frame_ms))
+    return figures
 
 
 def stage_breakdown(probe: StageProbe, session: Session) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from personalive_trt.bench.options import BenchError, BenchOptions
+from personalive_trt.choices import Backend, Decoder
 
 if TYPE_CHECKING:  # annotations only
     from personalive_trt.bench.timing import StageProbe
@@ -78,7 +79,7 @@ def flops_report(runtime, options: BenchOptions, probe: StageProbe | None, step_
     if is_full_size(runtime.shapes) and config.resolution == 512 and config.window == 4:
         per_role = reference_flops(options.keyframes)
         source = f"reference_json ({flops_json_path()})"
-        if config.vae == "tiny":  # the table has the full decoder only
+        if config.vae is Decoder.TINY:  # the table has the full decoder only
             per_role["vae_decoder"] = tiny_decoder_flops(runtime.shapes)
             source += "; vae_decoder: TAESD at the released config, counted (FlopCounterMode, meta device)"
     if per_role is None and probe is not None and probe.flops and sum(probe.flops.values()) > 0:
@@ -86,7 +87,7 @@ def flops_report(runtime, options: BenchOptions, probe: StageProbe | None, step_
         source = "counted (FlopCounterMode, one eager call of the measured kind)"
     if per_role is None:
         why = ("engine backends cannot be counted and flops_full_512.json does not apply"
-               if options.backend != "torch" else "flops_full_512.json does not apply and nothing was counted")
+               if options.backend != Backend.TORCH else "flops_full_512.json does not apply and nothing was counted")
         return {"source": None, "per_step": None, "per_network": None, "tflops": None, "note": why}
     total = sum(per_role.values())
     return {"source": source, "per_step": total, "per_network": per_role,

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from personalive_trt.config import VAE_DECODERS
+from personalive_trt.choices import Backend, CompileMode, Decoder
 
-BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
 MAX_KEYFRAMES = 3
 
 
@@ -41,8 +40,8 @@ class BenchOptions:
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def validate(self) -> None:
-        if self.backend not in BACKEND_NAMES:
-            raise BenchError(f"--backend {self.backend!r}: expected one of {', '.join(BACKEND_NAMES)}")
+        if self.backend not in tuple(Backend):
+            raise BenchError(f"--backend {self.backend!r}: expected one of {Backend.names()}")
         if not 0 <= self.keyframes <= MAX_KEYFRAMES:
             raise BenchError(f"--keyframes {self.keyframes}: expected 0..{MAX_KEYFRAMES}")
         if self.window < 1:
@@ -57,13 +56,13 @@ class BenchOptions:
             raise BenchError(f"--capture-fps {self.capture_fps}: expected a positive frame rate")
         if self.dtype not in ("auto", "fp32", "fp16"):
             raise BenchError(f"--dtype {self.dtype!r}: expected auto, fp32 or fp16")
-        if self.vae not in VAE_DECODERS:
-            raise BenchError(f"--vae {self.vae!r}: expected one of {', '.join(VAE_DECODERS)}")
-        if self.compile not in ("auto", "on", "off"):
-            raise BenchError(f"--compile {self.compile!r}: expected auto, on or off")
-        if self.compile == "on" and self.backend != "torch":
+        if self.vae not in tuple(Decoder):
+            raise BenchError(f"--vae {self.vae!r}: expected one of {Decoder.names()}")
+        if self.compile not in tuple(CompileMode):
+            raise BenchError(f"--compile {self.compile!r}: expected {CompileMode.names(' or ')}")
+        if self.compile == CompileMode.ON and self.backend != Backend.TORCH:
             raise BenchError(f"--compile on: only the torch backend is compiled, not --backend {self.backend}")
-        if self.engines is not None and self.backend == "torch":
+        if self.engines is not None and self.backend == Backend.TORCH:
             raise BenchError("--engines is for --backend onnxruntime or tensorrt")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from personalive_trt.choices import Backend, Decoder
 from personalive_trt.config import StreamConfig
 from personalive_trt.engines.networks import Networks, specs_by_role
 from personalive_trt.models.weights import TAESD_DIR, parse_weights_spec
@@ -56,7 +57,7 @@ def weights_fingerprint(weights: str, seed: int = 0, vae: str = "full") -> str:
         return f"synthetic:{value}:seed{seed}"
     root = Path(value)
     digest = hashlib.sha256()
-    used = (lambda rel: True) if vae == "tiny" else (lambda rel: rel.parts[0] != TAESD_DIR)
+    used = (lambda rel: True) if Decoder(vae) is Decoder.TINY else (lambda rel: rel.parts[0] != TAESD_DIR)
     for path in sorted(p for p in root.rglob("*") if p.is_file() and ".download" not in p.parts
                        and used(p.relative_to(root))):
         stat = path.stat()
@@ -183,7 +184,8 @@ def load_networks(engines_dir: Path, backend: str, weights: str, config: StreamC
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype {dtype}: expected one of {', '.join(str(d) for d in DTYPE_NAMES)}")
     wanted = DTYPE_NAMES[dtype] if dtype is not None else None
-    if backend == "tensorrt":
+    backend = Backend.parse(backend, "--backend")
+    if backend is Backend.TENSORRT:
         from personalive_trt.engines.backends import check_tensorrt_device, require_tensorrt
 
         check_tensorrt_device(require_tensorrt(), device, "--backend tensorrt")
@@ -194,7 +196,7 @@ def load_networks(engines_dir: Path, backend: str, weights: str, config: StreamC
         raise BuildError(f"{engines_dir} was built from weights {record.weights!r}, not {weights!r}; run "
                          f"`personalive-trt build --weights {weights} --engines {engines_dir}`")
     shapes = record.shapes(config)
-    if backend == "onnxruntime":
+    if backend is Backend.ONNXRUNTIME:
         require_onnx()
         built = record.precisions
         precision = wanted or ("fp32" if "fp32" in built else built[0])
@@ -203,7 +205,7 @@ def load_networks(engines_dir: Path, backend: str, weights: str, config: StreamC
                              f"rebuild with `personalive-trt build --backend onnxruntime --precision {precision} "
                              f"--engines {engines_dir}` or run with --dtype {built[0]}")
         return Networks.from_onnx(onnx_paths(engines_dir, shapes, precision), shapes, DTYPES[precision], device)
-    if backend == "tensorrt":
+    if backend is Backend.TENSORRT:
         base = record.base_precision  # what engine_paths builds every network not overridden in
         precision = wanted or base
         if precision != base:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from personalive_trt.choices import Decoder
 from personalive_trt.config import StreamConfig
 from personalive_trt.devices import canonical_device
 from personalive_trt.shapes import StreamShapes, kv_names, safe_name
@@ -22,7 +23,6 @@ from personalive_trt.models.weights import Models
 
 ROLES = ("image_encoder", "vae_encoder", "reference_unet", "bank_projector", "pose_encoder", "motion_encoder", "pose_guider",
          "denoising_unet", "vae_decoder")
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def specs_by_role(shapes: StreamShapes) -> dict[str, "NetworkSpec"]:  # noqa: F821
@@ -110,7 +110,7 @@ class Networks:
         """Torch backends over the loaded modules (the reference path)."""
         from personalive_trt.engines.backends import TorchBackend
 
-        if config.vae == "tiny" and models.taesd is None:
+        if config.vae is Decoder.TINY and models.taesd is None:
             from personalive_trt.models.weights import WeightsError
 
             raise WeightsError(f"StreamConfig(vae='tiny') needs the TAESD decoder, which {models.source} was loaded "
@@ -127,9 +127,7 @@ class Networks:
         """ONNX Runtime sessions on ``device`` (its provider, or an error); ``onnx_paths``: role -> model.onnx."""
         from personalive_trt.engines.backends import OnnxRuntimeBackend
 
-        backends = {role: OnnxRuntimeBackend(spec, onnx_paths[role], device=device)
-                    for role, spec in specs_by_role(shapes).items()}
-        return cls(backends, shapes, dtype, device, description="onnxruntime")
+        return cls._from_files(OnnxRuntimeBackend, onnx_paths, shapes, dtype, device, "onnxruntime")
 
     @classmethod
     def from_engines(cls, engine_paths: Mapping[str, Path], shapes: StreamShapes, dtype: torch.dtype,
@@ -137,9 +135,13 @@ class Networks:
         """TensorRT engines; ``engine_paths``: role -> .engine file."""
         from personalive_trt.engines.backends import TensorRTBackend
 
-        backends = {role: TensorRTBackend(spec, engine_paths[role], device=device)
-                    for role, spec in specs_by_role(shapes).items()}
-        return cls(backends, shapes, dtype, device, description="tensorrt")
+        return cls._from_files(TensorRTBackend, engine_paths, shapes, dtype, device, "tensorrt")
+
+    @classmethod
+    def _from_files(cls, backend_class, paths: Mapping[str, Path], shapes: StreamShapes, dtype: torch.dtype,
+                    device: torch.device | str, description: str) -> "Networks":
+        backends = {role: backend_class(spec, paths[role], device=device) for role, spec in specs_by_role(shapes).items()}
+        return cls(backends, shapes, dtype, device, description=description)
 
     # ---- calls ---------------------------------------------------------------------------------
     def run(self, role: str, clone: bool | None = None, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -25,8 +25,8 @@ def return_freed_memory() -> str:
     glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), after which
     blocks below it come from the heap, where freed space is kept while anything above it lives. Tracing a
     UNet (`torch.onnx.export`) frees thousands of such activations between small objects the tracer keeps,
-    so the process held ~40x the network's input and output bytes until the trace was dropped: 3.1 GiB of
-    a 4.4 GiB peak for the small UNet at 256² (measured 2026-12-06, benchmarks/RESULTS.md). A fixed
+    so the process held ~40x the network's input and output bytes until the trace was dropped (the small UNet
+    at 256²: benchmarks/RESULTS.md, "build --backend onnxruntime: peak host memory"). A fixed
     threshold (which also stops the adjustment) returns every block of 1 MiB or more when it is freed.
     Process-wide and permanent; `build` and :func:`~personalive_trt.export.onnx_export.export_all` call it.
     Elsewhere than glibc nothing is changed, and the returned text says so."""

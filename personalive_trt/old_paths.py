@@ -32,9 +32,11 @@ MODULES = {
 #: Old module whose names moved to several modules -> {name: the module that has it now}.
 NAMES = {
     "personalive_trt.animate": {
-        **dict.fromkeys(("SessionOptions", "RunOptions", "RunStats", "animate_file", "stream_video", "chunked",
-                         "prefetched", "BackgroundWriter", "open_animator", "resolve_weights", "LOOPS",
-                         "DEFAULT_WEIGHTS_DIR"), "personalive_trt.filemode.animate"),
+        **dict.fromkeys(("RunOptions", "RunStats", "animate_file", "stream_video", "chunked"),
+                        "personalive_trt.filemode.animate"),
+        **dict.fromkeys(("prefetched", "BackgroundWriter"), "personalive_trt.filemode.threads"),
+        **dict.fromkeys(("SessionOptions", "open_animator"), "personalive_trt.runtime.animator"),
+        **dict.fromkeys(("resolve_weights", "DEFAULT_WEIGHTS_DIR"), "personalive_trt.models.weights"),
     },
 }
 

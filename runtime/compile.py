@@ -46,7 +46,9 @@ from pathlib import Path
 
 import torch
 
+from personalive_trt.choices import Backend, CompileMode, Loop
 from personalive_trt.engines.backends import TorchBackend
+from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR
 
 #: The roles compiled; the others (run once per reference) stay eager.
 COMPILED_ROLES = ("denoising_unet", "vae_decoder", "motion_encoder", "pose_encoder", "pose_guider",
@@ -56,7 +58,7 @@ REGIONAL_ROLES = ("denoising_unet", "reference_unet", "vae_decoder")
 #: ModuleList names whose elements are compiled as regions.
 REGION_LISTS = ("resnets", "attentions", "motion_modules", "temporal_modules")
 ATTENTION_KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
-COMPILE_MODES = ("auto", "on", "off")
+COMPILE_MODES = tuple(mode.value for mode in CompileMode)
 CACHE_SUBDIR = "torch_compile"
 # Distinct shapes one region may be compiled for (bank lengths x block shapes); beyond it dynamo raises
 # (fail_on_recompile_limit_hit) instead of running the region eagerly.
@@ -89,8 +91,6 @@ class CompileOptions:
     def folder(self) -> Path:
         if self.cache_dir is not None:
             return Path(self.cache_dir)
-        from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR
-
         return Path(DEFAULT_ENGINES_DIR) / CACHE_SUBDIR
 
 
@@ -311,27 +311,25 @@ class CompiledBackend(TorchBackend):
             return super()._run(inputs, shapes, **kwargs)
 
 
-def resolve_compile(mode: str, backend: str, engines: Path | None = None, networks=None,
-                    loop: str = "runtime") -> CompileOptions | None:
+def resolve_compile(mode: CompileMode | str, backend: Backend | str, engines: Path | None = None, networks=None,
+                    loop: Loop | str = Loop.RUNTIME) -> CompileOptions | None:
     """``--compile auto|on|off`` -> the options to compile with, or None.
 
     ``on`` compiles (torch backend, streaming runtime only; refused in one line otherwise); ``auto`` compiles
     only where the cache of this exact configuration is warm (``networks`` decide the key), so a default start
     never compiles for minutes; ``off`` never does."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"--compile {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
-    if mode == "off":
+    mode = CompileMode.parse(mode, "--compile")
+    backend, loop = Backend.parse(backend, "--backend"), Loop.parse(loop, "--loop")
+    if mode is CompileMode.OFF:
         return None
-    if mode == "on":
-        if backend != "torch":
+    if mode is CompileMode.ON:
+        if backend is not Backend.TORCH:
             raise ValueError(f"--compile on: only the torch backend is compiled (--backend {backend} runs engines)")
-        if loop != "runtime":
+        if loop is not Loop.RUNTIME:
             raise ValueError("--compile on: compiles the streaming runtime's networks, not --reference-loop's")
-    elif backend != "torch" or loop != "runtime" or networks is None:
+    elif backend is not Backend.TORCH or loop is not Loop.RUNTIME or networks is None:
         return None
-    from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR
-
     options = CompileOptions(cache_dir=Path(engines or DEFAULT_ENGINES_DIR) / CACHE_SUBDIR)
-    if mode == "auto" and not compile_is_warm(networks, options):
+    if mode is CompileMode.AUTO and not compile_is_warm(networks, options):
         return None
     return options

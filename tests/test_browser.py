@@ -60,7 +60,7 @@ def fake_camera(tmp_path_factory) -> Path:
 def server():
     uvicorn = pytest.importorskip("uvicorn")
     pytest.importorskip("websockets")
-    from personalive_trt.filemode.animate import open_animator
+    from personalive_trt.runtime.animator import open_animator
     from personalive_trt.config import StreamConfig
     from personalive_trt.web.app import ServeSettings, create_app
 

@@ -22,6 +22,22 @@ from personalive_trt.models.weights import SYNTHETIC_NOTICE, load_models  # noqa
 RESOLUTION = 128
 
 
+def write_fake_exports(out_dir, precisions, networks, fingerprint) -> None:
+    """What export_all leaves for `build` to read: a manifest naming each network's (empty) files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name in networks:
+        entries[name] = {"precisions": {}}
+        for precision in precisions:
+            (out_dir / f"{name}.{precision}").mkdir(exist_ok=True)
+            (out_dir / f"{name}.{precision}" / "model.onnx").write_bytes(b"")
+            entries[name]["precisions"][precision] = {
+                "onnx": f"{name}.{precision}/model.onnx", "precision": precision, "export_seconds": 1.0,
+                "verify_seconds": 2.0, "verified": True,
+                "memory": {"export_peak_rss_bytes": 2**30, "verify_peak_rss_bytes": 2**31}}
+    (out_dir / oe.MANIFEST).write_text(json.dumps({"weights_fingerprint": fingerprint, "networks": entries}))
+
+
 @pytest.fixture
 def fake_export(monkeypatch):
     """export_all writing a manifest with empty files; returns the list of calls (fingerprints)."""
@@ -29,18 +45,7 @@ def fake_export(monkeypatch):
 
     def export_all(models, shapes_list, out_dir, precisions, networks, fingerprint=None, log=None, **_):
         calls.append(fingerprint)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        entries = {}
-        for name in networks:
-            entries[name] = {"precisions": {}}
-            for precision in precisions:
-                (out_dir / f"{name}.{precision}").mkdir(exist_ok=True)
-                (out_dir / f"{name}.{precision}" / "model.onnx").write_bytes(b"")
-                entries[name]["precisions"][precision] = {
-                    "onnx": f"{name}.{precision}/model.onnx", "precision": precision, "export_seconds": 1.0,
-                    "verify_seconds": 2.0, "verified": True,
-                    "memory": {"export_peak_rss_bytes": 2**30, "verify_peak_rss_bytes": 2**31}}
-        (out_dir / oe.MANIFEST).write_text(json.dumps({"weights_fingerprint": fingerprint, "networks": entries}))
+        write_fake_exports(out_dir, precisions, networks, fingerprint)
         return {}
 
     monkeypatch.setattr(oe, "export_all", export_all)

@@ -80,7 +80,7 @@ def test_run_with_tensorrt_on_the_cpu_is_refused_in_one_line(tmp_path):
 
 
 def test_open_animator_says_where_it_runs(capsys):
-    from personalive_trt.filemode.animate import open_animator
+    from personalive_trt.runtime.animator import open_animator
     from personalive_trt.config import StreamConfig
 
     animator = open_animator("synthetic", device="cpu", dtype=torch.float32, config=StreamConfig(resolution=128))

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -107,6 +112,34 @@ def test_no_import_cycles():
     assert cycles(graph) == []
 
 
+#: The stages, lowest first (STYLE: media -> models -> export -> engines -> runtime -> live/web -> cli); a module
+#: may import its own floor and the floors below. The package root re-exports the runtime's API.
+FLOORS = {
+    "personalive_trt.old_paths": 0, "personalive_trt.choices": 0, "personalive_trt.config": 0,
+    "personalive_trt.shapes": 0, "personalive_trt.devices": 0, "personalive_trt.configs": 0,
+    "personalive_trt.media": 1, "personalive_trt.models": 2, "personalive_trt.export": 3,
+    "personalive_trt.engines": 4, "personalive_trt.runtime": 5, "personalive_trt": 5,
+    "personalive_trt.build": 6, "personalive_trt.filemode": 6, "personalive_trt.live": 6, "personalive_trt.web": 6,
+    "personalive_trt.bench": 6, "personalive_trt.cli": 7,
+}
+#: Entry points that run a command of a higher floor, and why.
+UPWARD = {("personalive_trt.bench.bench_stream", "personalive_trt.cli.bench"):
+          "the script `python benchmarks/bench_stream.py` runs the `bench` command"}
+
+
+def floor(module: str) -> int:
+    while module not in FLOORS:
+        module = module.rpartition(".")[0]  # a KeyError for a module outside every room: add it to FLOORS
+    return FLOORS[module]
+
+
+def test_imports_point_down_the_stages():
+    graph, _ = import_graph()
+    upward = sorted((module, other) for module, imported in graph.items() for other in imported
+                    if floor(other) > floor(module) and (module, other) not in UPWARD)
+    assert upward == [], "imports up the stages (move the shared piece down a floor): " + ", ".join(
+        f"{module} -> {other}" for module, other in upward)
+
 def test_no_module_imports_another_modules_private_names():
     _, private = import_graph()
     assert private == [], "import the public name (or make it public where it is defined): " + ", ".join(
@@ -116,7 +149,7 @@ def test_no_module_imports_another_modules_private_names():
 @pytest.mark.parametrize("old, name, new", [
     ("personalive_trt.pipeline", "Animator", "personalive_trt.runtime.reference_loop"),
     ("personalive_trt.runtime", "StreamRuntime", "personalive_trt.runtime.stream"),
-    ("personalive_trt.animate", "open_animator", "personalive_trt.filemode.animate"),
+    ("personalive_trt.animate", "open_animator", "personalive_trt.runtime.animator"),
     ("personalive_trt.build", "load_networks", "personalive_trt.engines.folder"),
     ("personalive_trt.build", "build", "personalive_trt.build.driver"),
     ("personalive_trt.networks", "Networks", "personalive_trt.engines.networks"),
@@ -131,3 +164,46 @@ def test_a_name_that_left_an_old_module_fails_in_one_line_naming_the_new_home():
     with pytest.raises(ImportError) as caught:
         from personalive_trt.animate import no_such_name  # noqa: F401
     assert str(caught.value).count("\n") == 0 and "personalive_trt.filemode" in str(caught.value), caught.value
+
+
+def test_every_module_imports_from_a_non_editable_install(tmp_path):
+    """pyproject's package map ships every module and its data: a real install (``pip install --target``, no
+    dependencies, no index) imports each module of the map from the installed copy, not from this checkout."""
+    pytest.importorskip("setuptools", minversion="77")
+    source = tmp_path / "source"
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).is_file():
+            shutil.copy2(REPO / name, source / name)
+    for folder in sorted(set(setup["package-dir"].values())):
+        shutil.copytree(REPO / folder, source / folder, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "results", "*.md"))
+    target = tmp_path / "installed"
+    built = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                            "--no-index", "--target", str(target), str(source)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    modules = sorted(name for name in package_modules() if not name.endswith("__main__"))
+    child = textwrap.dedent(f"""
+        import importlib, pathlib, sys
+        target = pathlib.Path({str(target)!r})
+        outside = []
+        for name in {modules!r}:
+            module = importlib.import_module(name)
+            if target not in pathlib.Path(module.__file__).resolve().parents:
+                outside.append(f"{{name}}: {{module.__file__}}")
+        from personalive_trt.media.sample import sample_driving, sample_reference
+        from personalive_trt.configs import config_path
+        from personalive_trt.bench.flops import DEFAULT_FLOPS_JSON
+        data = [sample_reference(), sample_driving(), config_path("unet3d.yaml"), DEFAULT_FLOPS_JSON,
+                pathlib.Path(importlib.import_module("personalive_trt.web.routes").STATIC_DIR) / "index.html"]
+        missing = [str(p) for p in data if not pathlib.Path(p).is_file() or target not in pathlib.Path(p).parents]
+        assert not outside and not missing, (outside, missing)
+        print("IMPORTED", len({modules!r}))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["IMPORTED", str(len(modules))]

@@ -39,31 +39,18 @@ def sorted_default_values(text: str) -> str:
     return DEFAULT_VALUES.sub(sort, text)
 
 
-def _fake_export(out_dir, precisions, networks, fingerprint):
-    """What export_all leaves for `build` to read: a manifest naming each network's files (no real export)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    entries = {}
-    for name in networks:
-        entries[name] = {"precisions": {}}
-        for precision in precisions:
-            (out_dir / f"{name}.{precision}").mkdir(exist_ok=True)
-            (out_dir / f"{name}.{precision}" / "model.onnx").write_bytes(b"")
-            entries[name]["precisions"][precision] = {
-                "onnx": f"{name}.{precision}/model.onnx", "precision": precision, "export_seconds": 1.0,
-                "verify_seconds": 2.0, "verified": True, "memory": {}}
-    (out_dir / "manifest.json").write_text(json.dumps({"weights_fingerprint": fingerprint, "networks": entries}))
-
-
 def build_json(tmp_path: Path, monkeypatch) -> str:
     """build.json of `build --backend onnxruntime --window 2 --window 4 --vae tiny --precision fp32
     --override pose_guider=fp16` on synthetic weights at 128², its ``seconds`` set to 0."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
+    from test_build_records import write_fake_exports
+
     from personalive_trt.build import driver as build_module
     from personalive_trt.export import onnx_export
 
     monkeypatch.setattr(onnx_export, "export_all", lambda models, shapes, out_dir, precisions, networks, fingerprint=None,
-                        **_: _fake_export(out_dir, precisions, networks, fingerprint))
+                        **_: write_fake_exports(out_dir, precisions, networks, fingerprint))
     monkeypatch.setattr(build_module, "load_models", lambda *args, **kwargs: None)
     engines = tmp_path / "engines"
     build_module.build("synthetic", engines, backend="onnxruntime", windows=(2, 4), resolution=RESOLUTION,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from personalive_trt.build import memory as buildmem
+from personalive_trt.choices import Backend, Decoder
 from personalive_trt.config import StreamConfig
 from personalive_trt.engines.folder import (
     BUILD_FILE,
@@ -29,7 +30,7 @@ from personalive_trt.shapes import StreamShapes
 
 # precision each backend runs by default: TensorRT fp16 (from the fp16 ONNX: TRT 11 is strongly typed);
 # ONNX Runtime's CPU provider has no fp16 arithmetic kernels, so fp32.
-DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16"}
+DEFAULT_PRECISION = {Backend.ONNXRUNTIME: "fp32", Backend.TENSORRT: "fp16"}
 
 
 def _export_is_current(onnx_dir: Path, names: Sequence[str], precisions: Sequence[str], fingerprint: str) -> bool:
@@ -73,8 +74,9 @@ def build(
     """
     if backend not in DEFAULT_PRECISION:
         raise ValueError(f"--backend {backend!r}: expected one of {sorted(DEFAULT_PRECISION)}")
+    backend = Backend(backend)
     require_onnx()
-    if backend == "tensorrt":
+    if backend is Backend.TENSORRT:
         from personalive_trt.engines import require_tensorrt
 
         require_tensorrt()  # fail before minutes of export
@@ -83,24 +85,16 @@ def build(
     precisions = sorted({precision, *overrides.values()})
     engines_dir = Path(engines_dir)
     started = time.perf_counter()
+    vae = StreamConfig(vae=vae).vae  # a Decoder from here on (a bad value: StreamConfig's one-line error)
     configs = [StreamConfig(window=w, resolution=resolution, vae=vae) for w in windows]
     kind, location = parse_weights_spec(weights)
     if kind == "synthetic":
         log(SYNTHETIC_NOTICE.format(spec=weights))  # the notice `run` prints, also for --weights auto
-    if vae == "tiny" and kind == "dir":
+    if vae is Decoder.TINY and kind == "dir":
         require_taesd(Path(location))  # one line, before minutes of export
     fingerprint = weights_fingerprint(weights, seed, vae=vae)
 
-    previous = None
-    if (engines_dir / BUILD_FILE).is_file() and not force:
-        previous = read_build(engines_dir)
-        if previous.vae != vae:
-            raise BuildError(f"{engines_dir} holds engines built for --vae {previous.vae}; use another --engines "
-                             f"folder for --vae {vae}, or --force to replace them")
-        if previous.fingerprint != fingerprint:
-            raise BuildError(f"{engines_dir} holds engines of other weights ({previous.weights}); "
-                             "use another --engines folder or --force to replace them")
-
+    previous = None if force else _previous_build(engines_dir, vae, fingerprint)
     onnx_dir = engines_dir / "onnx"
     unet_config = previous.unet_config if previous else None
     meta = None
@@ -111,14 +105,7 @@ def build(
     names = sorted({spec.name for s in shapes_list for spec in specs_by_role(s).values()})
     export = force or not _export_is_current(onnx_dir, names, precisions, fingerprint)
     if export and memory_check:
-        estimate = buildmem.estimate(meta or buildmem.meta_models(weights, vae), shapes_list, names)
-        try:
-            limit = buildmem.memory_limit()
-            buildmem.check_fits(estimate, limit)
-        except buildmem.BuildMemoryError as exc:
-            raise BuildError(str(exc)) from exc
-        log(f"estimated peak memory {estimate.peak / buildmem.GIB:.1f} GiB (while {estimate.largest}); this "
-            f"process may use {limit.bytes / buildmem.GIB:.1f} GiB ({limit.source})")
+        _check_memory(meta or buildmem.meta_models(weights, vae), shapes_list, names, log)
     del meta
     if export:
         try:
@@ -126,33 +113,70 @@ def build(
         except buildmem.BuildMemoryError as exc:
             raise BuildError(str(exc)) from exc
     engines_dir.mkdir(parents=True, exist_ok=True)
-    models = None
     if export:
-        from personalive_trt.export.onnx_export import export_all
-
-        models = load_models(weights, seed=seed, vae=vae)
-        export_all(models, shapes_list, onnx_dir, precisions=precisions, networks=names, fingerprint=fingerprint,
-                   release_components=True, log=log)
+        _export(weights, seed, vae, shapes_list, onnx_dir, precisions, names, fingerprint, log)
     else:
-        from personalive_trt.export.onnx_export import measured_line, read_manifest
-
-        log(f"ONNX exports in {onnx_dir} are up to date ({len(names)} networks, {', '.join(precisions)}); measured "
-            "when exported:")
-        entries = read_manifest(onnx_dir)["networks"]
-        for name in names:
-            for p in precisions:
-                log(measured_line(name, entries[name]["precisions"][p]))
-    del models
+        _report_current_exports(onnx_dir, names, precisions, log)
 
     record = BuildRecord(weights=str(weights), fingerprint=fingerprint, unet_config=_plain(unet_config),
                          configs=[dataclasses.asdict(c) for c in configs], precisions=precisions, backend=backend,
                          overrides=overrides, vae=vae, precision=precision)
-    if backend == "tensorrt":
+    if backend is Backend.TENSORRT:
         engine_paths(record, engines_dir, shapes_list, overrides, allow_build=True, log=log)
     record.seconds = round(time.perf_counter() - started, 1)
     write_build(engines_dir, record)
     log(f"build done in {record.seconds:.1f} s: {engines_dir}")
     return record
+
+
+def _previous_build(engines_dir: Path, vae: Decoder, fingerprint: str) -> BuildRecord | None:
+    """The record of what ``engines_dir`` holds (None: nothing yet), refused when it was built for another decoder
+    or other weights: a build never mixes two sets of engines in one folder."""
+    if not (engines_dir / BUILD_FILE).is_file():
+        return None
+    previous = read_build(engines_dir)
+    if previous.vae != vae:
+        raise BuildError(f"{engines_dir} holds engines built for --vae {previous.vae}; use another --engines "
+                         f"folder for --vae {vae}, or --force to replace them")
+    if previous.fingerprint != fingerprint:
+        raise BuildError(f"{engines_dir} holds engines of other weights ({previous.weights}); "
+                         "use another --engines folder or --force to replace them")
+    return previous
+
+
+def _check_memory(meta, shapes_list: Sequence[StreamShapes], names: Sequence[str], log: Callable[[str], None]) -> None:
+    """Refuse (one line) an export whose estimated peak exceeds what this process may use; log the margin."""
+    estimate = buildmem.estimate(meta, shapes_list, names)
+    try:
+        limit = buildmem.memory_limit()
+        buildmem.check_fits(estimate, limit)
+    except buildmem.BuildMemoryError as exc:
+        raise BuildError(str(exc)) from exc
+    log(f"estimated peak memory {estimate.peak / buildmem.GIB:.1f} GiB (while {estimate.largest}); this "
+        f"process may use {limit.bytes / buildmem.GIB:.1f} GiB ({limit.source})")
+
+
+def _export(weights: str, seed: int, vae: Decoder, shapes_list: Sequence[StreamShapes], onnx_dir: Path,
+            precisions: Sequence[str], names: Sequence[str], fingerprint: str, log: Callable[[str], None]) -> None:
+    """Load the weights and export (and verify) every network; the models are dropped when this returns, before
+    any engine is built."""
+    from personalive_trt.export.onnx_export import export_all
+
+    models = load_models(weights, seed=seed, vae=vae)
+    export_all(models, shapes_list, onnx_dir, precisions=precisions, networks=names, fingerprint=fingerprint,
+               release_components=True, log=log)
+
+
+def _report_current_exports(onnx_dir: Path, names: Sequence[str], precisions: Sequence[str],
+                            log: Callable[[str], None]) -> None:
+    from personalive_trt.export.onnx_export import measured_line, read_manifest
+
+    log(f"ONNX exports in {onnx_dir} are up to date ({len(names)} networks, {', '.join(precisions)}); measured "
+        "when exported:")
+    entries = read_manifest(onnx_dir)["networks"]
+    for name in names:
+        for p in precisions:
+            log(measured_line(name, entries[name]["precisions"][p]))
 
 
 def _plain(config: Mapping) -> dict:

@@ -24,8 +24,7 @@ largest component`` (a state dict and its module). The build's estimate is the l
 
 The coefficients are fitted to `benchmarks/build_memory.py` runs (tiny and small synthetic weights at
 128, 256 and 512 px, the full-size denoising UNet alone at 128 px, fp32; held out: small weights and the
-full-size UNet at 512 px, 16.4 GiB measured for the latter against 17.9 modelled; ``--fit`` prints the
-fit, benchmarks/RESULTS.md the method and errors) and rounded up; ``MARGIN`` covers the largest underestimate
+full-size UNet at 512 px; ``--fit`` prints the fit, benchmarks/RESULTS.md the measurements, method and errors) and rounded up; ``MARGIN`` covers the largest underestimate
 of a build's peak seen, held-out runs included. Nothing is loaded to estimate: every component is built on
 the meta device from its config (seconds), which also gives `build` the UNet config without loading
 11.5 GB of weights before the check. The fp16 export (TensorRT's default) is estimated with the same
@@ -45,13 +44,14 @@ from pathlib import Path
 
 import torch
 
+from personalive_trt.choices import Decoder
 from personalive_trt.export.memory import BuildMemoryError, return_freed_memory
 
 GIB = 2**30
 # ---- coefficients: `python benchmarks/build_memory.py --fit benchmarks/results/build_memory.json`, rounded up ----
 BASE = int(0.6 * GIB)  # interpreter, torch, onnx, onnxruntime, and what their allocators keep (fitted 0.59)
-# embedded fitted 1.57; external fitted 0.00 on the full-size denoising UNet (128², 2026-12-06): one copy of its
-# weights is resident at any time (the torch module until it is traced, then the ONNX Runtime session),
+# embedded fitted 1.57; external fitted 0.00 on the full-size denoising UNet (benchmarks/RESULTS.md): one copy of
+# its weights is resident at any time (the torch module until it is traced, then the ONNX Runtime session),
 # and that copy is already in ``loaded``
 WEIGHT_FACTOR = {"embedded": 1.6, "external": 0.0}
 ACTIVATION = {  # fitted; bank_projector and image_encoder fit 0 (their weights term covers them)
@@ -93,15 +93,16 @@ class MemoryLimit:
 def meta_models(weights: str, vae: str = "full") -> types.SimpleNamespace:
     """Every component of ``weights`` built on the meta device (sizes and configs, no memory, no values)."""
     from personalive_trt.models.weights import (
-        COMPONENTS,
-        TAESD,
         build_module,
+        components,
         folder_configs,
+        parse_vae,
         parse_weights_spec,
         taesd_config,
         validate_weights_folder,
     )
 
+    vae = parse_vae(vae)
     kind, value = parse_weights_spec(weights)
     if kind == "synthetic":
         from personalive_trt.models.synthetic import CONFIGS
@@ -110,11 +111,10 @@ def meta_models(weights: str, vae: str = "full") -> types.SimpleNamespace:
     else:
         validate_weights_folder(Path(value))
         configs = folder_configs(Path(value))
-        if vae == "tiny":
+        if vae is Decoder.TINY:
             configs = {**configs, "taesd": taesd_config(Path(value))}
-    components = COMPONENTS + ((TAESD,) if vae == "tiny" else ())
     with torch.device("meta"):
-        return types.SimpleNamespace(**{c.name: build_module(c.name, configs) for c in components})
+        return types.SimpleNamespace(**{c.name: build_module(c.name, configs) for c in components(vae)})
 
 
 def component_bytes(module: torch.nn.Module) -> int:

@@ -17,19 +17,22 @@ All images are ``HxWx3`` uint8 RGB arrays.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from personalive_trt.media import MediaError
+from personalive_trt.media.io import MediaError
 
 __all__ = [
     "DrivingFramer",
+    "Framing",
     "FaceBox",
     "FaceDetector",
     "NoFaceError",
@@ -326,6 +329,41 @@ def frame_reference(
     if face is None:
         raise NoFaceError("no face found in the image; expected a photo with a clearly visible face")
     return crop_square(image, framing_box(face, margin, face_y), size, pad_mode)
+
+
+# --------------------------------------------------------------------------------------------------- sessions
+
+
+@dataclass(frozen=True)
+class Framing:
+    """Frame around the face, or resize whole frames (``--no-crop``): decided once per session, for its reference
+    and its driving frames alike (file mode, live mode and the web app all come through here).
+
+    Args:
+        size (`int`): the canvas side.
+        crop (`bool`, defaults to True): frame the face; False resizes whole frames (:func:`resize_square`).
+    """
+
+    size: int
+    crop: bool = True
+
+    def reference(self, image: np.ndarray, source: str | os.PathLike | None = None) -> np.ndarray:
+        """The reference portrait, framed (or resized). With ``source``, a :class:`NoFaceError` names it and the
+        ``--no-crop`` way around."""
+        if not self.crop:
+            return resize_square(image, self.size)
+        try:
+            return frame_reference(image, size=self.size)
+        except NoFaceError as exc:
+            if source is None:
+                raise
+            raise NoFaceError(f"{source}: {exc} (use --no-crop to skip face framing)") from exc
+
+    def driving(self) -> Callable[[np.ndarray], np.ndarray]:
+        """A framer for one driving video or stream: a new one per video (the face crop follows it frame to frame)."""
+        if self.crop:
+            return DrivingFramer(size=self.size)
+        return functools.partial(resize_square, size=self.size)
 
 
 # --------------------------------------------------------------------------------------------------- driving

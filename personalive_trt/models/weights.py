@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from personalive_trt.config import LATENT_CHANNELS, VAE_DECODERS
+from personalive_trt.choices import Decoder
+from personalive_trt.config import LATENT_CHANNELS
 from personalive_trt.configs import config_path
 
 PERSONALIVE = "personalive"
@@ -416,9 +417,17 @@ def _synthetic_namespace(component: str) -> Callable[[str], str]:
     return lambda key: component
 
 
-def check_vae(vae: str) -> None:
-    if vae not in VAE_DECODERS:
-        raise WeightsError(f"vae {vae!r}: expected one of {', '.join(VAE_DECODERS)}")
+def parse_vae(vae: Decoder | str) -> Decoder:
+    """``vae`` as a :class:`~personalive_trt.choices.Decoder`, or a one-line :class:`WeightsError`."""
+    try:
+        return Decoder.parse(vae, "vae")
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def components(vae: Decoder) -> tuple[Component, ...]:
+    """The components a stream with the ``vae`` decoder loads: TAESD besides the released ones for ``tiny``."""
+    return COMPONENTS + ((TAESD,) if vae is Decoder.TINY else ())
 
 
 def synthetic_models(
@@ -440,24 +449,24 @@ def synthetic_models(
     if base not in CONFIGS or fill not in ("", "device"):
         raise WeightsError(f"synthetic weights size {size!r}: expected one of {sorted(CONFIGS)}, "
                            "optionally followed by ':device'")
-    check_vae(vae)
+    vae = parse_vae(vae)
     if fill == "device":
         return _synthetic_on_device(base, seed, device, dtype, vae)
     modules = {}
-    for component in COMPONENTS + ((TAESD,) if vae == "tiny" else ()):
+    for component in components(vae):
         module = build_module(component.name, CONFIGS[size])
         module.load_state_dict(synth_state_dict(module, seed, _synthetic_namespace(component.name)), strict=True)
         modules[component.name] = module
     return _finish(modules, device, dtype, f"synthetic:{size} (seed {seed})", synthetic=True)
 
 
-def _synthetic_on_device(size: str, seed: int, device, dtype: torch.dtype, vae: str) -> Models:
+def _synthetic_on_device(size: str, seed: int, device, dtype: torch.dtype, vae: Decoder) -> Models:
     """``synthetic:SIZE:device``: every component from :func:`synthetic_component`."""
     from personalive_trt.devices import canonical_device
 
     device = canonical_device(device)
     modules = {component.name: synthetic_component(component.name, size, seed, device, dtype)
-               for component in COMPONENTS + ((TAESD,) if vae == "tiny" else ())}
+               for component in components(vae)}
     return Models(**modules, source=f"synthetic:{size}:device (seed {seed})", synthetic=True)
 
 
@@ -477,6 +486,16 @@ def synthetic_component(name: str, size: str, seed: int = 0, device: torch.devic
     if sorted(filled) != sorted(expected):  # strict: every key of the layout, nothing else
         raise WeightsError(f"{name}: device fill covered {len(filled)} of {len(expected)} keys")
     return module
+
+
+DEFAULT_WEIGHTS_DIR = Path("pretrained_weights")
+
+
+def resolve_weights(spec: str) -> str:
+    """``auto``: ./pretrained_weights when it exists, otherwise synthetic (tiny) weights."""
+    if spec != "auto":
+        return spec
+    return str(DEFAULT_WEIGHTS_DIR) if DEFAULT_WEIGHTS_DIR.is_dir() else "synthetic"
 
 
 def parse_weights_spec(spec: str | Path) -> tuple[str, str | Path]:
@@ -513,16 +532,16 @@ def load_models(
         vae (`str`, defaults to ``"full"``): ``"tiny"`` also loads the TAESD decoder from ``taesd/``
             (``Models.taesd``; the full VAE stays loaded: its encoder encodes the reference).
     """
-    check_vae(vae)
+    vae = parse_vae(vae)
     kind, value = parse_weights_spec(weights)
     if kind == "synthetic":
         return synthetic_models(str(value), seed=seed, device=device, dtype=dtype, vae=vae)
     root = Path(value)
     validate_weights_folder(root)
-    if vae == "tiny":
+    if vae is Decoder.TINY:
         require_taesd(root)  # before minutes of loading the rest
     configs = folder_configs(root)
     modules = {c.name: load_component(c, configs, root) for c in COMPONENTS}
-    if vae == "tiny":
+    if vae is Decoder.TINY:
         modules[TAESD.name] = load_component(TAESD, {"taesd": taesd_config(root)}, root)
     return _finish(modules, device, dtype, str(root), synthetic=False)

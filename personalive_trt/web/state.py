@@ -85,5 +85,7 @@ class ServerState:
         return self.mjpeg_feed
 
     def reset_mjpeg(self) -> None:
-        """A fresh broadcast for a (re)started app: its events belong to the event loop now running."""
-        self.mjpeg_feed = MjpegBroadcast()
+        """A fresh local broadcast for a (re)started app: its events belong to the event loop now running. A feed
+        from elsewhere (the Ray app's front reads the registry's) is kept."""
+        if self.mjpeg_feed is None or isinstance(self.mjpeg_feed, MjpegBroadcast):
+            self.mjpeg_feed = MjpegBroadcast()
