@@ -163,9 +163,7 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
     from personalive_trt.bench.benchmark import stage_breakdown
     from personalive_trt.bench.flops import is_full_size
     from personalive_trt.bench.session import fuse_timed, run_session
-    from personalive_trt.bench.timing import Clock, StageProbe, host_peak_rss_mb, percentiles
-    from personalive_trt.runtime.reference_loop import Animator
-    from personalive_trt.runtime import StreamRuntime
+    from personalive_trt.bench.timing import host_peak_rss_mb, percentiles
     from personalive_trt.shapes import StreamShapes
 
     cuda = device.type == "cuda"
@@ -173,25 +171,8 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     setup = time.perf_counter()
-    probe = None
     with torch.no_grad():
-        if variant.engine == "reference":
-            engine = Animator(models, config, seed=seed)
-            clock = Clock(device)
-        else:
-            cache = None
-            if variant.compile:
-                import tempfile
-
-                from personalive_trt.runtime.compile import CompileOptions
-
-                torch.compiler.reset()
-                cache = CompileOptions(cache_dir=Path(tempfile.mkdtemp(prefix="personalive-compile-")))
-            engine = StreamRuntime.from_models(models, config, backend="torch", seed=seed,
-                                               graphs=True if variant.graphs else False, compile=cache or False)
-            clock = Clock(device, engine.stream)
-            if not engine.use_graphs:
-                probe = StageProbe(engine.nets, clock)
+        engine, clock, probe, cache = _open_variant(variant, models, config, device, seed)
         clock.sync()
         setup_s = time.perf_counter() - setup
         fuse_timed(engine, reference, clock)  # cold: lazy initialisation, discarded
@@ -239,6 +220,31 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
         "measured_keyframes": session.keyframes,
         "full_size_table": full_table,
     }
+
+
+def _open_variant(variant: Variant, models, config, device, seed: int):
+    """The loop a variant measures, its clock, a per-network probe when it runs eagerly (else None) and, for a
+    compiled variant, the options of its fresh compile cache (else None)."""
+    import torch
+
+    from personalive_trt.bench.timing import Clock, StageProbe
+    from personalive_trt.runtime.reference_loop import Animator
+    from personalive_trt.runtime.stream import StreamRuntime
+
+    if variant.engine == "reference":
+        return Animator(models, config, seed=seed), Clock(device), None, None
+    cache = None
+    if variant.compile:
+        import tempfile
+
+        from personalive_trt.runtime.compile import CompileOptions
+
+        torch.compiler.reset()
+        cache = CompileOptions(cache_dir=Path(tempfile.mkdtemp(prefix="personalive-compile-")))
+    engine = StreamRuntime.from_models(models, config, backend="torch", seed=seed,
+                                       graphs=True if variant.graphs else False, compile=cache or False)
+    clock = Clock(device, engine.stream)
+    return engine, clock, None if engine.use_graphs else StageProbe(engine.nets, clock), cache
 
 
 def _warm_probe(weights: str, models, config, folder: Path) -> dict:

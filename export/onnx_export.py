@@ -382,8 +382,6 @@ def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions
     the torch module resident (6.3 GiB for the released denoising UNet). For a caller that exports this
     component's last network and needs it no longer (``export_all(release_components=True)``).
     """
-    import onnx
-
     if opset < 17:
         raise ExportError(f"opset {opset} < 17: LayerNormalization and the attention exports need opset >= 17")
     unknown = [p for p in precisions if p not in PRECISIONS]
@@ -397,67 +395,19 @@ def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wrapper = spec.wrap(module).eval()
-    cases = verification_cases(spec)
     rss = PeakRss()
-    started = time.perf_counter()
-    references = [torch_reference(spec, wrapper, sample_inputs(spec, which, "fp32", seed))
-                  for _, which, seed in cases] if verify else []
-    reference_seconds = time.perf_counter() - started
-    reference_peak = rss.peak()
+    reference = _reference_outputs(spec, wrapper, verify, rss)
 
     scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=out_dir))
     records = {}
     try:
-        rss.reset()
-        started = time.perf_counter()
-        trace_path = scratch / "trace" / MODEL_FILE
-        try:
-            _trace(spec, wrapper, sample_inputs(spec, "opt", "fp32", 0), trace_path, opset)
-        except Exception as exc:  # noqa: BLE001 -- any tracer/exporter failure is an export failure
-            raise ExportError(f"{spec.name}: torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
-        traced = onnx.load(str(trace_path), load_external_data=False)
-        store = fp16_graph.TensorStore(traced, trace_path.parent)
-        lookup = _island_lookup(spec, wrapper, module) if "fp16" in precisions else None
-        trace_seconds = time.perf_counter() - started
-        trace_peak = rss.peak()
+        traced = _trace_once(spec, wrapper, module, precisions, scratch, opset, rss)
         if release:  # the weights are in the trace's files now, the references computed
             setattr(models, spec.component, None)
             del module, wrapper
             gc.collect()
-        unused = dead_nodes(traced)
-        candidates = []
-        for precision in precisions:
-            candidate = _Candidate(spec, precision, scratch / f"{spec.name}.{precision}")
-            rss.reset()
-            started = time.perf_counter()
-            model, values = _build(candidate, traced, store, lookup, external_data_bytes)
-            onnx.checker.check_model(str(candidate.folder / MODEL_FILE), full_check=False)
-            export_seconds = time.perf_counter() - started + trace_seconds
-            export_peak = max(rss.peak(), trace_peak)
-            rss.reset()
-            started = time.perf_counter()
-            if verify:
-                _verify(candidate, model, values, cases, references, scratch / precision, external_data_bytes)
-            else:
-                candidate.record["verification"] = {"passed": None, "skipped": True}
-            verify_peak = max(rss.peak(), reference_peak) if verify else None
-            candidate.record.update(
-                network=spec.name, component=spec.component, precision=precision, opset=opset,
-                onnx=f"{spec.name}.{precision}/{MODEL_FILE}",
-                files={f"{spec.name}.{precision}/{p.name}": sha256(p) for p in candidate.files},
-                bytes=sum(p.stat().st_size for p in candidate.files),
-                sha256=sha256(candidate.folder / MODEL_FILE),
-                spec=spec.describe(precision), dead_nodes=len(unused),
-                export_seconds=round(export_seconds, 3),
-                verify_seconds=round(time.perf_counter() - started + (reference_seconds if verify else 0), 3),
-                verified=verify, versions=versions(),
-                # Peak RSS of this process (bytes): export = trace (shared by the precisions) + this
-                # precision's conversion and write; verify = torch reference outputs or the ONNX
-                # Runtime sessions of this precision, whichever is higher. See PeakRss.
-                memory={"export_peak_rss_bytes": export_peak, "verify_peak_rss_bytes": verify_peak,
-                        "method": rss.method},
-            )
-            candidates.append(candidate)
+        candidates = [_export_candidate(spec, precision, scratch, traced, reference, verify, opset,
+                                        external_data_bytes, rss) for precision in precisions]
         # Everything passed: move into place.
         for candidate in candidates:
             _place(candidate, out_dir)
@@ -465,6 +415,91 @@ def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return records
+
+
+@dataclasses.dataclass
+class _Reference:
+    """The torch fp32 outputs every precision is verified against, and what computing them cost."""
+
+    cases: list
+    outputs: list
+    seconds: float
+    peak: int
+
+
+@dataclasses.dataclass
+class _Traced:
+    """The one fp32 trace every precision is derived from, and what tracing cost."""
+
+    model: object  # onnx.ModelProto, initializers external
+    store: object  # fp16_graph.TensorStore over the trace's files
+    lookup: Callable | None  # node -> keep_fp32 island (fp16 only)
+    seconds: float
+    peak: int
+    dead_nodes: int
+
+
+def _reference_outputs(spec: NetworkSpec, wrapper: torch.nn.Module, verify: bool, rss: PeakRss) -> _Reference:
+    cases = verification_cases(spec)
+    started = time.perf_counter()
+    outputs = [torch_reference(spec, wrapper, sample_inputs(spec, which, "fp32", seed))
+               for _, which, seed in cases] if verify else []
+    return _Reference(cases, outputs, time.perf_counter() - started, rss.peak())
+
+
+def _trace_once(spec: NetworkSpec, wrapper: torch.nn.Module, module: torch.nn.Module, precisions: Sequence[str],
+                scratch: Path, opset: int, rss: PeakRss) -> _Traced:
+    import onnx
+
+    rss.reset()
+    started = time.perf_counter()
+    trace_path = scratch / "trace" / MODEL_FILE
+    try:
+        _trace(spec, wrapper, sample_inputs(spec, "opt", "fp32", 0), trace_path, opset)
+    except Exception as exc:  # noqa: BLE001 -- any tracer/exporter failure is an export failure
+        raise ExportError(f"{spec.name}: torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
+    traced = onnx.load(str(trace_path), load_external_data=False)
+    store = fp16_graph.TensorStore(traced, trace_path.parent)
+    lookup = _island_lookup(spec, wrapper, module) if "fp16" in precisions else None
+    return _Traced(traced, store, lookup, time.perf_counter() - started, rss.peak(), len(dead_nodes(traced)))
+
+
+def _export_candidate(spec: NetworkSpec, precision: str, scratch: Path, traced: _Traced, reference: _Reference,
+                      verify: bool, opset: int, external_data_bytes: int, rss: PeakRss) -> _Candidate:
+    """One precision written, checked and verified in ``scratch`` (not yet in place), with its manifest record."""
+    import onnx
+
+    candidate = _Candidate(spec, precision, scratch / f"{spec.name}.{precision}")
+    rss.reset()
+    started = time.perf_counter()
+    model, values = _build(candidate, traced.model, traced.store, traced.lookup, external_data_bytes)
+    onnx.checker.check_model(str(candidate.folder / MODEL_FILE), full_check=False)
+    export_seconds = time.perf_counter() - started + traced.seconds
+    export_peak = max(rss.peak(), traced.peak)
+    rss.reset()
+    started = time.perf_counter()
+    if verify:
+        _verify(candidate, model, values, reference.cases, reference.outputs, scratch / precision, external_data_bytes)
+    else:
+        candidate.record["verification"] = {"passed": None, "skipped": True}
+    verify_peak = max(rss.peak(), reference.peak) if verify else None
+    candidate.record.update(
+        network=spec.name, component=spec.component, precision=precision, opset=opset,
+        onnx=f"{spec.name}.{precision}/{MODEL_FILE}",
+        files={f"{spec.name}.{precision}/{p.name}": sha256(p) for p in candidate.files},
+        bytes=sum(p.stat().st_size for p in candidate.files),
+        sha256=sha256(candidate.folder / MODEL_FILE),
+        spec=spec.describe(precision), dead_nodes=traced.dead_nodes,
+        export_seconds=round(export_seconds, 3),
+        verify_seconds=round(time.perf_counter() - started + (reference.seconds if verify else 0), 3),
+        verified=verify, versions=versions(),
+        # Peak RSS of this process (bytes): export = trace (shared by the precisions) + this
+        # precision's conversion and write; verify = torch reference outputs or the ONNX
+        # Runtime sessions of this precision, whichever is higher. See PeakRss.
+        memory={"export_peak_rss_bytes": export_peak, "verify_peak_rss_bytes": verify_peak,
+                "method": rss.method},
+    )
+    return candidate
 
 
 def export_network(spec: NetworkSpec, models, out_dir: str | Path, precision: str = "fp32", verify: bool = True,
