@@ -180,6 +180,8 @@ class StreamRuntime:
         are opened by :func:`~personalive_trt.runtime.open.open_networks`."""
         config = config or StreamConfig()
         backend = Backend.parse(backend, "backend")
+        if compile and backend.runs_engines:
+            raise ValueError(f"compile: only the torch backend is compiled, not {backend}")
         if backend.runs_engines and weights is None:
             raise ValueError("StreamRuntime.from_models: pass weights= (the spec the engines were built from)")
         networks = open_networks(backend, config=config, models=models, weights=weights, engines=engines,
