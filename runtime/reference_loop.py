@@ -254,18 +254,60 @@ class Animator:
     @torch.no_grad()
     def step_float(self, frames: np.ndarray) -> torch.Tensor:
         """As ``step`` but returns the decoded frames as float (W,R,R,3) in [0,1]."""
-        cfg = self.config
-        check_frames(frames, cfg.window, cfg.resolution)
-        if self.reference is None:
-            raise RuntimeError("step: no reference fused; call fuse_reference(image) first")
-        images = frames_to_tensor(frames, self.device, self.dtype)
+        images = self._driving_images(frames, "step")
         trace = {} if self.trace is not None else None
         self._advance_conditions(images, trace)
         video = self._denoise_and_decode(trace)
+        self._end_call(trace)
+        return video
+
+    @torch.no_grad()
+    def step_conditions(self, frames: np.ndarray) -> None:
+        """One call's conditioning alone: keypoints, keypoint maps, face crops, pose features, motion
+        states and the keyframe decision, as :meth:`step` computes them, without the denoising UNet and
+        the decoder (parity tests check the conditioning of a long stream in seconds this way).
+
+        The piles of pose features and motion states move on as in ``step``; the latent pile does not
+        (the call's fresh chunk is dropped), so the latents are stale afterwards: a test that goes on
+        with ``step`` sets them with :meth:`set_latent_pile`. A keyframe this call's decision takes joins
+        the motion bank but gets no reference banks (they are written from the denoised latent).
+        """
+        images = self._driving_images(frames, "step_conditions")
+        trace = {} if self.trace is not None else None
+        self._advance_conditions(images, trace)
+        motion_states = torch.cat(self.motion_pile, dim=1)
+        self._keyframe_wanted(motion_states, trace)
+        self.latent_pile.pop()
+        self.pose_pile.pop(0)
+        self.motion_pile.pop(0)
+        if trace is not None:
+            trace.update(motion_states=motion_states, motion_bank=self.motion_bank,
+                         num_keyframes=len(self.keyframe_banks))
+        self._end_call(trace)
+
+    def set_latent_pile(self, latents: torch.Tensor) -> None:
+        """State injection: the latent pile the next call's UNet starts from (before its fresh chunk),
+        ``(1, 4, pile - window, h, w)`` in the x0.18215 domain, e.g. the state a golden stream stores at
+        one of its calls, so that a test runs the UNet from there without running every call before it."""
+        cfg = self.config
+        if self.reference is None:
+            raise RuntimeError("set_latent_pile: no reference fused; call fuse_reference(image) first")
+        expected = (1, 4, cfg.pile - cfg.window, *self.reference.latent.shape[-2:])
+        if tuple(latents.shape) != expected:
+            raise ValueError(f"set_latent_pile: expected shape {expected}, got {tuple(latents.shape)}")
+        self.latent_pile = list(latents.to(self.device, self.dtype).split(cfg.window, dim=2))
+
+    def _driving_images(self, frames: np.ndarray, what: str) -> torch.Tensor:
+        cfg = self.config
+        check_frames(frames, cfg.window, cfg.resolution)
+        if self.reference is None:
+            raise RuntimeError(f"{what}: no reference fused; call fuse_reference(image) first")
+        return frames_to_tensor(frames, self.device, self.dtype)
+
+    def _end_call(self, trace: dict | None) -> None:
         if trace is not None:
             self.trace["calls"].append(trace)
         self.count += 1
-        return video
 
     def _advance_conditions(self, images: torch.Tensor, trace: dict | None) -> None:
         """Keypoints, pose features and motion states of the new frames; fills the piles."""

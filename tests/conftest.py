@@ -196,5 +196,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not per_file:
         return
     terminalreporter.section("slowest test files")
-    for path, seconds in sorted(per_file.items(), key=lambda item: -item[1])[:12]:
+    for path, seconds in sorted(per_file.items(), key=lambda item: -item[1])[:10]:
         terminalreporter.write_line(f"{seconds:8.1f}s  {path}")
+    terminalreporter.write_line(f"{sum(per_file.values()):8.1f}s  in all ({len(per_file)} files)")
