@@ -16,7 +16,23 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = Path(os.environ.get("PERSONALIVE_SHARED", REPO.parent / "shared")) / "reference"
 GOLDEN = SHARED_REFERENCE / "golden"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (the README's `-n 2`) the workers share the cores: one intra-op thread each, so that two
+# workers on 2 cores do not oversubscribe them (torch's spinning threads then slow both down).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
+
+# The longest files first, so that `--dist loadfile` starts them on different workers at once instead of leaving
+# one of them for the end (each takes minutes; the rest of the suite is many short files).
+SLOW_FIRST = ("tests/test_pipeline.py", "tests/test_compile.py", "tests/test_bench.py", "tests/test_export.py",
+              "tests/test_ray.py", "tests/test_ray_cli.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: within a file and among the rest, collection order is kept
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
