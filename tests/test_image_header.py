@@ -18,8 +18,8 @@ from personalive_trt.web.settings import ServeSettings
 
 def encoded(fmt: str, size=(70, 40), **params) -> bytes:
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), np.uint8))
-    if params.pop("rgba", False):
-        image = image.convert("RGBA")
+    if params.pop("rgba", False):  # an alpha channel that is not all opaque (else the encoder drops it)
+        image.putalpha(Image.fromarray(np.full((size[1], size[0]), 128, np.uint8)))
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **params)
     return buffer.getvalue()
