@@ -6,8 +6,8 @@ server reuses them by calling :func:`mount` on its own FastAPI app instead of co
 the HTTP routes on its front deployment and only the WebSocket route on its animator replicas (where each
 open socket holds one of Ray's request slots, so the page and uploads never wait behind sessions).
 
-With a token set (``ServeSettings.token``), :class:`~personalive_trt.web.access.TokenGate` stands in front of
-every route mounted here (:mod:`.access`).
+With a token set (``ServeSettings.token``), :class:`~personalive_trt.web.auth.TokenGate` stands in front of
+every route mounted here (:mod:`.auth`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from personalive_trt.web import session as protocol
-from personalive_trt.web.access import TokenGate
+from personalive_trt.web.auth import TokenGate
 from personalive_trt.web.frames import encode_jpeg
 from personalive_trt.web.health import aggregate, counts_only, replica_report
 from personalive_trt.web.mjpeg import MAX_POLL, MJPEG_PATH, Viewer, ViewerRefused

@@ -32,7 +32,7 @@ class ServeSettings:
     # passes. Over it the socket is closed (1008). 10/s is far above what a person clicking does (the page sends a
     # start, a swap per upload, an fps change) and far below what makes the worker's control slot churn. 0: no limit.
     control_rate: float = 10.0
-    # The shared secret every request but /api/health must carry (personalive_trt.web.access); None: no check (the
+    # The shared secret every request but /api/health must carry (personalive_trt.web.auth); None: no check (the
     # loopback default). Kept out of repr so that a logged settings record never shows it.
     token: str | None = field(default=None, repr=False)
 

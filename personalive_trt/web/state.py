@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from personalive_trt.web.access import AccessControl
+from personalive_trt.web.auth import AccessControl
 from personalive_trt.web.mjpeg import SessionFeeds
 from personalive_trt.web.pool import EnginePool
 from personalive_trt.web.settings import ServeSettings

@@ -1,4 +1,4 @@
-"""Access control (personalive_trt/web/access.py), tried as a hostile client: no token, a wrong one, the right one
+"""Access control (personalive_trt/web/auth.py), tried as a hostile client: no token, a wrong one, the right one
 in a header the server does not read, a cookie that is not the server's; the token file and environment; the
 refusal to expose the server without a token."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from live_server import serving
-from personalive_trt.web import access
-from personalive_trt.web.access import (COOKIE, TOKEN_ENV, AccessControl, ExposureError, TokenGate, check_exposure,
+from personalive_trt.web import auth
+from personalive_trt.web.auth import (COOKIE, TOKEN_ENV, AccessControl, ExposureError, TokenGate, check_exposure,
                                         is_loopback, load_token)
 from test_serve import make_app, receive_until, start, stream_frames, upload_sample
 
@@ -149,7 +149,7 @@ def test_every_candidate_is_compared_in_constant_time(client, monkeypatch):
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(access.hmac, "compare_digest", spy)
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
     refused_like_every_other(client.get("/", params={"token": "wrong-token-0123456789abcdef"},
                                         headers={"cookie": f"{COOKIE}=forged"}))
     assert (b"wrong-token-0123456789abcdef", TOKEN.encode()) in calls
