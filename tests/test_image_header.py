@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from personalive_trt.live.testing import png_bomb
 from personalive_trt.live.worker import MalformedFrameError
 from personalive_trt.web.frames import make_frame_decoder
 from personalive_trt.web.image_header import HeaderError, image_size
@@ -27,16 +28,6 @@ def encoded(fmt: str, size=(70, 40), **params) -> bytes:
 
 def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def huge_png(side: int = 20000) -> bytes:
-    """A valid one-bit greyscale PNG of ``side`` x ``side`` black pixels: tiny on the wire, a colour decode of it
-    would allocate ``3 * side**2`` bytes (1.2 GB for 20000)."""
-    row = b"\0" * (1 + (side + 7) // 8)  # filter byte + packed bits
-    compressor = zlib.compressobj(9)
-    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", body) + png_chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("fmt, params, kind", [
@@ -70,7 +61,7 @@ def test_other_formats_and_broken_headers_are_refused_in_one_line(case):
 
 
 def test_a_20000_square_png_under_2_mib_is_refused_without_a_call_to_the_decoder(monkeypatch):
-    data = huge_png()
+    data = png_bomb()
     assert len(data) < 2 * 2**20 and image_size(data) == ("png", 20000, 20000)
     decode = make_frame_decoder(64, ServeSettings(crop=False))
     calls = []

@@ -14,9 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from personalive_trt.config import StreamConfig
-from personalive_trt.live.testing import EchoAnimator
+from personalive_trt.live.testing import EchoAnimator, png_bomb
 from personalive_trt.web.app import ServeSettings, create_app
-from test_image_header import huge_png
 from test_serve import RES, expect_close, is_type, jpeg, make_app, receive_until, start, upload_sample
 
 FUSE_S = 0.2
@@ -156,7 +155,7 @@ def test_a_20000_square_png_in_a_session_is_a_malformed_frame_never_decoded(monk
         return real_imdecode(buffer, flags)
 
     monkeypatch.setattr(cv2, "imdecode", counting)  # the worker thread decodes: a module attribute reaches it
-    bomb = huge_png()
+    bomb = png_bomb()
     with TestClient(make_app(max_message_bytes=2 * 2**20)) as client:
         key = upload_sample(client)
         with client.websocket_connect("/api/ws") as ws:

@@ -11,10 +11,15 @@ an all-black driving frame (every pixel below 8) raises :class:`EchoFailure` -- 
 failure (a CUDA error), which tests trigger by sending black frames. It does no model work: its frames say
 nothing about quality, only about plumbing, pacing, latency and memory. ``personalive-trt serve`` never uses
 it; tests and ``scripts/soak.py`` do.
+
+:func:`png_bomb` makes the other thing tests and ``scripts/abuse.py`` send: a valid PNG that is tiny on the wire
+and enormous decoded.
 """
 from __future__ import annotations
 
+import struct
 import time
+import zlib
 from collections import deque
 
 import numpy as np
@@ -75,3 +80,16 @@ class EchoAnimator:
         if self.count < cfg.steps:
             return np.repeat(self.reference[None], cfg.window, axis=0)
         return self._pipe.popleft()
+
+
+def png_bomb(side: int = 20000) -> bytes:
+    """A valid one-bit greyscale PNG of ``side`` x ``side`` black pixels: ~50 KB for 20000, and ``3 * side**2``
+    bytes (1.2 GB for 20000) for a decoder that makes it a colour image. Built in ~0.3 s."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\0" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # bit depth 1, greyscale, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")

@@ -91,6 +91,9 @@ class SessionFeeds:
         if max_viewers < 1:
             raise ValueError(f"max_viewers must be >= 1, got {max_viewers}")
         self.max_viewers = max_viewers
+        # Where the viewers are served by another process (the Ray app's registry): awaited after a feed opens,
+        # so that its URL works the moment the session announces it (None: the viewers are served here).
+        self.announce: Callable[[], Awaitable[None]] | None = None
         self.feeds: dict[str, MjpegBroadcast] = {}
         self.changed = asyncio.Event()  # set at every open, end and publish (the Ray replica's forward loop)
         self._viewer_ids = itertools.count(1)
@@ -101,6 +104,13 @@ class SessionFeeds:
         key = key or secrets.token_urlsafe(16)
         self.feeds.setdefault(key, MjpegBroadcast())
         self._wake()
+        return key
+
+    async def open_announced(self) -> str:
+        """:meth:`open` a feed for a new session, and :attr:`announce` it before its key is handed out."""
+        key = self.open()
+        if self.announce is not None:
+            await self.announce()
         return key
 
     def end(self, key: str | None) -> None:

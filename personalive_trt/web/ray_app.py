@@ -76,6 +76,7 @@ ROUTING_STATS_PERIOD = 0.5  # seconds between Ray's polls of each animator repli
 FAILED_ANIMATORS = "failed_animators"  # routing stats key: how many of the replica's animators have failed
 SYNC_INTERVAL = 1.0  # longest gap between a replica's announcements of its sessions' keys (and of new viewers)
 CALL_TIMEOUT = 5.0  # seconds a registry call may take (a long poll: this beyond its own timeout)
+ANNOUNCE_TIMEOUT = 1.0  # seconds a session's start waits for its key to reach the registry (then the loop retries)
 RETRY_FIRST, RETRY_MAX = 0.2, 2.0  # back-off of a replica's loops while the registry does not answer (seconds)
 FRONT_REQUESTS = 256  # the front's request slots (max_ongoing_requests): page, uploads, health, MJPEG viewers
 FRONT_VIEWERS = FRONT_REQUESTS // 2  # MJPEG responses one front holds at most: the page never waits behind them
@@ -215,7 +216,12 @@ class RemoteFeeds:
         return Viewer(next_frame, close)
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+#: Seconds between Ray's checks of the Registry replica: a dead one is noticed (and restarted) within about this.
+REGISTRY_HEALTH_CHECK_PERIOD = 1.0
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0},
+                  health_check_period_s=REGISTRY_HEALTH_CHECK_PERIOD)
 class Registry:
     """References, replica reports and the sessions' MJPEG feeds; every method async (module docstring)."""
 
@@ -336,6 +342,7 @@ class Animators:
         async def lifespan(app):
             state.reset_mjpeg()
             announcer = KeyAnnouncer(registry, replica, state.mjpeg)
+            state.mjpeg.announce = announcer.announce
             tasks = [asyncio.create_task(keep_going(f"replica {replica}: health report", report)),
                      asyncio.create_task(keep_going(f"replica {replica}: MJPEG keys and frames", announcer.step))]
             yield
@@ -392,19 +399,35 @@ class KeyAnnouncer:
     async def step(self) -> None:
         feeds = self.feeds
         changed = feeds.changed  # taken first: a change made while this step runs wakes the next one
-        keys = frozenset(feeds.feeds)
-        fresh = {key: feed for key, feed in feeds.feeds.items()
-                 if key in self.watched and feed.jpeg is not None and feed.version != self.sent.get(key)}
+        fresh = self._fresh()
         wait = SYNC_INTERVAL - (time.monotonic() - self.last_sync)
-        if not fresh and keys == self.announced and wait > 0:
+        if not fresh and frozenset(feeds.feeds) == self.announced and wait > 0:
             try:
                 await asyncio.wait_for(changed.wait(), wait)
             except asyncio.TimeoutError:
                 pass
             return
+        await self.sync(fresh, CALL_TIMEOUT)
+
+    async def announce(self) -> None:
+        """The session keys now, at once (a session starting: its MJPEG URL must work when it is handed out).
+        A registry that does not answer delays the start by ``ANNOUNCE_TIMEOUT`` at most; the loop retries."""
+        try:
+            await self.sync({}, ANNOUNCE_TIMEOUT)
+        except REGISTRY_ERRORS as exc:
+            log.info("replica %s: announcing a new session's key failed (%s); the MJPEG loop retries",
+                     self.replica, type(exc).__name__)
+
+    def _fresh(self) -> dict:
+        """The watched feeds with a frame not pushed yet."""
+        return {key: feed for key, feed in self.feeds.feeds.items()
+                if key in self.watched and feed.jpeg is not None and feed.version != self.sent.get(key)}
+
+    async def sync(self, fresh: dict, timeout: float) -> None:
+        keys = frozenset(self.feeds.feeds)
         versions = {key: feed.version for key, feed in fresh.items()}
-        self.watched = set(await call(self.registry.sync.remote(self.replica, sorted(keys),
-                                                                {key: feed.jpeg for key, feed in fresh.items()})))
+        self.watched = set(await call(self.registry.sync.remote(
+            self.replica, sorted(keys), {key: feed.jpeg for key, feed in fresh.items()}), timeout))
         self.sent = {key: version for key, version in {**self.sent, **versions}.items() if key in keys}
         self.announced, self.last_sync = keys, time.monotonic()
 

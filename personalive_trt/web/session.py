@@ -266,7 +266,7 @@ class WebSocketSession:
             return
         session.outputs.clear()
         self.state.mjpeg.end(session.key)  # a start while started begins a new session: the old viewers stop
-        session.key = self.state.mjpeg.open()
+        session.key = await self.state.mjpeg.open_announced()
         session.engine.worker.start(image, make_frame_decoder(self.state.resolution, settings), tag=session)
         await self.send_json({"type": "started", "resolution": self.state.resolution,
                               "mjpeg": f"{MJPEG_PATH}?key={session.key}"})
