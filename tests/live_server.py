@@ -7,6 +7,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 
 
@@ -34,3 +35,28 @@ def serving(app, max_message_bytes: int = 2 * 1024 * 1024):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+class MjpegViewer(threading.Thread):
+    """One MJPEG viewer: holds the response open on a thread, counting its parts, until it ends (or, with
+    ``stop`` set, at the next part); ``status`` is the response's, ``opened``/``ended`` say when."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.status, self.parts, self.stop = url, None, 0, False
+        self.opened, self.ended = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        try:
+            with httpx.stream("GET", self.url, timeout=httpx.Timeout(30, read=60)) as response:
+                self.status = response.status_code
+                self.opened.set()
+                for chunk in response.iter_raw():
+                    self.parts += chunk.count(b"--frame\r\n")
+                    if self.stop:
+                        return
+        except httpx.HTTPError:  # the server went away: the viewer has ended
+            pass
+        finally:
+            self.opened.set()
+            self.ended.set()

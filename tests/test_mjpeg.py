@@ -4,7 +4,6 @@ every viewer slot is taken."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import cv2
@@ -15,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from websockets.sync.client import connect
 
-from live_server import serving
+from live_server import MjpegViewer, serving
 from personalive_trt.web.mjpeg import MjpegBroadcast, SessionFeeds, ViewerRefused
 from test_serve import is_type, jpeg, make_app, png_bytes, receive_until, start, stream_frames, upload_sample
 
@@ -128,29 +127,6 @@ def test_a_broadcast_wakes_its_waiting_viewer_with_the_newest_frame_or_its_end()
     asyncio.run(scenario())
 
 
-class Viewer(threading.Thread):
-    """Reads an MJPEG response (until it ends or ``stop``); records its status and how many parts came."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url, self.status, self.parts, self.ended = url, None, 0, threading.Event()
-        self.opened = threading.Event()
-        self.stop = False
-
-    def run(self) -> None:
-        try:
-            with httpx.stream("GET", self.url, timeout=httpx.Timeout(30, read=30)) as response:
-                self.status = response.status_code
-                self.opened.set()
-                for chunk in response.iter_raw():
-                    self.parts += chunk.count(b"--frame\r\n")
-                    if self.stop:
-                        return
-        finally:
-            self.opened.set()
-            self.ended.set()
-
-
 def test_viewers_are_bounded_the_server_answers_while_they_are_full_and_they_stop_with_the_session():
     with serving(make_app(max_viewers=3)) as base:
         key = httpx.post(f"{base}/api/reference", timeout=30, files={"file": ("r.png", png_bytes(
@@ -161,7 +137,7 @@ def test_viewers_are_bounded_the_server_answers_while_they_are_full_and_they_sto
             ws.send(json.dumps({"type": "start", "reference": key}))
             started = next(m for m in (json.loads(ws.recv(timeout=10)) for _ in range(20)) if m["type"] == "started")
             url = base + started["mjpeg"]
-            viewers = [Viewer(url) for _ in range(3)]
+            viewers = [MjpegViewer(url) for _ in range(3)]
             for viewer in viewers:
                 viewer.start()
                 assert viewer.opened.wait(10) and viewer.status == 200

@@ -28,6 +28,7 @@ httpx = pytest.importorskip("httpx")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
+from live_server import MjpegViewer  # noqa: E402
 from personalive_trt.config import StreamConfig  # noqa: E402
 from personalive_trt.live.testing import EchoAnimator  # noqa: E402
 from personalive_trt.sample import sample_reference  # noqa: E402
@@ -406,28 +407,6 @@ def mjpeg_parts(url: str, frames: int = 2) -> list[bytes]:
     parts = response.content.split(b"--frame\r\n")[1:]
     assert all(b"Content-Type: image/jpeg\r\n" in p and b"\xff\xd8" in p for p in parts)
     return parts
-
-
-class MjpegViewer(threading.Thread):
-    """Holds one MJPEG response open (a viewer), counting its parts, until the response ends."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        self.url, self.status, self.parts = url, None, 0
-        self.opened, self.ended = threading.Event(), threading.Event()
-
-    def run(self) -> None:
-        try:
-            with httpx.stream("GET", self.url, timeout=httpx.Timeout(30, read=60)) as response:
-                self.status = response.status_code
-                self.opened.set()
-                for chunk in response.iter_raw():
-                    self.parts += chunk.count(b"--frame\r\n")
-        except httpx.HTTPError:
-            pass
-        finally:
-            self.opened.set()
-            self.ended.set()
 
 
 def test_mjpeg_streams_a_replica_s_frames_through_the_front(base, reference):
