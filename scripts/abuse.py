@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from soak import free_port, upload_reference, wait_healthy  # noqa: E402  (the script beside this one)
+from soak import free_port, wait_healthy  # noqa: E402  (the script beside this one)
 
 TOKEN = "abuse-test-token-0123456789abcdef"  # the spawned server's; the test clients are its (hostile) users
 IDLE_TIMEOUT = 2.0
@@ -88,7 +88,8 @@ class Server:
         command = [sys.executable, __file__, "--serve-echo", "--port", str(self.port), "--fuse-ms",
                    str(args.fuse_ms), "--step-ms", str(args.step_ms), "--resolution", str(args.resolution),
                    "--control-rate", str(control_rate)] + (["--ray"] if args.ray else [])
-        self.process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1", "PERSONALIVE_TOKEN": TOKEN})
+        self.process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                      "PERSONALIVE_TOKEN": TOKEN})
         deadline = time.monotonic() + 240
         while not wait_healthy(self.base, 240, self.process).get("replicas"):  # Ray: until a replica reports
             if time.monotonic() > deadline:

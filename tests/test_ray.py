@@ -33,6 +33,7 @@ from personalive_trt.config import StreamConfig  # noqa: E402
 from personalive_trt.live.testing import EchoAnimator  # noqa: E402
 from personalive_trt.sample import sample_reference  # noqa: E402
 from personalive_trt.web import cluster, ray_app  # noqa: E402
+from personalive_trt.web import registry as registry_module  # noqa: E402
 from personalive_trt.web.cluster import ClusterOptions, animator_deployment_options  # noqa: E402
 from personalive_trt.web.settings import ServeSettings  # noqa: E402
 
@@ -246,7 +247,7 @@ def test_the_registry_keeps_each_replica_s_session_keys_and_ends_their_feeds_whe
     import asyncio
 
     async def scenario():
-        registry = ray_app.Registry.func_or_class(references_kept=2, max_viewers=1)
+        registry = registry_module.Registry.func_or_class(references_kept=2, max_viewers=1)
         assert await registry.sync("r1", ["a", "b"], {}) == []
         assert await registry.watch("nope") == {"status": 404, "message": "no live session has this key (it "
                                                                            "ended, or never was)"}
@@ -258,8 +259,8 @@ def test_the_registry_keeps_each_replica_s_session_keys_and_ends_their_feeds_whe
         await registry.sync("r1", ["a"], {})  # b's session ended on its replica
         assert feed_b.ended and "b" not in registry.feeds.feeds
         await registry.sync("r2", ["c"], {})
-        clock = [time.monotonic() + ray_app.REPORT_TTL + 1]  # r1 stops announcing: it has died
-        monkeypatch.setattr(ray_app.time, "monotonic", lambda: clock[0])
+        clock = [time.monotonic() + registry_module.REPORT_TTL + 1]  # r1 stops announcing: it has died
+        monkeypatch.setattr(registry_module.time, "monotonic", lambda: clock[0])
         await registry.sync("r2", ["c"], {})
         assert sorted(registry.feeds.feeds) == ["c"] and await registry.next_frame("a", viewer, 1, 1) == "ended"
         await registry.forget("r2")
@@ -283,10 +284,10 @@ def test_a_replica_loop_logs_a_failure_once_retries_with_back_off_and_logs_the_r
         if len(calls) == 8:
             raise asyncio.CancelledError  # the replica shutting down: ends the loop
 
-    monkeypatch.setattr(ray_app.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(registry_module.asyncio, "sleep", fake_sleep)
     with caplog.at_level("WARNING", logger="personalive_trt.web"):
         with pytest.raises(asyncio.CancelledError):
-            asyncio.run(ray_app.keep_going("replica x: health report", step))
+            asyncio.run(registry_module.keep_going("replica x: health report", step))
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2 and "health report failed (ActorDiedError" in messages[0]
     assert "works again after" in messages[1]

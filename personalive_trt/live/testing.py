@@ -6,9 +6,10 @@ returns the frames that entered at call *k - (steps-1)*, the first ``steps-1`` c
 (the reference). Its "animation" is the driving frame blended with the reference, so a test can tell
 output from input; ``step_seconds`` sleeps inside ``step`` (releasing the GIL, as a GPU step does) to
 stand in for the model's step time, and ``fuse_seconds`` inside ``fuse_reference`` for the reference fusion
-(a start or swap costs that much of the animator's time, as the real one's does). With ``fail_on_black=True`` it fails on demand: a step whose window holds
-an all-black driving frame (every pixel below 8) raises :class:`EchoFailure` -- a stand-in for a real animator
-failure (a CUDA error), which tests trigger by sending black frames. It does no model work: its frames say
+(a start or swap costs that much of the animator's time, as the real one's does). With
+``fail_on_black=True`` it fails on demand: a step whose window holds an all-black driving frame (every
+pixel below 8) raises :class:`EchoFailure` -- a stand-in for a real animator failure (a CUDA error), which
+tests trigger by sending black frames. It does no model work: its frames say
 nothing about quality, only about plumbing, pacing, latency and memory. ``personalive-trt serve`` never uses
 it; tests and ``scripts/soak.py`` do.
 

@@ -5,8 +5,8 @@
   (the rate the client asked for, echoed), ``pong``, ``stats`` (every ``stats_interval`` s while an animator is
   leased: server fps, step latency, drops, malformed frames), ``frame`` (the ``index`` of the driving frame
   the next binary message animates), ``error`` (``code``: ``busy``, ``bad_message``, ``no_reference``,
-  ``not_started``, ``unavailable`` (the Ray app's registry is restarting) -- the session goes on; ``animation_failed``, ``malformed_frames``, ``idle`` -- the session
-  ends).
+  ``not_started``, ``unavailable`` (the Ray app's registry is restarting) -- the session goes on;
+  ``animation_failed``, ``malformed_frames``, ``idle`` -- the session ends).
 * client -> server, text JSON: ``start`` (``reference`` id from ``POST /api/reference``, ``fps``), ``swap``
   (``reference``), ``fps``, ``stop``, ``ping`` (``t``, echoed in the ``pong``).
 * ``hello`` also names the ``replica`` (``pid``, ``node``) that holds the session: under Ray a session stays on
@@ -32,10 +32,11 @@ session count as activity, so a socket that never starts, or stops sending frame
 
 How a session ends: the client disconnects or sends ``stop``-then-leaves; a message over ``max_message_bytes``
 closes it with 1009; ``max_malformed_in_a_row`` malformed driving frames in a row send ``malformed_frames`` and
-close it with 1007; no driving frame for ``idle_timeout`` s (counted from the connection, then from each driving
-frame of a started session) sends ``idle`` and closes it with 4408 (an idle page holds no slot); control
-messages over the rate close it with 1008; a failing animator step (an exception, a ``NonFiniteError``) or a failing prepare (not bad
-data) sends ``animation_failed`` and closes it with 1011; a sender task that dies (an exception while the
+close it with 1007; no driving frame for ``idle_timeout`` s (counted from the connection, then from each
+driving frame of a started session) sends ``idle`` and closes it with 4408 (an idle page holds no slot);
+control messages over the rate close it with 1008; a failing animator step (an exception, a
+``NonFiniteError``) or a failing prepare (not bad data) sends ``animation_failed`` and closes it with 1011; a
+sender task that dies (an exception while the
 socket is still open), or a bug in the receive loop, is logged at error level and closes it with 1011. In
 every case the animator goes back to the pool at once and the session's MJPEG viewers stop; nothing keeps
 animating for a client that is gone.
