@@ -30,9 +30,9 @@ def make_frame_decoder(resolution: int, settings: ServeSettings) -> Callable[[by
     """
     import cv2
 
-    from personalive_trt import framing
+    from personalive_trt.media.framing import Framing
 
-    framer = framing.DrivingFramer(size=resolution) if settings.crop else None
+    frame = Framing(resolution, settings.crop).driving()
 
     def check_sides(width: int, height: int, verb: str) -> None:
         if min(width, height) < 16 or max(width, height) > settings.max_frame_side:
@@ -53,7 +53,6 @@ def make_frame_decoder(resolution: int, settings: ServeSettings) -> Callable[[by
         if bgr is None:
             raise MalformedFrameError(f"{len(data)} bytes that do not decode as an image")
         check_sides(bgr.shape[1], bgr.shape[0], "decodes to")  # the header and the decoder agree; if not, refuse
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        return framer(rgb) if framer is not None else framing.resize_square(rgb, resolution)
+        return frame(np.ascontiguousarray(bgr[:, :, ::-1]))
 
     return decode

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from personalive_trt.web.auth import AccessControl
 from personalive_trt.web.mjpeg import SessionFeeds
-from personalive_trt.web.pool import EnginePool
+from personalive_trt.web.pool import AnimatorPool
 from personalive_trt.web.settings import ServeSettings
 
 class ClusterUnavailable(RuntimeError):
@@ -31,7 +31,7 @@ class ServerState:
     settings: ServeSettings
     references: object  # async add(image) -> id, async get(id) -> image | None (ReferenceStore or a remote one)
     resolution: int
-    pool: EnginePool | None = None  # None in a process whose animators run elsewhere (the Ray app's front)
+    pool: AnimatorPool | None = None  # None in a process whose animators run elsewhere (the Ray app's front)
     health: Callable[[], Awaitable[dict]] | None = None  # default: this process's own report
     node: str | None = None  # where this process runs (default: the host name)
     resources: dict | None = None  # what the cluster granted this replica (Ray: num_cpus, num_gpus)
@@ -50,5 +50,7 @@ class ServerState:
         return self.mjpeg_feed
 
     def reset_mjpeg(self) -> None:
-        """Fresh feeds for a (re)started app: their events belong to the event loop now running."""
-        self.mjpeg_feed = SessionFeeds(self.settings.max_viewers)
+        """Fresh local feeds for a (re)started app: their events belong to the event loop now running. Feeds from
+        elsewhere (the Ray app's front reads the registry's) are kept."""
+        if self.mjpeg_feed is None or isinstance(self.mjpeg_feed, SessionFeeds):
+            self.mjpeg_feed = SessionFeeds(self.settings.max_viewers)
