@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from personalive_trt.web.auth import TOKEN_ENV, check_exposure, is_loopback
 from personalive_trt.web.cluster import DEFAULT_DRAIN_TIMEOUT, ClusterOptions, DeployError
 from personalive_trt.web.settings import ServeSettings
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def cluster_options(ray: bool, *, replicas: int | None = None, min_replicas: int | None = None,
@@ -29,18 +28,24 @@ def cluster_options(ray: bool, *, replicas: int | None = None, min_replicas: int
                           drain_timeout=drain_timeout)
 
 
-def check_server(host: str, port: int, settings: ServeSettings) -> list[str]:
-    """Refuse what cannot serve (one line each); returns warnings about what can but may not be meant."""
+def check_server(host: str, port: int, settings: ServeSettings, *, no_auth: bool = False) -> list[str]:
+    """Refuse what cannot serve, or would serve the network without a token (one line each: ValueError, or
+    :class:`~personalive_trt.web.auth.ExposureError` for a non-loopback ``host`` without ``settings.token`` or
+    ``no_auth``), before anything starts; returns warnings about what can serve but may not be meant."""
     if not 0 < port < 65536:
         raise ValueError(f"--port {port}: expected 1..65535")
     if settings.max_sessions < 1 or settings.max_upload_bytes <= 0 or settings.max_message_bytes <= 0:
         raise ValueError("--max-sessions, --max-upload-mb and --max-message-kb must be positive")
     if settings.idle_timeout < 0:
         raise ValueError(f"--idle-timeout {settings.idle_timeout}: expected >= 0 seconds")
-    if host not in LOOPBACK:
-        return [f"binding {host}: anyone who can reach this address can use the camera page and the GPU; there is "
-                "no authentication. Bind 127.0.0.1 unless you mean it."]
-    return []
+    check_exposure(host, settings.token, no_auth)
+    if is_loopback(host):
+        return []
+    if settings.token is None:
+        return [f"binding {host} with --no-auth: anyone who can reach this address can use the camera page and the "
+                f"GPU. Bind 127.0.0.1, or set {TOKEN_ENV}, unless you mean it."]
+    return [f"binding {host}: the token and the camera frames cross the network unencrypted over http; put a TLS "
+            "reverse proxy in front (docs/reliability-and-security.md)."]
 
 
 def url(host: str, port: int) -> str:
@@ -71,4 +76,4 @@ def run_server(animator_factory: Callable[[], object], settings: ServeSettings, 
     uvicorn.run(app, host=host, port=port, ws_max_size=settings.max_message_bytes, log_level=log_level)
 
 
-__all__ = ["LOOPBACK", "check_server", "cluster_options", "run_server", "url"]
+__all__ = ["check_server", "cluster_options", "run_server", "url"]

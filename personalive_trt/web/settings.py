@@ -40,7 +40,7 @@ class ServeSettings:
         if self.max_viewers < 1:
             raise ValueError(f"--max-viewers {self.max_viewers}: expected >= 1")
         if self.control_rate < 0:
-            raise ValueError(f"control rate {self.control_rate}: expected >= 0 messages per second (0: no limit)")
+            raise ValueError(f"--control-rate {self.control_rate}: expected >= 0 messages per second (0: no limit)")
         if self.idle_timeout < 0:
             raise ValueError(f"--idle-timeout {self.idle_timeout}: expected >= 0 seconds")
 
