@@ -17,6 +17,10 @@ SHARED_REFERENCE = Path(os.environ.get("PERSONALIVE_SHARED", REPO.parent / "shar
 GOLDEN = SHARED_REFERENCE / "golden"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# A local Ray started in a test process (tests/test_ray.py's fixtures) keeps its node, and so its daemons, on
+# 127.0.0.1 as `serve --ray` does (personalive_trt.web.launch.keep_local_ray_on_loopback). Ray reads this when it is
+# imported, so it is set before any test module imports ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

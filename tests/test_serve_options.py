@@ -86,3 +86,41 @@ def test_no_auth_serves_an_exposed_host_without_a_token_and_says_so(started):
     (settings, kw), = started
     assert settings.token is None and (settings.max_viewers, settings.control_rate) == (3, 2.5)
     assert "warning: binding 0.0.0.0 with --no-auth" in result.output
+
+
+def test_a_local_ray_without_token_authentication_is_refused_unless_no_auth(started, monkeypatch):
+    """Its Serve replicas listen on every interface (stock Ray): without Ray's token they run what they are sent."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    result = CliRunner().invoke(app, ["serve", "--weights", "synthetic", "--ray"])
+    assert result.exit_code == 1 and started == []
+    line = one_error_line(result.output)
+    assert "RAY_AUTH_MODE=disabled" in line and "--no-auth" in line, line
+    result = CliRunner().invoke(app, ["serve", "--weights", "synthetic", "--ray", "--no-auth"])
+    assert result.exit_code == 0, result.output
+    assert "warning: RAY_AUTH_MODE=disabled with --no-auth" in result.output and len(started) == 1
+    # a cluster of the user's (--address) keeps its own settings: nothing to refuse here
+    result = CliRunner().invoke(app, ["serve", "--weights", "synthetic", "--ray", "--address", "auto"])
+    assert result.exit_code == 0 and "RAY_AUTH_MODE" not in result.output and len(started) == 2
+
+
+def test_a_local_ray_is_put_on_loopback_with_token_authentication_unless_the_environment_says_otherwise():
+    environ = {}
+    launch.keep_local_ray_on_loopback(environ)
+    assert environ == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    environ = {"RAY_AUTH_MODE": "disabled"}  # check_server let it through (--no-auth): kept, and named at start-up
+    launch.keep_local_ray_on_loopback(environ)
+    assert environ["RAY_AUTH_MODE"] == "disabled"
+
+
+def test_the_start_up_note_names_what_listens_beyond_loopback_but_the_asked_for_http_port():
+    from personalive_trt.web.listening import Listener
+
+    http = Listener("tcp", "0.0.0.0", 7860, 1, "ray::ProxyActor")
+    replica = Listener("tcp6", "::", 41234, 2, "ray::ServeRepli")
+    gcs = Listener("tcp", "127.0.0.1", 6379, 3, "gcs_server")
+    assert launch.exposure_notes([gcs], "127.0.0.1", 7860, {}) == []
+    assert launch.exposure_notes([http, gcs], "0.0.0.0", 7860, {}) == []
+    note, = launch.exposure_notes([http, replica, gcs], "0.0.0.0", 7860, {"RAY_AUTH_MODE": "token"})
+    assert ":41234 (ray::ServeRepli)" in note and "7860" not in note and "RAY_AUTH_MODE=token" in note
+    note, = launch.exposure_notes([http, replica], "127.0.0.1", 7860, {"RAY_AUTH_MODE": "disabled"})
+    assert ":7860 " in note and "anyone who reaches them can run code" in note

@@ -66,11 +66,11 @@ def serve(
         settings = ServeSettings(max_sessions=max_sessions, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                                  max_message_bytes=max_message_kb * 1024, crop=not no_crop, idle_timeout=idle_timeout,
                                  max_viewers=max_viewers, control_rate=control_rate, token=load_token(token_file))
-        for warning in check_server(host, port, settings, no_auth=no_auth):
-            warn(warning)
         cluster = cluster_options(ray, replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
                                   gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
                                   address=address, drain_timeout=drain_timeout)
+        for warning in check_server(host, port, settings, no_auth=no_auth, cluster=cluster):
+            warn(warning)
         _serve(settings, cluster, host, port, weights=weights, backend=backend, engines=engines, device=device,
                dtype=dtype, seed=seed, window=window, vae=vae, compile=compile_mode)
     except (*user_errors(), DeployError) as exc:

@@ -71,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = ServeSettings(crop=not args.no_crop, max_sessions=args.max_sessions, idle_timeout=args.idle_timeout,
                                  max_viewers=args.max_viewers, control_rate=args.control_rate,
                                  token=load_token(args.token_file))
-        for warning in check_server(args.host, args.port, settings, no_auth=args.no_auth):
-            print(f"warning: {warning}", file=sys.stderr)
         cluster = cluster_options(args.ray, replicas=args.replicas, min_replicas=args.min_replicas,
                                   max_replicas=args.max_replicas, gpus_per_replica=args.gpus_per_replica,
                                   cpus_per_replica=args.cpus_per_replica, address=args.address,
                                   drain_timeout=args.drain_timeout)
+        for warning in check_server(args.host, args.port, settings, no_auth=args.no_auth, cluster=cluster):
+            print(f"warning: {warning}", file=sys.stderr)
     except ValueError as exc:  # ExposureError included: nothing has started
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -245,11 +245,13 @@ def deploy_animators(animator_factory: Callable[[], object], settings: ServeSett
 
 
 def serve_forever(animator_factory: Callable[[], object], settings: ServeSettings, options: ClusterOptions,
-                  resolution: int, host: str, port: int, status: Callable[[str], None]) -> None:
+                  resolution: int, host: str, port: int, status: Callable[[str], None],
+                  deployed: Callable[[], None] = lambda: None) -> None:
     """Start (or join, with ``options.address``) Ray, deploy, and block until Ctrl-C or SIGTERM.
 
     Without an address a new local Ray instance is started (``address="local"``: never one left running) and
-    shut down on exit; with one, only this app's two applications are deleted on exit.
+    shut down on exit; with one, only this app's two applications are deleted on exit. ``deployed()`` runs once
+    the applications are up, before the "serving on" line.
     """
     try:
         ray.init(address=options.address or "local", include_dashboard=False, logging_level=logging.WARNING)
@@ -262,6 +264,7 @@ def serve_forever(animator_factory: Callable[[], object], settings: ServeSetting
     try:
         serve.start(http_options={"host": host, "port": port})
         deploy(animator_factory, settings, options, resolution)
+        deployed()
         status(f"serving on http://{'[' + host + ']' if ':' in host else host}:{port} with Ray Serve "
                f"({'cluster ' + options.address if options.address else 'local Ray'}; Ctrl-C stops)")
         while not stop.wait(0.5):
