@@ -77,7 +77,7 @@ def check_server(host: str, port: int, settings: ServeSettings, *, no_auth: bool
         return [*warnings, f"binding {host} with --no-auth: anyone who can reach this address can use the camera "
                 f"page and the GPU. Bind 127.0.0.1, or set {TOKEN_ENV}, unless you mean it."]
     return [*warnings, f"binding {host}: the token and the camera frames cross the network unencrypted over http; "
-            "put a TLS reverse proxy in front (docs/reliability-and-security.md)."]
+            "put a TLS reverse proxy in front (docs/security.md)."]
 
 
 def keep_local_ray_on_loopback(environ: MutableMapping[str, str] | None = None) -> str | None:
@@ -105,12 +105,17 @@ def exposure_notes(listeners: list, host: str, port: int, environ: Mapping[str, 
     guarded = (f"each refuses calls without the cluster's token ({RAY_AUTH_ENV}=token)"
                if environ.get(RAY_AUTH_ENV, "token").lower() == "token"
                else f"{RAY_AUTH_ENV}={environ[RAY_AUTH_ENV]}: anyone who reaches them can run code here")
-    return [f"note: listening beyond loopback: {', '.join(f'{s.address}:{s.port} ({s.command})' for s in others)} "
+    return [f"note: listening beyond loopback: {', '.join(f'{where(s.address)}:{s.port} ({s.command})' for s in others)} "
             f"(Ray Serve binds its replicas' gRPC to every interface, no option); {guarded}"]
 
 
+def where(host: str) -> str:
+    """``host`` as it is written before ``:port`` (IPv6 in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def url(host: str, port: int) -> str:
-    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    return f"http://{where(host)}:{port}"
 
 
 def run_server(animator_factory: Callable[[], object], settings: ServeSettings, resolution: int, *, host: str,
