@@ -5,8 +5,10 @@
     python scripts/abuse.py --ray                 # the Ray Serve app (a local Ray; slow to start)
     python scripts/abuse.py --json abuse.json     # also write the report
 
-It spawns the echo app (the EchoAnimator TEST DOUBLE, personalive_trt/live/testing.py: a reference fusion costs
-``--fuse-ms``, a step ``--step-ms``) with a token in ``PERSONALIVE_TOKEN`` and a short idle timeout, and runs:
+It spawns ``python -m personalive_trt.web --echo`` (the app and start-up of ``personalive-trt serve``, around the
+EchoAnimator TEST DOUBLE, personalive_trt/live/testing.py: a reference fusion costs ``--fuse-ms``, a step
+``--step-ms``) with a token in ``PERSONALIVE_TOKEN``, ``--idle-timeout 2`` and the other limits at their
+defaults, and runs:
 
 * ``outsider``: every route and the WebSocket without the token, with a wrong one, with it in another header;
 * ``bomb``: a started session sends 20 PNGs of 20000 x 20000 pixels (each under 2 MiB on the wire, 1.2 GB
@@ -21,10 +23,8 @@ It spawns the echo app (the EchoAnimator TEST DOUBLE, personalive_trt/live/testi
 
 For each case: bytes sent, what the server answered, and the peak resident memory of the server's processes
 (``VmHWM`` of every process in its tree, summed: an upper bound of the tree's peak); at the end, the listening
-sockets of the server's process tree (any not on loopback is flagged). Bounded and loopback only.
-
-``--serve-echo`` is this script's own server mode (used by the spawn): the app that ``python -m
-personalive_trt.web --echo`` serves, with the settings these cases need.
+sockets of the server's process tree (any not on loopback is flagged) and the server's start-up notes (under
+``--ray``, the line naming what Ray leaves beyond loopback). Bounded and loopback only.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -44,52 +45,29 @@ from soak import free_port, wait_healthy  # noqa: E402  (the script beside this 
 
 TOKEN = "abuse-test-token-0123456789abcdef"  # the spawned server's; the test clients are its (hostile) users
 IDLE_TIMEOUT = 2.0
+MAX_VIEWERS = 4  # the default of --max-viewers, given explicitly
 MIB = 2**20
 
 
 # ------------------------------------------------------------------------------------------ the server side
 
 
-def serve_echo(args) -> int:
-    """``--serve-echo``: the echo app with the settings the cases need, until SIGTERM."""
-    import functools
-
-    from personalive_trt.config import StreamConfig
-    from personalive_trt.live.testing import EchoAnimator
-    from personalive_trt.web.auth import load_token
-    from personalive_trt.web.settings import ServeSettings
-
-    settings = ServeSettings(crop=False, idle_timeout=IDLE_TIMEOUT, control_rate=args.control_rate,
-                             token=load_token(), max_sessions=1)
-    animator = functools.partial(EchoAnimator, StreamConfig(resolution=args.resolution), args.step_ms / 1000,
-                                 fuse_seconds=args.fuse_ms / 1000)
-    if args.ray:
-        from personalive_trt.web.cluster import ClusterOptions
-        from personalive_trt.web.ray_app import serve_forever
-
-        serve_forever(animator, settings, ClusterOptions(replicas=1, cpus_per_replica=0.5), args.resolution,
-                      "127.0.0.1", args.port, status=lambda message: print(message, file=sys.stderr))
-        return 0
-    import uvicorn
-
-    from personalive_trt.web.app import create_app
-
-    uvicorn.run(create_app(animator, settings), host="127.0.0.1", port=args.port,
-                ws_max_size=settings.max_message_bytes, log_level="warning")
-    return 0
-
-
 class Server:
-    """A spawned ``--serve-echo`` process on a free loopback port."""
+    """A spawned ``python -m personalive_trt.web --echo`` on a free loopback port (its stderr kept in a file)."""
 
     def __init__(self, args, control_rate: float) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, __file__, "--serve-echo", "--port", str(self.port), "--fuse-ms",
-                   str(args.fuse_ms), "--step-ms", str(args.step_ms), "--resolution", str(args.resolution),
-                   "--control-rate", str(control_rate)] + (["--ray"] if args.ray else [])
-        self.process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                                      "PERSONALIVE_TOKEN": TOKEN})
+        self.command = [sys.executable, "-m", "personalive_trt.web", "--echo", "--port", str(self.port),
+                        "--echo-fuse-ms", f"{args.fuse_ms:g}", "--echo-step-ms", f"{args.step_ms:g}",
+                        "--resolution", str(args.resolution), "--no-crop", "--max-sessions", "1",
+                        "--idle-timeout", f"{IDLE_TIMEOUT:g}", "--control-rate", f"{control_rate:g}",
+                        "--max-viewers", str(MAX_VIEWERS)]
+        if args.ray:
+            self.command += ["--ray", "--replicas", "1", "--cpus-per-replica", "0.5"]
+        self.stderr = tempfile.TemporaryFile("w+")  # a file: Ray's logs would fill a pipe and block the server
+        self.process = subprocess.Popen(self.command, stderr=self.stderr,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1", "PERSONALIVE_TOKEN": TOKEN})
         deadline = time.monotonic() + 240
         while not wait_healthy(self.base, 240, self.process).get("replicas"):  # Ray: until a replica reports
             if time.monotonic() > deadline:
@@ -102,6 +80,12 @@ class Server:
             self.process.wait(60)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.stderr.close()
+
+    def notes(self) -> list[str]:
+        """The server's start-up warnings and notes so far."""
+        self.stderr.seek(0)
+        return [line for line in self.stderr.read().splitlines() if line.startswith(("note:", "warning:"))]
 
     def peak_memory_mib(self) -> dict:
         """``VmHWM`` (peak resident set) of each process in the server's tree, and their sum."""
@@ -348,9 +332,7 @@ def idle_bytes(server: Server, reference: str) -> dict:
 def viewers(server: Server, reference: str) -> dict:
     import httpx
 
-    from personalive_trt.web.settings import ServeSettings
-
-    max_viewers = ServeSettings().max_viewers  # the spawned server's (the default)
+    max_viewers = MAX_VIEWERS
     opened: list[int] = []
     holders = []
     with connect(server) as ws:
@@ -391,7 +373,7 @@ def viewers(server: Server, reference: str) -> dict:
 
 
 def reference_png() -> bytes:
-    from personalive_trt.sample import sample_reference
+    from personalive_trt.media.sample import sample_reference
 
     return sample_reference().read_bytes()
 
@@ -405,7 +387,7 @@ def run(args) -> dict:
 
     report: dict = {"date": datetime.date.today().isoformat(),
                     "command": "python scripts/abuse.py " + " ".join(sys.argv[1:]),
-                    "server": "ray" if args.ray else "single-process",
+                    "app": "ray" if args.ray else "single-process",
                     "echo": {"fuse_ms": args.fuse_ms, "step_ms": args.step_ms, "resolution": args.resolution}}
     server = Server(args, control_rate=10.0)
     try:
@@ -417,6 +399,7 @@ def run(args) -> dict:
             report[name] = case(server, reference) | {"seconds": round(time.monotonic() - t0, 1)}
             print(f"{name}: {json.dumps(report[name])}", file=sys.stderr)
         report["listening"] = server.listening()
+        report["server"] = {"command": " ".join(server.command[1:]), "notes": server.notes()}
         report["peak_memory_mib_at_end"] = server.peak_memory_mib()
     finally:
         server.close()
@@ -439,12 +422,7 @@ def main() -> int:
     parser.add_argument("--step-ms", type=float, default=20.0, help="echo: step time (4 frames)")
     parser.add_argument("--resolution", type=int, default=128, help="echo: canvas")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
-    parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--control-rate", type=float, default=10.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_echo:
-        return serve_echo(args)
     report = run(args)
     text = json.dumps(report, indent=2)
     print(text)
