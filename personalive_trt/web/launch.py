@@ -97,16 +97,20 @@ def keep_local_ray_on_loopback(environ: MutableMapping[str, str] | None = None) 
 
 def exposure_notes(listeners: list, host: str, port: int, environ: Mapping[str, str] | None = None) -> list[str]:
     """One line naming every socket of ``listeners`` beyond loopback but the HTTP port ``--host`` asked for (none
-    under the defaults but the Ray Serve replicas' gRPC), and whether Ray checks its token on them."""
+    under the defaults but the Ray Serve replicas' gRPC), and whether Ray checks its token on them (the mode in
+    ``environ``: a local Ray's was set by :func:`keep_local_ray_on_loopback`; Ray does not turn it on by itself
+    for a client given ``--address``)."""
     environ = os.environ if environ is None else environ
     others = [s for s in exposed(listeners) if is_loopback(host) or s.port != port]
     if not others:
         return []
-    guarded = (f"each refuses calls without the cluster's token ({RAY_AUTH_ENV}=token)"
-               if environ.get(RAY_AUTH_ENV, "token").lower() == "token"
-               else f"{RAY_AUTH_ENV}={environ[RAY_AUTH_ENV]}: anyone who reaches them can run code here")
-    return [f"note: listening beyond loopback: {', '.join(f'{where(s.address)}:{s.port} ({s.command})' for s in others)} "
-            f"(Ray Serve binds its replicas' gRPC to every interface, no option); {guarded}"]
+    mode = environ.get(RAY_AUTH_ENV)
+    guarded = (f"each refuses calls without the cluster's token ({RAY_AUTH_ENV}=token)" if mode == "token"
+               else f"{RAY_AUTH_ENV}={mode or '(unset)'}: anyone who reaches them can run code here")
+    why = (" (Ray Serve binds its replicas' gRPC to every interface, no option)"
+           if all(s.command.startswith("ray::ServeRepli") for s in others) else "")
+    names = ", ".join(f"{where(s.address)}:{s.port} ({s.command})" for s in others)
+    return [f"note: listening beyond loopback: {names}{why}; {guarded}"]
 
 
 def where(host: str) -> str:
