@@ -21,10 +21,27 @@ GOLDEN = SHARED_REFERENCE / "golden"
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
-# The longest files first, so that `--dist loadfile` starts them on different workers at once instead of leaving
-# one of them for the end (each takes minutes; the rest of the suite is many short files).
-SLOW_FIRST = ("tests/test_pipeline.py", "tests/test_compile.py", "tests/test_bench.py", "tests/test_export.py",
-              "tests/test_ray.py", "tests/test_ray_cli.py")
+# The longest files first, so that the workers start on them at once instead of leaving one for the end (each
+# takes minutes; the rest of the suite is many short files).
+SLOW_FIRST = ("tests/test_pipeline.py", "tests/test_compile.py", "tests/test_offline.py", "tests/test_doctor.py",
+              "tests/test_self_check.py", "tests/test_export.py", "tests/test_bench.py", "tests/test_ray.py",
+              "tests/test_ray_cli.py", "tests/test_browser.py", "tests/test_ray_listening.py")
+# The files that start a Ray on this machine run one after another on one worker: tests/test_ray_cli.py ends with
+# `ray stop`, which stops every Ray here, and two local clusters at once would only compete for the 2 cores.
+RAY_FILES = ("tests/test_ray.py", "tests/test_ray_cli.py", "tests/test_browser.py", "tests/test_ray_listening.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's work units: a test file (its module fixtures are built once), except that the Ray files are
+    one unit. The rest is xdist's ``--dist loadscope`` scheduler."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FilesAndRay(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "ray" if path in RAY_FILES else path
+
+    return FilesAndRay(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,6 +50,11 @@ def pytest_collection_modifyitems(config, items):
         return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)
 
     items.sort(key=rank)  # stable: within a file and among the rest, collection order is kept
+
+# A local Ray started in a test process (tests/test_ray.py's fixtures) keeps its node, and so its daemons, on
+# 127.0.0.1 as `serve --ray` does (personalive_trt.web.launch.keep_local_ray_on_loopback). Ray reads this when it is
+# imported, so it is set before any test module imports ray.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -189,10 +189,13 @@ def check_page(server: str, fake_camera: Path, screenshot: str) -> None:
         texts = {name: page.inner_text(f"#hud-{name}") for name in ("fps", "step", "g2g", "frames", "dropped")}
         natural = page.evaluate("[document.getElementById('output').naturalWidth, "
                                 "document.getElementById('output').naturalHeight]")
+        mjpeg = page.get_attribute("#mjpeg-link", "href")  # the session's own MJPEG address, shown on the page
         page.screenshot(path=str(ARTIFACTS / screenshot), full_page=True)
         page.click("#stop")
         page.wait_for_selector("#status:has-text('stopped')", timeout=10_000)
+        mjpeg_after_stop = page.is_visible("#mjpeg-link")
     assert natural == [RES, RES]
+    assert mjpeg.startswith("/api/stream.mjpg?key=") and len(mjpeg) > 40 and not mjpeg_after_stop, mjpeg
     assert hud["frames"] >= first["frames"] + 4 and hud["step"] > 0 and hud["g2g"] > 0
     assert int(texts["frames"]) >= 8 and texts["step"] != "–" and texts["g2g"] != "–" and float(texts["fps"]) >= 0
     assert not [line for line in console if line.startswith(("error", "pageerror"))], console

@@ -232,6 +232,64 @@ def test_worker_ends_the_stream_after_n_malformed_frames_in_a_row():
         AnimationWorker(EchoAnimator(), emit=print, max_malformed_in_a_row=0)
 
 
+class GatedFuse(EchoAnimator):
+    """Echo whose reference fusion waits for ``gate`` and records each reference it fused (by its level)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.fused: list[int] = []
+
+    def fuse_reference(self, image):
+        assert self.gate.wait(5), "the test never opened the gate"
+        super().fuse_reference(image)
+        self.fused.append(int(image[0, 0, 0]))
+
+
+def test_worker_coalesces_control_a_newer_start_or_swap_replaces_a_pending_one_and_stop_drops_it():
+    """Commands given while a fusion runs wait in one slot: 400 swaps are one fusion, a stop drops the pending
+    one, and nothing a stopped stream asked for runs after the stop."""
+    animator = GatedFuse(StreamConfig(resolution=RES, steps=1))
+    outputs = []
+    worker = AnimationWorker(animator, emit=outputs.append)
+    try:
+        worker.start(level_frame(1), level_frame, tag="a")
+        assert wait_for(lambda: worker.stats.fusions == 1)  # the first fusion runs (held at the gate)
+        for i in range(400):  # 400 swaps while it runs, the last one level 201
+            worker.swap_reference(level_frame(2 + i % 200))
+        animator.gate.set()
+        assert worker.wait_idle()
+        assert animator.fused == [1, 201] and worker.stats.fusions == 2  # the start, then the newest swap only
+
+        animator.gate.clear()
+        worker.swap_reference(level_frame(7))  # fusing (held) ...
+        assert wait_for(lambda: worker.stats.fusions == 3)
+        for level in (8, 9):
+            worker.swap_reference(level_frame(level))  # ... these wait in the slot ...
+        worker.stop()  # ... and the stop drops them
+        animator.gate.set()
+        assert worker.wait_idle() and not worker.active
+        assert animator.fused == [1, 201, 7] and worker.stats.fusions == 3
+        worker.swap_reference(level_frame(10))  # a swap on a stopped stream fuses nothing
+        assert worker.wait_idle() and worker.stats.fusions == 3
+
+        animator.gate.clear()
+        worker.start(level_frame(20), level_frame, tag="b")  # fusing (held) ...
+        assert wait_for(lambda: worker.stats.fusions == 4)
+        worker.start(level_frame(30), level_frame, tag="c")  # a pending start ...
+        worker.swap_reference(level_frame(31))  # ... takes a newer swap's reference, keeping its own tag
+        animator.gate.set()
+        assert worker.wait_idle() and worker.active
+        assert animator.fused == [1, 201, 7, 20, 31] and worker.stats.fusions == 5
+        feed(worker, [100] * 4)
+        assert wait_for(lambda: len(outputs) == 4)
+    finally:
+        animator.gate.set()
+        worker.close()
+    assert {o.tag for o in outputs} == {"c"}
+    assert int(outputs[0].image[0, 0, 0]) == (3 * 100 + 31) // 4  # animated with the newest reference
+
+
 def test_worker_survives_an_animator_failure_and_tags_streams():
     class Failing(EchoAnimator):
         def step(self, frames):

@@ -28,10 +28,12 @@ httpx = pytest.importorskip("httpx")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
+from live_server import MjpegViewer  # noqa: E402
 from personalive_trt.config import StreamConfig  # noqa: E402
 from personalive_trt.live.testing import EchoAnimator  # noqa: E402
 from personalive_trt.media.sample import sample_reference  # noqa: E402
 from personalive_trt.web import cluster, ray_app  # noqa: E402
+from personalive_trt.web import registry as registry_module  # noqa: E402
 from personalive_trt.web.cluster import ClusterOptions, animator_deployment_options  # noqa: E402
 from personalive_trt.web.settings import ServeSettings  # noqa: E402
 
@@ -86,12 +88,18 @@ def base():
             ray.shutdown()
 
 
-@pytest.fixture(scope="module")
+#: Uploaded reference ids, newest last: a test that restarts the registry (which forgets uploads) adds one.
+REFERENCES: list[str] = []
+
+
+@pytest.fixture
 def reference(base) -> str:
-    response = httpx.post(f"{base}/api/reference", timeout=30,
-                          files={"file": ("ref.png", sample_reference().read_bytes(), "image/png")})
-    assert response.status_code == 200, response.text
-    return response.json()["id"]
+    if not REFERENCES:
+        response = httpx.post(f"{base}/api/reference", timeout=30,
+                              files={"file": ("ref.png", sample_reference().read_bytes(), "image/png")})
+        assert response.status_code == 200, response.text
+        REFERENCES.append(response.json()["id"])
+    return REFERENCES[-1]
 
 
 def jpeg(value: int) -> bytes:
@@ -134,6 +142,7 @@ class Client:
         while True:
             message = json.loads(self.ws.recv(timeout=30))
             if message["type"] in ("started", "error"):
+                self.started = message if message["type"] == "started" else None
                 return message
 
     def frames(self, count: int, seconds: float = 20.0) -> int:
@@ -232,6 +241,59 @@ def test_router_spreads_requests_routed_together_and_skips_a_replica_whose_anima
     assert choose(fake_router(), [failed], "z") == [[failed]]
 
 
+def test_the_registry_keeps_each_replica_s_session_keys_and_ends_their_feeds_when_they_go(monkeypatch):
+    """The Registry's logic without a cluster: keys come and go with the replicas' announcements, a replica that
+    stops announcing has died (its sessions' feeds end), viewers are admitted per key."""
+    import asyncio
+
+    async def scenario():
+        registry = registry_module.Registry.func_or_class(references_kept=2, max_viewers=1)
+        assert await registry.sync("r1", ["a", "b"], {}) == []
+        assert await registry.watch("nope") == {"status": 404, "message": "no live session has this key (it "
+                                                                           "ended, or never was)"}
+        viewer = (await registry.watch("a"))["viewer"]
+        assert (await registry.watch("a"))["status"] == 429
+        assert await registry.sync("r1", ["a", "b"], {"a": b"jpeg-a", "b": b"jpeg-b"}) == ["a"]  # who is watched
+        assert await registry.next_frame("a", viewer, -1, 1) == (1, b"jpeg-a")
+        feed_b = registry.feeds.feeds["b"]
+        await registry.sync("r1", ["a"], {})  # b's session ended on its replica
+        assert feed_b.ended and "b" not in registry.feeds.feeds
+        await registry.sync("r2", ["c"], {})
+        clock = [time.monotonic() + registry_module.REPORT_TTL + 1]  # r1 stops announcing: it has died
+        monkeypatch.setattr(registry_module.time, "monotonic", lambda: clock[0])
+        await registry.sync("r2", ["c"], {})
+        assert sorted(registry.feeds.feeds) == ["c"] and await registry.next_frame("a", viewer, 1, 1) == "ended"
+        await registry.forget("r2")
+        assert registry.feeds.feeds == {} and (await registry.health())["replicas"] == []
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_loop_logs_a_failure_once_retries_with_back_off_and_logs_the_recovery(monkeypatch, caplog):
+    import asyncio
+
+    sleeps, calls = [], []
+
+    async def fake_sleep(seconds):
+        sleeps.append(seconds)
+
+    async def step():
+        calls.append(len(calls))
+        if len(calls) <= 6:
+            raise ray.exceptions.ActorDiedError()
+        if len(calls) == 8:
+            raise asyncio.CancelledError  # the replica shutting down: ends the loop
+
+    monkeypatch.setattr(registry_module.asyncio, "sleep", fake_sleep)
+    with caplog.at_level("WARNING", logger="personalive_trt.web"):
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(registry_module.keep_going("replica x: health report", step))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and "health report failed (ActorDiedError" in messages[0]
+    assert "works again after" in messages[1]
+    assert sleeps == [0.2, 0.4, 0.8, 1.6, 2.0, 2.0]  # back-off from RETRY_FIRST to RETRY_MAX
+
+
 def test_replica_options_reach_ray(base):
     replicas = health(base)["replicas"]
     assert [r["resources"] for r in replicas] == [{"CPU": 0.25, "GPU": 0.25}] * 2
@@ -315,28 +377,106 @@ def test_clients_arriving_together_fill_every_replica_and_the_rest_are_told_busy
     wait_for(lambda: health(base)["sessions_active"] == 0, 10, "sessions_active back to 0")
 
 
+class Driver:
+    """Sends a client's driving frames on a thread (``with Driver(client):``), so its session has outputs."""
+
+    def __init__(self, client: Client) -> None:
+        self.client, self.done = client, threading.Event()
+        self.thread = threading.Thread(target=self.drive, daemon=True)
+        self.got = 0  # animated frames received
+
+    def drive(self) -> None:
+        while not self.done.is_set():
+            got = self.client.frames(4, seconds=5)
+            if not got:
+                return
+            self.got += got
+
+    def __enter__(self) -> "Driver":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(30)
+
+
+def mjpeg_parts(url: str, frames: int = 2) -> list[bytes]:
+    response = httpx.get(f"{url}&max_frames={frames}&timeout=10", timeout=30)  # url has the key
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("multipart/x-mixed-replace")
+    parts = response.content.split(b"--frame\r\n")[1:]
+    assert all(b"Content-Type: image/jpeg\r\n" in p and b"\xff\xd8" in p for p in parts)
+    return parts
+
+
 def test_mjpeg_streams_a_replica_s_frames_through_the_front(base, reference):
-    """``/api/stream.mjpg`` on the front: output JPEGs that a replica pushed to the registry."""
+    """``/api/stream.mjpg`` on the front: the session's own key, its output JPEGs pushed to the registry by its
+    replica; no key (or an ended session's) is 404; at most ``max_viewers`` viewers (429 beyond); the page and
+    health answer at once while they stream; the viewers stop when the session ends."""
     client = started_session(base, reference, 30)
+    url = base + client.started["mjpeg"]
+    viewers = []
     try:
-        done = threading.Event()
-
-        def drive():
-            while not done.is_set() and client.frames(4, seconds=5):
-                pass
-
-        streaming = threading.Thread(target=drive)
-        streaming.start()
-        try:
-            response = httpx.get(f"{base}/api/stream.mjpg", params={"max_frames": 2, "timeout": 10}, timeout=30)
-        finally:
-            done.set()
-            streaming.join()
+        with Driver(client):
+            assert len(mjpeg_parts(url, 2)) == 2
+            for path in ("/api/stream.mjpg", "/api/stream.mjpg?key=nope"):
+                assert httpx.get(base + path, timeout=30).status_code == 404
+            viewers = [MjpegViewer(url) for _ in range(SETTINGS.max_viewers)]
+            for viewer in viewers:
+                viewer.start()
+                assert viewer.opened.wait(30) and viewer.status == 200
+            assert httpx.get(url, timeout=30).status_code == 429
+            t0 = time.monotonic()
+            assert httpx.get(base + "/", timeout=30).status_code == 200 and health(base)["sessions_active"] == 1
+            assert time.monotonic() - t0 < 3, "the page and health waited behind the viewers"
+            wait_for(lambda: min(v.parts for v in viewers) > 0, 20, "every viewer getting frames")
     finally:
         client.close()
-    assert response.status_code == 200 and response.headers["content-type"].startswith("multipart/x-mixed-replace")
-    parts = response.content.split(b"--frame\r\n")[1:]
-    assert len(parts) == 2 and all(b"Content-Type: image/jpeg\r\n" in p and b"\xff\xd8" in p for p in parts)
+    for viewer in viewers:  # the session ended (its replica announces it within a second): the viewers stop
+        assert viewer.ended.wait(20), "a viewer kept streaming after its session ended"
+    wait_for(lambda: httpx.get(url, timeout=30).status_code == 404, 10, "the ended session's key to be gone")
+
+
+def registry_actor():
+    """The Registry replica's actor (a Serve replica is a named actor in the ``serve`` namespace)."""
+    [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+              if a["namespace"] == "serve" and "Registry" in a["name"] and ray_app.APP in a["name"]]
+    return ray.get_actor(name, namespace="serve")
+
+
+def test_a_killed_registry_is_restarted_the_live_session_goes_on_and_every_replica_reports_again(base, reference):
+    """Ray restarts a dead Registry replica; the animator replicas' report and MJPEG loops survive the failed
+    calls (retried with back-off) and tell the new Registry their reports and session keys again."""
+    client = started_session(base, reference, 30)
+    try:
+        url = base + client.started["mjpeg"]
+        assert client.frames(4) >= 4
+        ray.kill(registry_actor(), no_restart=True)
+        t0 = time.monotonic()
+
+        def every_replica():
+            try:
+                return len(health(base)["replicas"]) == 2
+            except AssertionError:  # 503 while the registry restarts
+                return False
+
+        with Driver(client) as driver:
+            wait_for(every_replica, 60, "every replica reporting to the restarted registry", step=0.2)
+            listed_after = time.monotonic() - t0
+            got = driver.got
+            wait_for(lambda: driver.got >= got + 8, 20, "8 more frames: the live session goes on")
+            wait_for(lambda: httpx.get(f"{url}&max_frames=1&timeout=5", timeout=30).status_code == 200,
+                     10, "the session's key announced to the new registry")
+            assert len(mjpeg_parts(url, 1)) == 1
+        assert listed_after < 10, f"every replica listed again {listed_after:.1f} s after the kill"
+    finally:
+        client.close()
+    reference_again = httpx.post(f"{base}/api/reference", timeout=30,  # the new registry lost the uploads
+                                 files={"file": ("ref.png", sample_reference().read_bytes(), "image/png")})
+    assert reference_again.status_code == 200
+    REFERENCES.append(reference_again.json()["id"])
+    wait_for(lambda: health(base)["sessions_active"] == 0, 10, "sessions_active back to 0")
 
 
 def test_a_killed_replica_tells_its_client_the_other_goes_on_and_ray_replaces_it(base, reference):

@@ -81,9 +81,10 @@ def is_type(kind):
     return lambda m: isinstance(m, dict) and m.get("type") == kind
 
 
-def start(ws, reference: str) -> None:
+def start(ws, reference: str) -> dict:
+    """Start a session; returns its ``started`` message."""
     ws.send_text(json.dumps({"type": "start", "reference": reference, "fps": 30}))
-    receive_until(ws, is_type("started"))
+    return receive_until(ws, is_type("started"))[-1]
 
 
 def stream_frames(ws, values, pause: float = 0.003) -> None:
@@ -205,10 +206,11 @@ def test_mjpeg_endpoint_serves_the_latest_output(client):
     key = upload_sample(client)
     with client.websocket_connect("/api/ws") as ws:
         ws.receive_json()
-        start(ws, key)
+        started = start(ws, key)
+        assert started["mjpeg"].startswith("/api/stream.mjpg?key=")
         stream_frames(ws, range(0, 200, 10), pause=0.01)
         receive_until(ws, lambda m: isinstance(m, bytes))
-        response = client.get("/api/stream.mjpg", params={"max_frames": 1, "timeout": 2})
+        response = client.get(started["mjpeg"] + "&max_frames=1&timeout=2")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("multipart/x-mixed-replace; boundary=frame")
     body = response.content
@@ -402,7 +404,7 @@ def test_malformed_frames_in_a_row_end_the_session_with_1007():
 
 
 def test_a_sender_that_dies_closes_the_socket_with_1011_and_logs_an_error(client, monkeypatch, caplog):
-    from personalive_trt.web.state import MjpegBroadcast
+    from personalive_trt.web.mjpeg import MjpegBroadcast
 
     def broken(self, jpeg):
         raise RuntimeError("publish broke")

@@ -1,6 +1,7 @@
 """``personalive-trt serve``: the live web page, in this process or on Ray Serve replicas (``--ray``)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -10,8 +11,8 @@ from personalive_trt.cli.params import fail, user_errors, warn
 
 
 def serve(
-    host: str = typer.Option("127.0.0.1", help="Interface to bind. Anything but loopback exposes the camera "
-                             "stream to the network (a warning is printed)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind. Anything but loopback needs a token "
+                             "($PERSONALIVE_TOKEN or --token-file) or --no-auth."),
     port: int = typer.Option(7860, help="TCP port."),
     weights: params.Weights = "auto",
     backend: params.Backend = "torch",
@@ -25,8 +26,18 @@ def serve(
     max_upload_mb: float = typer.Option(10.0, help="Largest reference upload, MiB."),
     max_message_kb: int = typer.Option(2048, help="Largest WebSocket message (one driving JPEG), KiB."),
     vae: params.Vae = "full",
-    idle_timeout: float = typer.Option(60.0, help="Close a connection that sends no driving frame for this many "
-                                       "seconds (frees its slot); 0: never."),
+    idle_timeout: float = typer.Option(60.0, help="Close a started session that sends no driving frame for this "
+                                       "many seconds, or a connection that never starts one (frees its slot); 0: "
+                                       "never."),
+    token_file: Optional[Path] = typer.Option(None, help="File holding the access token (instead of "
+                                              "$PERSONALIVE_TOKEN): every route but /api/health then needs it; "
+                                              "open http://HOST:PORT/?token=... once."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Bind a non-loopback --host without a token (anyone who "
+                                 "reaches it can use the page and the GPU)."),
+    max_viewers: int = typer.Option(4, help="MJPEG viewers of one session at once; more are answered 429."),
+    control_rate: float = typer.Option(10.0, help="Control (text) messages per second one connection may send "
+                                       "(a burst of 2 s worth passes); over it the socket is closed (1008). 0: no "
+                                       "limit."),
     ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve: animator replicas on many GPUs/machines "
                              "(needs the cluster extra). --max-sessions is then per replica."),
     replicas: Optional[int] = typer.Option(None, help="--ray: fixed number of animator replicas (default 1)."),
@@ -47,17 +58,19 @@ def serve(
     except ImportError as exc:
         fail(f"serve needs the web extra ({exc.name} is missing): pip install 'personalive-trt[serve]'")
     from personalive_trt.web.cluster import DeployError
+    from personalive_trt.web.auth import load_token
     from personalive_trt.web.launch import check_server, cluster_options
     from personalive_trt.web.settings import ServeSettings
 
     try:
         settings = ServeSettings(max_sessions=max_sessions, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-                                 max_message_bytes=max_message_kb * 1024, crop=not no_crop, idle_timeout=idle_timeout)
-        for warning in check_server(host, port, settings):
-            warn(warning)
+                                 max_message_bytes=max_message_kb * 1024, crop=not no_crop, idle_timeout=idle_timeout,
+                                 max_viewers=max_viewers, control_rate=control_rate, token=load_token(token_file))
         cluster = cluster_options(ray, replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas,
                                   gpus_per_replica=gpus_per_replica, cpus_per_replica=cpus_per_replica,
                                   address=address, drain_timeout=drain_timeout)
+        for warning in check_server(host, port, settings, no_auth=no_auth, cluster=cluster):
+            warn(warning)
         _serve(settings, cluster, host, port, weights=weights, backend=backend, engines=engines, device=device,
                dtype=dtype, seed=seed, window=window, vae=vae, compile=compile_mode)
     except (*user_errors(), DeployError) as exc:

@@ -3,8 +3,11 @@
 The animator is slow and synchronous (a GPU step, or seconds on a CPU), so it runs on one dedicated thread.
 Callers hand frames over through a :class:`~personalive_trt.live.slots.LatestSlot` (the newest frame wins;
 frames that arrive while a step runs are dropped and counted) and get results through the ``emit``
-callback. Control (start, swap the reference, stop) is queued and applied between steps, so ``step`` and
-``fuse_reference`` never race.
+callback. Control (start, swap the reference, stop) is applied between steps, so ``step`` and
+``fuse_reference`` never race, and is coalesced: one command waits at most, so a client cannot queue work
+(each start and swap is a reset and a reference fusion, seconds on a slow device). A newer start or swap
+replaces a pending one (a swap folds into a pending start), and a stop drops whatever is pending, so once a
+stream is stopped nothing its owner asked for runs. A command being applied (a fusion under way) finishes.
 
 Alignment: the stream returns, on call *k*, the frames of the window that entered at call *k - (steps-1)*;
 the first ``steps-1`` calls return warm-up frames that animate no driving frame. Live mode does not show
@@ -78,6 +81,7 @@ class WorkerStats:
         self.frames_in = 0  # frames that entered a window
         self.frames_out = 0
         self.malformed = 0
+        self.fusions = 0  # reference fusions run (each start and applied swap: a reset and a fuse)
         self.steps = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -97,6 +101,10 @@ class WorkerStats:
             self._latency_s.append(frame.latency)
             self._out_times.append(frame.t_out)
 
+    def record_fusion(self) -> None:
+        with self._lock:
+            self.fusions += 1
+
     def record_malformed(self, error: BaseException) -> int:
         with self._lock:
             self.malformed += 1
@@ -113,7 +121,7 @@ class WorkerStats:
             latency = sorted(self._latency_s)
             times = list(self._out_times)
             counts = dict(frames_in=self.frames_in, frames_out=self.frames_out, malformed=self.malformed,
-                          steps=self.steps, errors=self.errors, last_error=self.last_error)
+                          steps=self.steps, fusions=self.fusions, errors=self.errors, last_error=self.last_error)
         now = time.monotonic()
         recent = [t for t in times if now - t <= 2.0]
         # fps over the last 2 s of outputs; a stalled stream reads 0 rather than its old rate.
@@ -166,8 +174,9 @@ class AnimationWorker:
         self.on_error = on_error
         self.inbox: LatestSlot[StampedFrame] = LatestSlot()
         self.stats = WorkerStats()
-        self._commands: deque[tuple[str, Any]] = deque()
-        self._submitted = self._applied = 0  # commands given / applied (wait_idle)
+        self._control: tuple[str, Any] | None = None  # the one pending command (module docstring: coalesced)
+        self._control_lock = threading.Lock()
+        self._submitted = self._applied = 0  # commands given / applied or dropped (wait_idle)
         self._wake = threading.Event()
         self._closing = False
         self._active = False
@@ -194,11 +203,12 @@ class AnimationWorker:
         self._command("start", (reference, prepare, tag))
 
     def swap_reference(self, reference: np.ndarray) -> None:
-        """Swap the portrait mid-stream (the stream restarts from its warm-up)."""
+        """Swap the portrait mid-stream (the stream restarts from its warm-up); a no-op on a stopped stream."""
         self._command("swap", reference)
 
     def stop(self) -> None:
-        """End the stream; frames still in the pipeline are discarded. The thread stays for the next start."""
+        """End the stream; frames still in the pipeline and a pending start or swap are discarded. The thread
+        stays for the next start."""
         self._command("stop", None)
 
     def close(self, timeout: float | None = 60.0) -> bool:
@@ -218,7 +228,7 @@ class AnimationWorker:
         self._wake.set()
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
-        """Wait until every command given so far has been applied (a start's fuse included)."""
+        """Wait until every command given so far has been applied or dropped (a start's fuse included)."""
         target = self._submitted
         deadline = time.monotonic() + timeout
         while self._applied < target and time.monotonic() < deadline:
@@ -226,15 +236,32 @@ class AnimationWorker:
         return self._applied >= target
 
     def _command(self, name: str, value: Any) -> None:
-        self._submitted += 1
-        self._commands.append((name, value))
+        """Make ``(name, value)`` the pending command, folding in or dropping the one it replaces."""
+        with self._control_lock:
+            self._submitted += 1
+            pending = self._control
+            if name == "swap" and pending is not None:
+                if pending[0] == "stop":  # a swap after a stop has no stream to swap in
+                    self._applied += 1
+                    return
+                if pending[0] == "start":  # the start not yet applied fuses the newer reference instead
+                    _, prepare, tag = pending[1]
+                    name, value = "start", (value, prepare, tag)
+            if pending is not None:
+                self._applied += 1  # replaced: it will never run
+            self._control = (name, value)
         self._wake.set()
+
+    def _take_command(self) -> tuple[str, Any] | None:
+        with self._control_lock:
+            command, self._control = self._control, None
+            return command
 
     # ---------------------------------------------------------------------------------------------- thread
     def _run(self) -> None:
         while not self._closing:
-            if self._commands:
-                self._apply_commands()
+            if self._control is not None:
+                self._apply_command()
                 continue
             if not self._active:
                 self._wake.wait(0.1)
@@ -248,27 +275,31 @@ class AnimationWorker:
             if frames is not None:
                 self._step(frames)
 
-    def _apply_commands(self) -> None:
-        while self._commands:
-            name, value = self._commands.popleft()
-            try:
-                if name == "start":
-                    reference, self._prepare, self._tag = value
-                    self._restart(reference)
-                elif name == "swap" and self._active:
-                    self._restart(value)
-                elif name == "stop":
-                    self._active = False
-                    self._pending.clear()
-                    self.inbox.clear()
-            except Exception as exc:  # a bad reference or a failing animator ends the stream, not the thread
-                self._fail(exc)
-            finally:
+    def _apply_command(self) -> None:
+        command = self._take_command()
+        if command is None:
+            return
+        name, value = command
+        try:
+            if name == "start":
+                reference, self._prepare, self._tag = value
+                self._restart(reference)
+            elif name == "swap" and self._active:
+                self._restart(value)
+            elif name == "stop":
+                self._active = False
+                self._pending.clear()
+                self.inbox.clear()
+        except Exception as exc:  # a bad reference or a failing animator ends the stream, not the thread
+            self._fail(exc)
+        finally:
+            with self._control_lock:  # _command counts dropped commands from another thread
                 self._applied += 1
 
     def _restart(self, reference: np.ndarray) -> None:
         self._active = False
         self._pending.clear()
+        self.stats.record_fusion()
         try:
             self.animator.reset()
             self.animator.fuse_reference(reference)
@@ -289,7 +320,7 @@ class AnimationWorker:
         window, resolution = self.config.window, self.config.resolution
         batch: list[StampedFrame] = []
         while len(batch) < window:
-            if self._commands or self._closing:
+            if self._control is not None or self._closing:
                 return None
             item = self.inbox.get(timeout=0.05)
             if item is None:

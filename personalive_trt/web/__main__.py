@@ -2,17 +2,21 @@
 
 For load and soak tests of the serving path (``scripts/soak.py --spawn-echo``): same app, same limits, same
 threads as ``personalive-trt serve``, with the animator replaced by :class:`~personalive_trt.live.testing.
-EchoAnimator` (sleeps ``--echo-step-ms`` per step, blends input with the reference). Its frames mean nothing;
+EchoAnimator` (sleeps ``--echo-step-ms`` per step and ``--echo-fuse-ms`` per reference fusion, blends input
+with the reference). Its frames mean nothing;
 its timings and memory say how the server path behaves. Use ``personalive-trt serve`` for the real thing.
 
 ``--ray`` (with ``--replicas``, ``--min-replicas``/``--max-replicas``, ``--cpus-per-replica``,
 ``--gpus-per-replica``, ``--address``, ``--drain-timeout``) serves it as the Ray Serve app of ``serve --ray``;
-both start through :func:`personalive_trt.web.launch.run_server`.
+both start through :func:`personalive_trt.web.launch.run_server`. The access and per-client options
+(``--token-file``/``$PERSONALIVE_TOKEN``, ``--no-auth``, ``--max-viewers``, ``--control-rate``,
+``--idle-timeout``) are ``serve``'s, checked the same way (:func:`personalive_trt.web.launch.check_server`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,9 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--echo-step-ms", type=float, default=20.0, help="simulated step time (4 frames)")
+    parser.add_argument("--echo-fuse-ms", type=float, default=0.0,
+                        help="simulated reference fusion time (each start and applied swap)")
     parser.add_argument("--no-crop", action="store_true", help="resize instead of face framing")
     parser.add_argument("--max-sessions", type=int, default=1, help="animations at once (per replica with --ray)")
-    parser.add_argument("--idle-timeout", type=float, default=60.0, help="close after this long without frames")
+    parser.add_argument("--idle-timeout", type=float, default=60.0,
+                        help="close a started session after this long without driving frames, or a connection "
+                             "that never starts one; 0: never")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="file holding the access token (instead of $PERSONALIVE_TOKEN)")
+    parser.add_argument("--no-auth", action="store_true", help="bind a non-loopback --host without a token")
+    parser.add_argument("--max-viewers", type=int, default=4, help="MJPEG viewers of one session at once")
+    parser.add_argument("--control-rate", type=float, default=10.0,
+                        help="control messages per second one connection may send (over it: 1008); 0: no limit")
     parser.add_argument("--ray", action="store_true", help="serve as the Ray Serve app (serve --ray)")
     parser.add_argument("--replicas", type=int, default=None)
     parser.add_argument("--min-replicas", type=int, default=None)
@@ -40,24 +54,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from personalive_trt.config import StreamConfig
     from personalive_trt.live.testing import EchoAnimator
+    from personalive_trt.web.auth import load_token
     from personalive_trt.web.cluster import DeployError
-    from personalive_trt.web.launch import cluster_options, run_server
+    from personalive_trt.web.launch import check_server, cluster_options, run_server
     from personalive_trt.web.settings import ServeSettings
 
-    settings = ServeSettings(crop=not args.no_crop, max_sessions=args.max_sessions, idle_timeout=args.idle_timeout)
-    resolution, step_s = args.resolution, args.echo_step_ms / 1000
+    resolution, step_s, fuse_s = args.resolution, args.echo_step_ms / 1000, args.echo_fuse_ms / 1000
 
     def animator():
-        return EchoAnimator(StreamConfig(resolution=resolution), step_s)
+        return EchoAnimator(StreamConfig(resolution=resolution), step_s, fuse_seconds=fuse_s)
 
     try:
+        if fuse_s < 0 or step_s < 0:
+            raise ValueError(f"--echo-step-ms {args.echo_step_ms} / --echo-fuse-ms {args.echo_fuse_ms}: "
+                             "expected >= 0")
+        settings = ServeSettings(crop=not args.no_crop, max_sessions=args.max_sessions, idle_timeout=args.idle_timeout,
+                                 max_viewers=args.max_viewers, control_rate=args.control_rate,
+                                 token=load_token(args.token_file))
         cluster = cluster_options(args.ray, replicas=args.replicas, min_replicas=args.min_replicas,
                                   max_replicas=args.max_replicas, gpus_per_replica=args.gpus_per_replica,
                                   cpus_per_replica=args.cpus_per_replica, address=args.address,
                                   drain_timeout=args.drain_timeout)
-    except ValueError as exc:
+        for warning in check_server(args.host, args.port, settings, no_auth=args.no_auth, cluster=cluster):
+            print(f"warning: {warning}", file=sys.stderr)
+    except ValueError as exc:  # ExposureError included: nothing has started
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     try:
         run_server(animator, settings, resolution, host=args.host, port=args.port, cluster=cluster, log_level="warning",
                    status=lambda message: print(message, file=sys.stderr))

@@ -5,17 +5,24 @@ The pieces, each in its own module so that another server (several replicas, sev
 * :mod:`.settings` -- :class:`ServeSettings`, the limits;
 * :mod:`.references` -- upload verification and the bounded reference store;
 * :mod:`.pool` -- the animators, one worker thread each, leased to one session at a time;
-* :mod:`.session` -- the WebSocket session protocol (messages, threads, back-pressure);
+* :mod:`.session` -- the WebSocket session protocol (messages, threads, back-pressure, per-client limits);
+* :mod:`.frames`, :mod:`.image_header` -- driving frames: size read from the header, then decoded and framed;
 * :mod:`.routes` -- the page, the REST API, the MJPEG stream and the WebSocket route, on one router;
+* :mod:`.auth` -- the token that guards every route but ``/api/health`` when the server is exposed;
+* :mod:`.mjpeg` -- each session's own MJPEG stream, by its unguessable key;
 * :mod:`.state` -- what the routes and sessions of one process share;
 * :mod:`.health` -- ``/api/health``, one report per animator process, summed;
-* :mod:`.ray_app` -- the same routes and protocol as a Ray Serve application (``serve --ray``);
-* :mod:`.launch` -- starting either one (``serve`` and ``python -m personalive_trt.web --echo``).
+* :mod:`.ray_app`, :mod:`.registry` -- the same routes and protocol as a Ray Serve application (``serve --ray``);
+* :mod:`.launch` -- starting either one (``serve`` and ``python -m personalive_trt.web --echo``);
+* :mod:`.listening` -- which addresses a server's process tree listens on (start-up note, tests, ``scripts/abuse.py``).
 
 Safety: ``max_sessions`` animations at once (one animator each; others get ``busy``), uploads capped in
 bytes and pixels and decoded before they are trusted, WebSocket messages capped in size (close code 1009),
-malformed frames counted and skipped (too many in a row end the session: 1007), a failing animator or a
-failing sender ends its session with 1011, a disconnect frees the session.
+driving frames checked by their header before they are decoded, malformed frames counted and skipped (too
+many in a row end the session: 1007), control messages rate-limited (1008) and coalesced in the worker, a
+connection without driving frames closed (4408), a failing animator or a failing sender ends its session with
+1011, a disconnect frees the session; each session's MJPEG viewers bounded and ended with it; with a token set,
+nothing but ``/api/health`` answers without it.
 """
 from __future__ import annotations
 
@@ -37,18 +44,21 @@ __all__ = ["ServeSettings", "build_app", "create_app"]
 
 def build_app(state: ServerState, *, title: str = "personalive-trt", http: bool = True,
               websocket_path: str | None = "/api/ws",
+              on_start: Sequence[Callable[[], None]] = (),
               background: Sequence[Callable[[], Awaitable[None]]] = (),
               on_exit: Sequence[Callable[[], Awaitable[object]]] = ()) -> FastAPI:
     """The one way an app is built (``serve``, and each of the Ray app's deployments): the routes of
     :func:`~personalive_trt.web.routes.mount` on ``state``, and one lifespan.
 
-    The lifespan starts a fresh local MJPEG broadcast (its events belong to the loop now running) and the
-    ``background`` tasks; on the way out it cancels them, awaits each ``on_exit``, and ends the animator pool's
+    The lifespan starts fresh local MJPEG feeds (their events belong to the loop now running), calls each
+    ``on_start`` and starts the ``background`` tasks; on the way out it cancels them, awaits each ``on_exit``, and ends the animator pool's
     worker threads (waiting for running steps, off the event loop)."""
 
     @asynccontextmanager
     async def lifespan(app):
         state.reset_mjpeg()
+        for start in on_start:
+            start()
         tasks = [asyncio.create_task(task()) for task in background]
         yield
         for task in tasks:

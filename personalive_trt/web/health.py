@@ -77,6 +77,12 @@ def aggregate(reports: list[dict]) -> dict:
     }
 
 
+def counts_only(health: dict) -> dict:
+    """What ``/api/health`` tells a caller without the token (a probe): whether the app is up, and counts."""
+    return {"status": health["status"], "sessions_active": health["sessions_active"],
+            "max_sessions": health["max_sessions"], "replicas": len(health["replicas"])}
+
+
 def host_memory_bytes() -> int | None:
     """Resident set size of this process now (Linux /proc; None elsewhere)."""
     try:

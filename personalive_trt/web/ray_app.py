@@ -13,10 +13,10 @@ Ray routes, back-pressures, scales and replaces; what is ours is unchanged: ever
 * ``Front`` (application ``personalive``, route prefix ``/``): the page, static files, uploads, MJPEG and
   ``/api/health``. Kept off the animator replicas so that the page and uploads never wait behind sessions
   holding every request slot of a full cluster.
-* ``Registry`` (one replica in ``personalive``): the uploaded references (verified, framed images by id: an
-  upload through any front replica starts or swaps a session on any animator replica), each animator
-  replica's health report (pushed every 0.5 s; a report older than 3 s is dropped, so a dead replica's sessions
-  leave every count within seconds), and the newest output JPEG for MJPEG readers.
+* ``Registry`` (one replica in ``personalive``, :mod:`.registry`): the uploaded references, each animator
+  replica's health report and each live session's MJPEG feed by key; the front and the replicas reach it
+  through small clients (:class:`~.registry.RemoteReferences`, :class:`~.registry.RemoteFeeds`,
+  :class:`~.registry.KeyAnnouncer`) whose loops survive its restart.
 
 Rejected: one application whose replicas serve both HTTP and WebSockets. Each replica's request slots would be
 shared by sessions and page loads, so a full cluster would refuse the page and the health check as well.
@@ -39,13 +39,14 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.request_router import RequestRouter
 
-from personalive_trt.web.cluster import ClusterOptions, DeployError, animator_deployment_options
-from personalive_trt.web.health import aggregate, replica_report
-from personalive_trt.web.pool import AnimatorPool
-from personalive_trt.web.references import ReferenceStore
 from personalive_trt.web.app import build_app
+from personalive_trt.web.cluster import ClusterOptions, DeployError, animator_deployment_options
+from personalive_trt.web.health import replica_report
+from personalive_trt.web.pool import AnimatorPool
+from personalive_trt.web.registry import (REGISTRY_ERRORS, KeyAnnouncer, Registry, RemoteFeeds, RemoteReferences,
+                                          call, keep_going, or_unavailable)
 from personalive_trt.web.settings import ServeSettings
-from personalive_trt.web.state import MjpegBroadcast, ServerState, mjpeg_frames
+from personalive_trt.web.state import ServerState
 
 log = logging.getLogger("personalive_trt.web")
 
@@ -53,9 +54,10 @@ APP = "personalive"  # front + registry, route prefix "/"
 ANIMATE_APP = "personalive-animate"  # animator replicas, route prefix WEBSOCKET_PATH
 WEBSOCKET_PATH = "/api/ws"
 REPORT_INTERVAL = 0.5  # seconds between an animator replica's health reports
-REPORT_TTL = 3.0  # a report older than this is a replica that has gone
 ROUTING_STATS_PERIOD = 0.5  # seconds between Ray's polls of each animator replica's routing stats
 FAILED_ANIMATORS = "failed_animators"  # routing stats key: how many of the replica's animators have failed
+FRONT_REQUESTS = 256  # the front's request slots (max_ongoing_requests): page, uploads, health, MJPEG viewers
+FRONT_VIEWERS = FRONT_REQUESTS // 2  # MJPEG responses one front holds at most: the page never waits behind them
 
 
 class LeastLoadedRouter(RequestRouter):
@@ -125,70 +127,13 @@ class LeastLoadedRouter(RequestRouter):
         self._reserved.pop(internal_request_id, None)
 
 
-class RemoteReferences:
-    """The :class:`ReferenceStore` interface, answered by the registry replica."""
-
-    def __init__(self, registry) -> None:
-        self.registry = registry
-
-    async def add(self, image) -> str:
-        return await self.registry.add_reference.remote(image)
-
-    async def get(self, key):
-        return await self.registry.get_reference.remote(key)
-
-
-class RemoteMjpeg:
-    """``/api/stream.mjpg`` on the front: the newest output JPEG of any replica, long-polled from the registry."""
-
-    def __init__(self, registry) -> None:
-        self.registry = registry
-
-    async def next_frame(self, version: int, timeout: float):
-        return await self.registry.next_frame.remote(version, timeout)
-
-    def frames(self, max_frames: int | None, timeout: float):
-        return mjpeg_frames(self.next_frame, max_frames, timeout)
-
-
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
-class Registry:
-    def __init__(self, references_kept: int) -> None:
-        self.references = ReferenceStore(references_kept)
-        self.reports: dict[str, tuple[float, dict]] = {}
-        self.mjpeg = MjpegBroadcast()
-
-    async def add_reference(self, image) -> str:
-        return await self.references.add(image)
-
-    async def get_reference(self, key):
-        return await self.references.get(key)
-
-    def report(self, replica: str, report: dict) -> None:
-        self.reports[replica] = (time.monotonic(), report)
-
-    def forget(self, replica: str) -> None:
-        self.reports.pop(replica, None)
-
-    def health(self) -> dict:
-        now = time.monotonic()
-        for replica in [r for r, (t, _) in self.reports.items() if now - t > REPORT_TTL]:
-            del self.reports[replica]  # a replica that stopped reporting has died: its sessions are gone
-        return aggregate([report for _, report in sorted(self.reports.values(), key=lambda item: item[1]["pid"])])
-
-    def publish(self, jpeg: bytes) -> None:
-        self.mjpeg.publish(jpeg)
-
-    async def next_frame(self, version: int, timeout: float):
-        return await self.mjpeg.next_frame(version, timeout)
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=FRONT_REQUESTS)
 @serve.ingress()
 class Front:
     def __init__(self, registry, settings: ServeSettings, resolution: int) -> None:
         self.state = ServerState(settings=settings, references=RemoteReferences(registry), resolution=resolution,
-                                 health=lambda: registry.health.remote(), mjpeg_feed=RemoteMjpeg(registry))
+                                 health=lambda: or_unavailable(registry.health.remote(), "health"),
+                                 mjpeg_feed=RemoteFeeds(registry, FRONT_VIEWERS))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_app(self.state, websocket_path=None)
@@ -223,24 +168,27 @@ class Animators:
     def __serve_build_asgi_app__(self) -> FastAPI:
         state, registry, replica = self.state, self.registry, self.replica
 
-        async def report_loop():
-            while True:
-                await registry.report.remote(replica, replica_report(state))
-                await asyncio.sleep(REPORT_INTERVAL)
+        async def report():
+            await call(registry.report.remote(replica, replica_report(state)))
+            await asyncio.sleep(REPORT_INTERVAL)
 
-        async def forward_mjpeg():  # the newest output only; frames made while a push is in flight are skipped
-            version = -1
-            while True:
-                newer = await state.mjpeg.next_frame(version, 1.0)
-                if newer is not None:
-                    version = newer[0]
-                    await registry.publish.remote(newer[1])
+        announcer = KeyAnnouncer(registry, replica, state.mjpeg)
+
+        def announce_keys() -> None:  # the lifespan's fresh feeds announce each new key before it is handed out
+            announcer.feeds = state.mjpeg
+            state.mjpeg.announce = announcer.announce
 
         async def forget():
-            await registry.forget.remote(replica)
+            try:
+                await call(registry.forget.remote(replica))
+            except REGISTRY_ERRORS as exc:  # its report and keys expire on their own (REPORT_TTL)
+                log.info("replica %s: could not sign off at the registry (%s)", replica, type(exc).__name__)
 
         app = build_app(state, title="personalive-trt animators", http=False, websocket_path=WEBSOCKET_PATH,
-                        background=(report_loop, forward_mjpeg), on_exit=(forget,))
+                        on_start=(announce_keys,),
+                        background=(lambda: keep_going(f"replica {replica}: health report", report),
+                                    lambda: keep_going(f"replica {replica}: MJPEG keys and frames", announcer.step)),
+                        on_exit=(forget,))
         app.add_middleware(FullPath)
         return app
 
@@ -270,7 +218,7 @@ def deploy(animator_factory: Callable[[], object], settings: ServeSettings, opti
     the GPU is. ``resolution`` is what the front frames uploads to; it must match the animators'.
     """
     settings = dataclasses.replace(settings, close_when_busy=True)
-    registry = Registry.bind(settings.references_kept)
+    registry = Registry.bind(settings.references_kept, settings.max_viewers)
     serve.run(Front.bind(registry, settings, resolution), name=APP, route_prefix="/")
     deploy_animators(animator_factory, settings, options)
 
@@ -297,11 +245,13 @@ def deploy_animators(animator_factory: Callable[[], object], settings: ServeSett
 
 
 def serve_forever(animator_factory: Callable[[], object], settings: ServeSettings, options: ClusterOptions,
-                  resolution: int, host: str, port: int, status: Callable[[str], None]) -> None:
+                  resolution: int, host: str, port: int, status: Callable[[str], None],
+                  deployed: Callable[[], None] = lambda: None) -> None:
     """Start (or join, with ``options.address``) Ray, deploy, and block until Ctrl-C or SIGTERM.
 
     Without an address a new local Ray instance is started (``address="local"``: never one left running) and
-    shut down on exit; with one, only this app's two applications are deleted on exit.
+    shut down on exit; with one, only this app's two applications are deleted on exit. ``deployed()`` runs once
+    the applications are up, before the "serving on" line.
     """
     try:
         ray.init(address=options.address or "local", include_dashboard=False, logging_level=logging.WARNING)
@@ -314,6 +264,7 @@ def serve_forever(animator_factory: Callable[[], object], settings: ServeSetting
     try:
         serve.start(http_options={"host": host, "port": port})
         deploy(animator_factory, settings, options, resolution)
+        deployed()
         status(f"serving on http://{'[' + host + ']' if ':' in host else host}:{port} with Ray Serve "
                f"({'cluster ' + options.address if options.address else 'local Ray'}; Ctrl-C stops)")
         while not stop.wait(0.5):

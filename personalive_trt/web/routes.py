@@ -5,6 +5,9 @@ Every route finds the :class:`~personalive_trt.web.state.ServerState` at ``app.s
 server reuses them by calling :func:`mount` on its own FastAPI app instead of copying them: the Ray app mounts
 the HTTP routes on its front deployment and only the WebSocket route on its animator replicas (where each
 open socket holds one of Ray's request slots, so the page and uploads never wait behind sessions).
+
+With a token set (``ServeSettings.token``), :class:`~personalive_trt.web.auth.TokenGate` stands in front of
+every route mounted here (:mod:`.auth`).
 """
 from __future__ import annotations
 
@@ -19,10 +22,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from personalive_trt.web import session as protocol
+from personalive_trt.web.auth import TokenGate
 from personalive_trt.web.frames import encode_jpeg
-from personalive_trt.web.health import aggregate, replica_report
+from personalive_trt.web.health import aggregate, counts_only, replica_report
+from personalive_trt.web.mjpeg import MAX_POLL, MJPEG_PATH, Viewer, ViewerRefused
 from personalive_trt.web.references import UploadRejected, decode_reference
-from personalive_trt.web.state import ServerState
+from personalive_trt.web.state import ClusterUnavailable, ServerState
 
 log = logging.getLogger("personalive_trt.web")
 
@@ -37,20 +42,27 @@ def server_state(connection: Request | WebSocket) -> ServerState:
 
 def mount(app: FastAPI, state: ServerState, *, http: bool = True, websocket_path: str | None = "/api/ws") -> None:
     """Give ``app`` the page, the static files, the API, the upload limit and one-line JSON errors (``http``),
-    and the session protocol's WebSocket at ``websocket_path`` (None: none)."""
+    and the session protocol's WebSocket at ``websocket_path`` (None: none), all behind the token check."""
     app.state.server = state
+    if state.access.enabled:
+        app.add_middleware(TokenGate, access=state.access)
     if http:
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
         app.add_middleware(UploadLimit, path="/api/reference", limit=state.settings.max_upload_bytes + 64 * 1024)
         app.include_router(router)
         app.add_exception_handler(HTTPException, one_line_errors)
         app.add_exception_handler(RequestValidationError, one_line_request_errors)
+        app.add_exception_handler(ClusterUnavailable, cluster_unavailable)
     if websocket_path is not None:
         app.add_api_websocket_route(websocket_path, animate)
 
 
 async def one_line_errors(request, exc: HTTPException):
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+
+async def cluster_unavailable(request, exc: ClusterUnavailable):
+    return JSONResponse({"error": str(exc)}, status_code=503)
 
 
 async def one_line_request_errors(request, exc: RequestValidationError):
@@ -68,11 +80,11 @@ async def index():
 
 @router.get("/api/health")
 async def health(request: Request):
-    """The app's health summed over its replicas (the single-process server is its one replica)."""
+    """The app's health summed over its replicas (the single-process server is its one replica); counts only to
+    a caller without the token, when one is set."""
     state = server_state(request)
-    if state.health is not None:
-        return await state.health()
-    return aggregate([replica_report(state)])
+    report = await state.health() if state.health is not None else aggregate([replica_report(state)])
+    return report if state.access.let_in(request.scope) else counts_only(report)
 
 
 @router.get("/api/sample-reference", include_in_schema=False)
@@ -108,16 +120,36 @@ async def reference_image(request: Request, key: str):
     return Response(await run_in_threadpool(encode_jpeg, image, 90), media_type="image/jpeg")
 
 
-@router.get("/api/stream.mjpg")
-async def stream_mjpeg(request: Request, max_frames: int | None = None, timeout: float = 5.0):
-    """The newest animated frames as MJPEG (``multipart/x-mixed-replace``), e.g. an OBS browser/media source.
-
-    ``max_frames`` ends the response after that many frames (also when none come for ``timeout`` s).
+@router.get(MJPEG_PATH)
+async def stream_mjpeg(request: Request, key: str = "", max_frames: int | None = None, timeout: float = 5.0):
+    """One session's animated frames as MJPEG (``multipart/x-mixed-replace``), e.g. an OBS browser/media source:
+    ``key`` is the session's (its ``started`` message has the URL); 404 without a live session's key, 429 when
+    its viewers are full. The response ends with the session; ``max_frames`` also ends it after that many
+    frames (and when none come for ``timeout`` s).
     """
     if max_frames is not None and max_frames < 1:
         raise HTTPException(400, "max_frames must be >= 1")
-    return StreamingResponse(server_state(request).mjpeg.frames(max_frames, max(0.1, min(timeout, 60.0))),
-                             media_type="multipart/x-mixed-replace; boundary=frame")
+    try:
+        viewer = await server_state(request).mjpeg.open_viewer(key)
+    except ViewerRefused as exc:
+        raise HTTPException(exc.status, str(exc))
+    return MjpegResponse(viewer, viewer.frames(max_frames, max(0.1, min(timeout, MAX_POLL))),
+                         media_type="multipart/x-mixed-replace; boundary=frame")
+
+
+class MjpegResponse(StreamingResponse):
+    """A streaming response that gives its viewer's slot back however it ends (the client leaving included:
+    then the frame generator may never be resumed to run its own clean-up)."""
+
+    def __init__(self, viewer: Viewer, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.viewer = viewer
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.viewer.close()
 
 
 async def animate(ws: WebSocket):

@@ -1,11 +1,12 @@
 """The WebSocket session protocol (``/api/ws``): one browser tab, one connection, at most one animation.
 
-* server -> client, text JSON: ``hello`` (limits, animator), ``started``, ``swapped``, ``stopped``, ``fps``
+* server -> client, text JSON: ``hello`` (limits, animator), ``started`` (with ``mjpeg``: this session's own
+  MJPEG URL, see :mod:`.mjpeg`), ``swapped``, ``stopped``, ``fps``
   (the rate the client asked for, echoed), ``pong``, ``stats`` (every ``stats_interval`` s while an animator is
   leased: server fps, step latency, drops, malformed frames), ``frame`` (the ``index`` of the driving frame
   the next binary message animates), ``error`` (``code``: ``busy``, ``bad_message``, ``no_reference``,
-  ``not_started`` -- the session goes on; ``animation_failed``, ``malformed_frames``, ``idle`` -- the session
-  ends).
+  ``not_started``, ``unavailable`` (the Ray app's registry is restarting) -- the session goes on;
+  ``animation_failed``, ``malformed_frames``, ``idle`` -- the session ends).
 * client -> server, text JSON: ``start`` (``reference`` id from ``POST /api/reference``, ``fps``), ``swap``
   (``reference``), ``fps``, ``stop``, ``ping`` (``t``, echoed in the ``pong``).
 * ``hello`` also names the ``replica`` (``pid``, ``node``) that holds the session: under Ray a session stays on
@@ -21,13 +22,24 @@ dropped and counted, never queued); outputs come back through a small ring per s
 oldest frame when the client reads too slowly. Unlike the original app's unbounded queues, nothing can build
 up latency.
 
+No client can starve another: a driving frame's header is checked before it is decoded (:mod:`.frames`);
+control reaches the worker through one slot that a newer command replaces (a flood of ``swap`` costs at most
+the fusion under way and one more, and a session's pending command is dropped when it ends:
+:mod:`personalive_trt.live.worker`); control messages over ``control_rate`` per second (after a burst of
+:data:`~.settings.CONTROL_BURST_SECONDS` of them) close the socket with 1008; only driving frames of a started
+session count as activity, so a socket that never starts, or stops sending frames, is closed after
+``idle_timeout``.
+
 How a session ends: the client disconnects or sends ``stop``-then-leaves; a message over ``max_message_bytes``
 closes it with 1009; ``max_malformed_in_a_row`` malformed driving frames in a row send ``malformed_frames`` and
-close it with 1007; no driving frame for ``idle_timeout`` s sends ``idle`` and closes it with 4408 (an idle
-page holds no slot); a failing animator step (an exception, a ``NonFiniteError``) or a failing prepare (not bad
-data) sends ``animation_failed`` and closes it with 1011; a sender task that dies (an exception while the
+close it with 1007; no driving frame for ``idle_timeout`` s (counted from the connection, then from each
+driving frame of a started session) sends ``idle`` and closes it with 4408 (an idle page holds no slot);
+control messages over the rate close it with 1008; a failing animator step (an exception, a
+``NonFiniteError``) or a failing prepare (not bad data) sends ``animation_failed`` and closes it with 1011; a
+sender task that dies (an exception while the
 socket is still open), or a bug in the receive loop, is logged at error level and closes it with 1011. In
-every case the animator goes back to the pool at once; nothing keeps animating for a client that is gone.
+every case the animator goes back to the pool at once and the session's MJPEG viewers stop; nothing keeps
+animating for a client that is gone.
 
 The protocol only needs a :class:`~personalive_trt.web.state.ServerState` and a Starlette ``WebSocket``, so
 any server that accepts the socket can run it.
@@ -48,7 +60,9 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from personalive_trt.live.slots import PlayoutClock
 from personalive_trt.live.worker import MalformedStreamError, OutputFrame, StampedFrame
 from personalive_trt.web.frames import make_frame_decoder
-from personalive_trt.web.state import ServerState
+from personalive_trt.web.mjpeg import MJPEG_PATH
+from personalive_trt.web.settings import CONTROL_BURST_SECONDS
+from personalive_trt.web.state import ClusterUnavailable, ServerState
 
 log = logging.getLogger("personalive_trt.web")
 
@@ -62,11 +76,32 @@ CLOSE_BAD_DATA = 1007
 CLOSE_IDLE = 4408
 #: Close code for a server-side failure: the animator, a sender, a bug (RFC 6455 1011, "internal error").
 CLOSE_INTERNAL = 1011
+#: Close code for control messages over ``control_rate`` (RFC 6455 1008, "policy violation").
+CLOSE_POLICY = 1008
 
 
 def close_reason(text: str) -> str:
     """``text`` cut to the 123 bytes a close frame's reason may hold (UTF-8, never mid-character)."""
     return text.encode()[:123].decode(errors="ignore")
+
+
+class RateLimit:
+    """A token bucket: ``rate`` events per second sustained, ``burst`` at once (``rate`` 0: no limit)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, max(1.0, burst)
+        self.tokens, self.at = self.burst, time.monotonic()
+
+    def allow(self) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class Session:
@@ -81,6 +116,7 @@ class Session:
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None  # why the worker ended the stream
         self.slot = None  # personalive_trt.web.pool.AnimatorSlot while leased
+        self.key: str | None = None  # its MJPEG feed's key while started
 
     def deliver(self, item: tuple[bytes, OutputFrame]) -> None:
         """Event-loop side of the hand-over; evicts the oldest output when the client lags."""
@@ -122,7 +158,8 @@ class WebSocketSession:
         self.session = Session(state.counters["sessions"], asyncio.get_running_loop(),
                                capacity=2 * self.pool.animator.config.window)
         self.received = 0
-        self.last_frame_at = time.monotonic()  # connection time, then each driving frame's arrival
+        self.last_frame_at = time.monotonic()  # connection time, then each driving frame of a started session
+        self.control = RateLimit(self.settings.control_rate, self.settings.control_rate * CONTROL_BURST_SECONDS)
 
     async def send_json(self, payload: dict) -> None:
         if self.ws.application_state == WebSocketState.CONNECTED:
@@ -136,6 +173,15 @@ class WebSocketSession:
         if self.ws.application_state == WebSocketState.CONNECTED:
             await self.ws.close(code, close_reason(reason))
 
+    def end_stream(self) -> None:
+        """The session's animation ends (stop, failure, close): its animator goes back to the pool, its pending
+        control is dropped (``release`` stops the worker) and its MJPEG viewers stop."""
+        session = self.session
+        self.pool.release(session)
+        self.state.mjpeg.end(session.key)
+        session.key = None
+        session.outputs.clear()
+
     async def send_outputs(self) -> None:
         """Play outputs out spaced like their driving frames arrived (they leave the animator in windows).
 
@@ -148,7 +194,7 @@ class WebSocketSession:
             session.ready.clear()
             if session.failure is not None:
                 exc, session.failure = session.failure, None
-                self.pool.release(session)
+                self.end_stream()
                 message = f"{type(exc).__name__}: {exc}"
                 if isinstance(exc, MalformedStreamError):
                     await self.error("malformed_frames", message)
@@ -166,7 +212,8 @@ class WebSocketSession:
                 await self.send_json({"type": "frame", "index": frame.index,
                                       "server_latency_ms": round(1000 * (now - frame.t_capture), 1)})
                 await self.ws.send_bytes(jpeg)
-                self.state.mjpeg.publish(jpeg)
+                if session.key is not None:
+                    self.state.mjpeg.publish(session.key, jpeg)
 
     async def send_stats(self) -> None:
         while True:
@@ -194,7 +241,11 @@ class WebSocketSession:
     # ------------------------------------------------------------------------------------------ commands
     async def start(self, message: dict, swap: bool) -> None:
         session, settings = self.session, self.settings
-        image = await self.state.references.get(message.get("reference"))
+        try:
+            image = await self.state.references.get(message.get("reference"))
+        except ClusterUnavailable as exc:  # the Ray registry restarting: this message fails, the session goes on
+            await self.error("unavailable", str(exc))
+            return
         if image is None:
             await self.error("no_reference", "upload a reference image first (POST /api/reference)")
             return
@@ -215,8 +266,11 @@ class WebSocketSession:
                 await self.close(CLOSE_TRY_AGAIN, message)
             return
         session.outputs.clear()
+        self.state.mjpeg.end(session.key)  # a start while started begins a new session: the old viewers stop
+        session.key = await self.state.mjpeg.open_announced()
         session.slot.worker.start(image, make_frame_decoder(self.state.resolution, settings), tag=session)
-        await self.send_json({"type": "started", "resolution": self.state.resolution})
+        await self.send_json({"type": "started", "resolution": self.state.resolution,
+                              "mjpeg": f"{MJPEG_PATH}?key={session.key}"})
 
     async def command(self, text: str | None) -> None:
         try:
@@ -229,8 +283,7 @@ class WebSocketSession:
         if kind in ("start", "swap"):
             await self.start(command, swap=kind == "swap")
         elif kind == "stop":
-            self.pool.release(self.session)
-            self.session.outputs.clear()
+            self.end_stream()
             await self.send_json({"type": "stopped"})
         elif kind == "fps":
             await self.send_json({"type": "fps", "fps": command.get("fps")})
@@ -242,7 +295,8 @@ class WebSocketSession:
 
     # ------------------------------------------------------------------------------------------ receive loop
     async def receive_loop(self) -> None:
-        """Until the client disconnects or sends a message over the limit (closed with 1009)."""
+        """Until the client disconnects, sends a message over the limit (closed with 1009) or control messages
+        over the rate (closed with 1008)."""
         ws, session, settings = self.ws, self.session, self.settings
         while True:
             message = await ws.receive()
@@ -258,10 +312,15 @@ class WebSocketSession:
                 return
             if data is not None:
                 index, self.received = self.received, self.received + 1
-                self.last_frame_at = time.monotonic()
-                if session.slot is not None:
-                    session.slot.worker.inbox.put(StampedFrame(data, time.monotonic(), index))
+                if session.slot is not None:  # only a started session's frames are activity (idle_timeout)
+                    self.last_frame_at = time.monotonic()
+                    session.slot.worker.inbox.put(StampedFrame(data, self.last_frame_at, index))
                 continue
+            if not self.control.allow():
+                self.state.counters["rate_limited"] += 1
+                log.warning("session %d: control messages over %g/s; closing", session.id, settings.control_rate)
+                await self.close(CLOSE_POLICY, f"control messages over {settings.control_rate:g} per second")
+                return
             await self.command(text)
 
     async def run(self) -> None:
@@ -287,7 +346,7 @@ class WebSocketSession:
         except Exception as exc:  # a bug in the protocol: the client is told by the close, we by the log
             await self._task_failed("receive", exc)
         finally:
-            pool.release(session)  # a vanished client frees its animator at once
+            self.end_stream()  # a vanished client frees its animator at once
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

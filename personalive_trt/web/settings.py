@@ -2,7 +2,7 @@
 (the single-process ``serve`` and the Ray app's replicas, unchanged)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from personalive_trt.live.worker import MAX_MALFORMED_IN_A_ROW
 
@@ -25,4 +25,25 @@ class ServeSettings:
     output_quality: int = 85  # JPEG quality of output frames
     stats_interval: float = 0.5  # seconds between stats messages
     close_when_busy: bool = False  # after 'busy', close the socket (1013): the Ray app, where a socket is a slot
-    idle_timeout: float = 60.0  # a connection that sends no driving frame for this long is closed (4408); 0: never
+    idle_timeout: float = 60.0  # a started session that sends no driving frame for this long, or a connection that
+    # never starts one, is closed (4408); 0: never
+    max_viewers: int = 4  # MJPEG viewers of one session at once; more are answered 429
+    # Control (text) messages per second one connection may send, sustained; a burst of CONTROL_BURST_SECONDS' worth
+    # passes. Over it the socket is closed (1008). 10/s is far above what a person clicking does (the page sends a
+    # start, a swap per upload, an fps change) and far below what makes the worker's control slot churn. 0: no limit.
+    control_rate: float = 10.0
+    # The shared secret every request but /api/health must carry (personalive_trt.web.auth); None: no check (the
+    # loopback default). Kept out of repr so that a logged settings record never shows it.
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_viewers < 1:
+            raise ValueError(f"--max-viewers {self.max_viewers}: expected >= 1")
+        if self.control_rate < 0:
+            raise ValueError(f"--control-rate {self.control_rate}: expected >= 0 messages per second (0: no limit)")
+        if self.idle_timeout < 0:
+            raise ValueError(f"--idle-timeout {self.idle_timeout}: expected >= 0 seconds")
+
+
+#: Control messages that pass at once before the rate limit applies, in seconds of ``control_rate``.
+CONTROL_BURST_SECONDS = 2.0

@@ -35,6 +35,15 @@ function updateHud() {
   Object.assign(window.__hud, { frames: state.frames, fps, g2g: state.g2g, step: state.step });
 }
 
+// This session's own MJPEG address (from `started`); none while no session runs: the old one stops working.
+function showMjpeg(path) {
+  const link = $("mjpeg-link");
+  link.hidden = !path;
+  $("mjpeg-none").hidden = Boolean(path);
+  link.href = path || "";
+  link.textContent = path ? `${location.origin}${path}` : "";
+}
+
 function refreshButtons() {
   $("start").disabled = state.running || !state.referenceId || !state.camera;
   $("stop").disabled = !state.running;
@@ -63,6 +72,7 @@ function connect() {
     stopSending();
     state.running = false;
     state.ws = null;
+    showMjpeg(null);
     refreshButtons();
     if (!ws.opened) return;  // a refused handshake: the Start handler says why
     if (event.code === 1000) setStatus(`stopped${event.reason ? ": " + event.reason : ""}`);
@@ -89,12 +99,13 @@ function onMessage(msg) {
       break;
     case "started":
       state.running = true;
+      showMjpeg(msg.mjpeg);
       refreshButtons();
       startSending();
       setStatus("running (the first frames take a few steps)", "running");
       break;
     case "swapped": setStatus("reference swapped", "running"); break;
-    case "stopped": setStatus("stopped"); break;
+    case "stopped": showMjpeg(null); setStatus("stopped"); break;
     case "frame": state.pendingMeta = msg; break;
     case "stats":
       state.step = msg.step_ms;
@@ -107,6 +118,7 @@ function onMessage(msg) {
       if (["busy", "animation_failed", "malformed_frames", "idle"].includes(msg.code)) {
         stopSending();
         state.running = false;
+        showMjpeg(null);
         const ws = state.ws;
         state.ws = null;  // its close event must not replace this message
         if (ws) ws.close(1000);  // a page that is not animating holds no slot
@@ -279,6 +291,7 @@ $("stop").addEventListener("click", () => {
   if (state.ws) state.ws.close(1000, "stopped");  // frees the slot at once
   state.ws = null;
   state.running = false;
+  showMjpeg(null);
   refreshButtons();
   setStatus("stopped");
 });
