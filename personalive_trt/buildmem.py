@@ -32,8 +32,9 @@ the meta device from its config (seconds), which also gives `build` the UNet con
 coefficients; it was not measured separately.
 
 Memory this process may use (:func:`memory_limit`): its resident memory plus the smallest headroom of
-MemAvailable (/proc/meminfo), its cgroup's limit (v2 ``memory.max - memory.current`` at every level from
-its own cgroup up; v1 ``memory.limit_in_bytes - memory.usage_in_bytes``) and RLIMIT_AS / RLIMIT_DATA.
+MemAvailable (/proc/meminfo), its cgroup's limit (v2 ``memory.max`` minus the working set, ``memory.current``
+less its inactive file cache, at every level from its own cgroup up; v1 the same from ``memory.limit_in_bytes``,
+``memory.usage_in_bytes`` and ``total_inactive_file``) and RLIMIT_AS / RLIMIT_DATA.
 """
 from __future__ import annotations
 
@@ -259,30 +260,52 @@ def _status_bytes(proc: Path, key: str) -> int:
     return 0
 
 
-def cgroup_headroom(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[int, str] | None:
-    """The smallest ``limit - usage`` over this process's memory cgroups, or None when none is limited.
+def _inactive_file(folder: Path, key: str) -> int:
+    """The cgroup's inactive file cache from its ``memory.stat`` (0 when the file or the key is absent)."""
+    try:
+        lines = (folder / "memory.stat").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
 
-    v2 (``0::/path``): ``memory.max - memory.current`` of its own cgroup and every parent up to
-    ``cgroup_root``; v1 (``N:...memory...:/path``): ``memory.limit_in_bytes - memory.usage_in_bytes`` the
-    same way under ``cgroup_root/memory``. Walking up also finds the limit when the listed path does not
+
+def cgroup_headroom(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[int, str] | None:
+    """The smallest ``limit - working set`` over this process's memory cgroups, or None when none is limited.
+
+    The working set is the usage minus the inactive file cache, as container runtimes count it (the kubelet and
+    ``docker stats``): the kernel reclaims that cache before it kills anything, so page cache left by a weights
+    download or an earlier build does not refuse a build that fits. v2 (``0::/path``): ``memory.max`` and
+    ``memory.current - inactive_file`` (``memory.stat``) of its own cgroup and every parent up to ``cgroup_root``;
+    v1 (``N:...memory...:/path``): ``memory.limit_in_bytes`` and ``memory.usage_in_bytes - total_inactive_file``
+    the same way under ``cgroup_root/memory``. Walking up also finds the limit when the listed path does not
     exist as such (a container's cgroup namespace mounts its own cgroup as the root)."""
     best = None
     for line in (proc / "self" / "cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            root, limit_file, usage_file, label = cgroup_root, "memory.max", "memory.current", "cgroup"
+            root, limit_file, usage_file, inactive, label = (cgroup_root, "memory.max", "memory.current",
+                                                             "inactive_file", "cgroup")
         elif "memory" in controllers.split(","):
-            root, limit_file, usage_file, label = (cgroup_root / "memory", "memory.limit_in_bytes",
-                                                   "memory.usage_in_bytes", "cgroup v1")
+            root, limit_file, usage_file, inactive, label = (cgroup_root / "memory", "memory.limit_in_bytes",
+                                                             "memory.usage_in_bytes", "total_inactive_file",
+                                                             "cgroup v1")
         else:
             continue
         folder = root / path.lstrip("/")
         while True:
             limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
             # v1 writes "no limit" as a huge page-rounded number (2**63 - 4096 on x86_64)
-            if limit is not None and usage is not None and limit < 2**60 and (best is None or limit - usage < best[0]):
-                best = (limit - usage, f"{label} {folder / limit_file} = {limit / GIB:.1f} GiB, "
-                                       f"{usage / GIB:.1f} GiB in use")
+            if limit is not None and usage is not None and limit < 2**60:
+                cache = min(_inactive_file(folder, inactive), usage)
+                working = usage - cache
+                if best is None or limit - working < best[0]:
+                    best = (limit - working, f"{label} {folder / limit_file} = {limit / GIB:.1f} GiB, "
+                                             f"{working / GIB:.1f} GiB in use (+{cache / GIB:.1f} GiB reclaimable "
+                                             "file cache)")
             if folder == root or root not in folder.parents:
                 break
             folder = folder.parent

@@ -111,6 +111,33 @@ def test_limit_reads_cgroup_v1_and_rlimits(tmp_path):
     assert limit.bytes == 2 * GIB and "memory/memory.limit_in_bytes = 6.0 GiB" in limit.source
 
 
+def test_limit_counts_the_working_set_not_the_reclaimable_file_cache(tmp_path):
+    """Page cache left by a weights download is reclaimed before anything is killed: usage minus inactive file
+    cache, as container runtimes count it (v2 ``inactive_file``, v1 ``total_inactive_file``)."""
+    proc = fake_proc(tmp_path, "0::/build.scope")
+    own = tmp_path / "cgroup" / "build.scope"
+    own.mkdir(parents=True)
+    (own / "memory.max").write_text(str(16 * GIB))
+    (own / "memory.current").write_text(str(15 * GIB))  # 11 GiB of it a weights download's page cache
+    (own / "memory.stat").write_text(f"anon {3 * GIB}\nfile {12 * GIB}\nactive_file {1 * GIB}\n"
+                                     f"inactive_file {11 * GIB}\nslab 100\n")
+    limit = buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={})
+    assert limit.bytes == 1 * GIB + 12 * GIB  # own RSS + 16 - (15 - 11) GiB
+    assert limit.source.endswith("memory.max = 16.0 GiB, 4.0 GiB in use (+11.0 GiB reclaimable file cache)")
+    (own / "memory.stat").unlink()  # no memory.stat: the usage as it is
+    assert buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={}).bytes == 2 * GIB
+
+    proc = fake_proc(tmp_path / "v1", "4:memory:/docker/abc")
+    folder = tmp_path / "v1" / "cgroup" / "memory" / "docker" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "memory.limit_in_bytes").write_text(str(12 * GIB))
+    (folder / "memory.usage_in_bytes").write_text(str(11 * GIB))
+    (folder / "memory.stat").write_text(f"cache {9 * GIB}\ninactive_file {1 * GIB}\n"
+                                        f"total_inactive_file {8 * GIB}\n")
+    limit = buildmem.memory_limit(proc, tmp_path / "v1" / "cgroup", rlimits={})
+    assert limit.bytes == 1 * GIB + 9 * GIB and "cgroup v1" in limit.source  # 12 - (11 - 8) GiB
+
+
 # ---- the command -----------------------------------------------------------------------------------------
 @pytest.fixture
 def no_loading(monkeypatch):
