@@ -32,7 +32,8 @@ from personalive_trt.engines.checks import Comparison, one_line, psnr, relative_
 
 FOLDER = "self_check"
 FORMAT = 1
-REBUILD_LINE = "{folder}: its engines have no known answers (built before they were stored); rebuild to enable the self-check"
+REBUILD_LINE = ("{folder}: its engines have no known answers (built before they were stored); rebuild to enable the "
+                "self-check")
 
 
 def _digest(data: bytes) -> str:

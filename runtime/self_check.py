@@ -23,11 +23,13 @@ the path, the error and the option that selects the safe path; when every suspec
 (one line; the command exits non-zero).
 
 Cost: one call of the trusted path and one of the fast path per check (the steady call with the keyframe
-test, the call a stream makes most while keyframes are possible), plus a seeded reference fusion; the known
-answers are one call per network at its smallest shapes. The state is saved before and restored after each
-run (one copy of the loop's buffers, held only during the check) and the noise generator is restored, so a
-checked stream produces exactly the frames of an unchecked one. Checking every kind of call (the keyframe
-writes, every bank count) would cost one pair of calls each; one representative call was chosen instead.
+test, the call a stream makes most while keyframes are possible), after a seeded reference fusion and one first
+call on the trusted path (so the piles hold what a stream's do); the known answers are one call per network at
+its smallest shapes. The state is saved before and restored after each run (one copy of the loop's buffers,
+held only during the check) and the noise generator is restored, so a checked stream produces exactly the
+frames of an unchecked one. Checking every kind of call (the keyframe writes, every bank count) would cost one
+pair of calls each; one representative call was chosen instead. A fast path that breaks the CUDA context
+itself (an illegal address in a replay) cannot be fallen back from in the same process: its error propagates.
 
 The check needs only a narrow view of the loop (:class:`CheckedLoop`); :class:`RuntimeBinding` gives it for
 :class:`~personalive_trt.runtime.stream.StreamRuntime` and is the one place that knows the runtime's

@@ -241,3 +241,45 @@ def test_memory_estimate_per_decoder_and_sessions():
     (status, line), _ = memory_lines([full, tiny], free=full.serve(2), sessions=3)
     assert status == "failed" and line.endswith(f"{full.serve(2) / GIB:.1f} GiB free: fits, up to 2 session(s)")
     assert memory_lines([full], free=None)[0][1].endswith("no GPU here to compare with")
+
+
+# ---- an engines folder's networks on their known answers ------------------------------------------------------
+class Scaled:
+    """A backend whose outputs come out scaled: an engine that computes something else without raising."""
+
+    def __init__(self, backend, factor: float) -> None:
+        self.backend, self.factor = backend, factor
+        self.spec, self.device = backend.spec, backend.device
+        self.input_dtypes, self.output_dtypes = backend.input_dtypes, backend.output_dtypes
+
+    def infer(self, inputs, *, stable=()):
+        return {k: v * self.factor for k, v in self.backend.infer(inputs).items()}
+
+
+def test_engines_path_checks_each_network_on_its_known_answer(parity_models, tmp_path, monkeypatch):
+    import types
+
+    from personalive_trt import build as build_module
+    from personalive_trt.build import read_build
+    from personalive_trt.config import StreamConfig
+    from personalive_trt.doctor.paths import engines_path
+    from personalive_trt.engines.known_answers import record_known_answers
+    from personalive_trt.networks import Networks
+
+    guider = Networks.from_models(parity_models, StreamConfig(resolution=64, window=1)).backends["pose_guider"]
+    one = types.SimpleNamespace(backends={"pose_guider": guider}, dtype=torch.float32, description="torch")
+    folder = write_build(tmp_path / "e", backend="onnxruntime")
+    answers = record_known_answers(one, folder)
+    record = read_build(folder)
+    loaded = types.SimpleNamespace(backends={"pose_guider": guider}, description="onnxruntime")
+    monkeypatch.setattr(build_module, "load_networks", lambda *args, **kwargs: loaded)
+    ok = engines_path(folder, record, answers, cuda=False)
+    assert ok.status == "ok" and ok.detail == "1 networks match the torch outputs stored by build", ok
+    loaded.backends["pose_guider"] = Scaled(guider, 2.0)
+    failed = engines_path(folder, record, answers, cuda=False)
+    assert failed.status == "failed" and failed.detail == ("onnxruntime pose_guider (fp32): max relative error "
+                                                           "1.0e+00 > 1e-04 against the torch outputs stored by build")
+    assert failed.fix.startswith(f"`personalive-trt build --weights synthetic --engines {folder} --backend "
+                                 "onnxruntime") and failed.fix.endswith("`, or --backend torch")
+    skipped = engines_path(folder, record, None, cuda=False)
+    assert skipped.status == "skipped" and skipped.detail.endswith("rebuild to enable the self-check")

@@ -73,7 +73,8 @@ def package(name: str) -> Package:
     version = str(getattr(module, "__version__", None) or _distribution_version(module_name))
     detail = ""
     if module_name == "onnxruntime":
-        detail = "providers: " + ", ".join(p.removesuffix("ExecutionProvider") for p in module.get_available_providers())
+        providers = module.get_available_providers()
+        detail = "providers: " + ", ".join(p.removesuffix("ExecutionProvider") for p in providers)
     if getattr(module, "STUB", False):
         detail = "the tests' stand-in, not TensorRT"
     return Package(name, version, needed_for, install, required, detail)

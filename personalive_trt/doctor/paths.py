@@ -18,8 +18,8 @@ is its check), kept in ``work_dir`` when one is given so a second doctor run reu
 """
 from __future__ import annotations
 
+import math
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -80,7 +80,8 @@ class PathResult:
         return f"{self.name}{mark}: FAILED: {self.detail}" + (f"; avoid it with {self.fix}" if self.fix else "")
 
     def as_dict(self) -> dict:
-        return dict(vars(self)) | {"line": self.line()}
+        finite = self.error is None or math.isfinite(self.error)  # JSON has no inf: the line says it
+        return dict(vars(self)) | {"error": self.error if finite else None, "line": self.line()}
 
 
 class StagedNoise:
@@ -167,11 +168,12 @@ def run_path(plan: PathPlan, shared: Shared, reference: tuple | None) -> tuple[P
         ref_frames, ref_keyframes = reference
         result.error = max(relative_error({"frames": a}, {"frames": b}) for a, b in zip(frames, ref_frames))
         if keyframes != ref_keyframes:
-            result.status, result.detail = "failed", f"keyframes {keyframes} differ from the reference's {ref_keyframes}"
+            result.status = "failed"
+            result.detail = f"keyframes {keyframes} differ from the reference's {ref_keyframes}"
         elif result.error > plan.tolerance:
             result.status = "failed"
-            result.detail = (f"frames differ from the fp32 eager reference by {result.error:.1e} (> {plan.tolerance:.0e} "
-                             "relative)")
+            result.detail = (f"frames differ from the fp32 eager reference by {result.error:.1e} "
+                             f"(> {plan.tolerance:.0e} relative)")
     if result.status == "failed":
         result.fix = plan.fix
     return result, (frames, keyframes)

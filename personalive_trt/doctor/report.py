@@ -61,7 +61,7 @@ class Report:
         lines += ["", "## Weights and engines", *(f"- [{v.status}] {v.line()}" for v in self.weights)]
         if self.engines is not None:
             lines.append(f"- [{self.engines.status}] {self.engines.line()}")
-        lines += ["", f"## Paths ({self.stream})", *(f"- [{p.status}] {p.line()}" for p in self.paths)]
+        lines += ["", f"## Paths ({self.stream})", *(f"- {p.line()}" for p in self.paths)]
         lines += ["", "## Memory (estimates from shapes and parameter counts; not yet measured on a GPU)",
                   *(f"- [{status}] {line}" for status, line in self.memory)]
         lines += ["", f"_{self.seconds:.0f} s; `personalive-trt doctor --json FILE` writes the same as JSON._"]
