@@ -201,7 +201,7 @@ def build(
     names = sorted({spec.name for s in shapes_list for spec in specs_by_role(s).values()})
     export = force or not _export_is_current(onnx_dir, names, precisions, fingerprint)
     if export and memory_check:
-        estimate = buildmem.estimate(meta or buildmem.meta_models(weights, vae), shapes_list, names)
+        estimate = buildmem.estimate(meta or buildmem.meta_models(weights, vae), shapes_list, names, precisions)
         try:
             limit = buildmem.memory_limit()
             buildmem.check_fits(estimate, limit)

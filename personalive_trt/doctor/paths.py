@@ -117,19 +117,16 @@ class Shared:
     models: dict = field(default_factory=dict)
 
     def models_on(self, device: torch.device, dtype: torch.dtype):
+        """The tiny synthetic models (seed 0) on ``device`` in ``dtype``, built once and copied for the others."""
+        import copy
+
         from personalive_trt.weights import synthetic_models
 
         key = (str(device), dtype)
         if key not in self.models:
             cpu = self.models.get(("cpu", torch.float32))
-            self.models[key] = (synthetic_models("tiny") if cpu is None else _copy_models(cpu)).to(device, dtype)
+            self.models[key] = (synthetic_models("tiny") if cpu is None else copy.deepcopy(cpu)).to(device, dtype)
         return self.models[key]
-
-
-def _copy_models(models):
-    import copy
-
-    return copy.deepcopy(models)
 
 
 def drive(runtime, shared: Shared, noise: StagedNoise) -> tuple[list[torch.Tensor], list[int], list[float]]:
