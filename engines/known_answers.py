@@ -151,7 +151,7 @@ def check_known_answers(networks, engines_dir: str | Path, record: Mapping | Non
 
 def read_record(engines_dir: str | Path) -> dict | None:
     """The ``self_check`` record of ``engines_dir/build.json`` (None when the build stored none)."""
-    from personalive_trt.build import BUILD_FILE
+    from personalive_trt.engines.folder import BUILD_FILE
 
     path = Path(engines_dir) / BUILD_FILE
     try:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from personalive_trt import Animator, NonFiniteError, StreamConfig, synthetic_models
-from personalive_trt.framing import resize_square
-from personalive_trt.sample import sample_reference
+from personalive_trt.media.framing import resize_square
+from personalive_trt.media.sample import sample_reference
 from personalive_trt.media import read_image
 
 CONFIG = StreamConfig(resolution=128)
@@ -78,3 +78,31 @@ def test_noise_hook_and_seed(tiny_models):
     outs = [anim.step_float(driving(4)) for anim in (a, b, c)]
     assert torch.equal(outs[0], outs[1])
     assert not torch.equal(outs[0], outs[2])
+
+
+def test_conditions_alone_and_latent_pile_injection(tiny_models):
+    """``step_conditions`` computes a call's conditioning exactly as ``step`` does (same keypoints, maps, motion
+    states and pose features); ``set_latent_pile`` then lets ``step`` go on from a given state: with the latents
+    the full stream had at that call, the next call (a steady one, reading the piles the conditioning-only call
+    left) gives the full stream's frames bit for bit."""
+    reference = driving(5, 1)[0]
+    chunks = [driving(10 + i) for i in range(2)]
+    zero = lambda t: t.zero_()  # noqa: E731
+    full_trace, cond_trace = {}, {}
+    full = Animator(tiny_models, CONFIG, noise=zero, trace=full_trace)
+    cond = Animator(tiny_models, CONFIG, noise=zero, trace=cond_trace)
+    for anim in (full, cond):
+        anim.fuse_reference(reference)
+    full.step_float(chunks[0])
+    cond.step_conditions(chunks[0])
+    mine, theirs = cond_trace["calls"][0], full_trace["calls"][0]
+    for name in ("kp_draw", "boxes", "maps", "motion_encoder_out", "pose_fea", "motion_states", "motion_bank"):
+        assert torch.equal(mine[name], theirs[name]), name
+    assert "noise_pred" not in mine and "latents_in" not in mine
+    assert cond.count == full.count == 1
+    with pytest.raises(ValueError, match=r"set_latent_pile: expected shape \(1, 4, 12, 16, 16\), got \(1, 4, 16, 16, 16\)"):
+        cond.set_latent_pile(torch.zeros(1, 4, 16, 16, 16))
+    cond.set_latent_pile(torch.cat(full.latent_pile, dim=2))
+    torch.testing.assert_close(cond.step_float(chunks[1]), full.step_float(chunks[1]), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="set_latent_pile: no reference fused"):
+        Animator(tiny_models, CONFIG).set_latent_pile(torch.zeros(1, 4, 12, 16, 16))

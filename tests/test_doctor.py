@@ -136,7 +136,7 @@ def test_weights_verdicts(tmp_path, monkeypatch):
 
 # ---- engines verdicts -----------------------------------------------------------------------------------------
 def write_build(folder, backend="tensorrt", engines=None):
-    from personalive_trt.build import BuildRecord
+    from personalive_trt.engines.folder import BuildRecord
     from personalive_trt.config import StreamConfig
 
     folder.mkdir(parents=True)
@@ -221,7 +221,7 @@ def test_environment_without_a_gpu_names_the_torch_build():
 def test_the_state_estimate_is_what_a_runtime_allocates(parity_models):
     from personalive_trt.config import StreamConfig
     from personalive_trt.doctor.memory import runtime_state_bytes
-    from personalive_trt.networks import Networks
+    from personalive_trt.engines.networks import Networks
     from personalive_trt.runtime import StreamRuntime
 
     config = StreamConfig(resolution=64, window=2)
@@ -259,12 +259,12 @@ class Scaled:
 def test_engines_path_checks_each_network_on_its_known_answer(parity_models, tmp_path, monkeypatch):
     import types
 
-    from personalive_trt import build as build_module
-    from personalive_trt.build import read_build
+    from personalive_trt.engines import folder as build_module
+    from personalive_trt.engines.folder import read_build
     from personalive_trt.config import StreamConfig
     from personalive_trt.doctor.paths import engines_path
     from personalive_trt.engines.known_answers import record_known_answers
-    from personalive_trt.networks import Networks
+    from personalive_trt.engines.networks import Networks
 
     guider = Networks.from_models(parity_models, StreamConfig(resolution=64, window=1)).backends["pose_guider"]
     one = types.SimpleNamespace(backends={"pose_guider": guider}, dtype=torch.float32, description="torch")

@@ -22,7 +22,7 @@ import torch
 
 from personalive_trt.config import StreamConfig
 from personalive_trt.engines.checks import Comparison
-from personalive_trt.networks import Networks
+from personalive_trt.engines.networks import Networks
 from personalive_trt.runtime import StreamRuntime
 from personalive_trt.runtime.self_check import (
     FastPath,

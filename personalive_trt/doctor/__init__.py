@@ -54,7 +54,7 @@ def run_doctor(options: DoctorOptions, say: Callable[[str], None] = lambda line:
     finding as it is made (progress for a minute-long run). Only a bug in the doctor itself raises."""
     import torch
 
-    from personalive_trt.animate import resolve_weights
+    from personalive_trt.models.weights import resolve_weights
     from personalive_trt.doctor.environment import environment
     from personalive_trt.doctor.memory import estimate_run, memory_lines
     from personalive_trt.doctor.paths import CALLS, Shared, doctor_config, engines_path, run_paths

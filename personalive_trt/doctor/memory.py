@@ -9,13 +9,13 @@ fitted, and says which of its terms are exact:
                                                 calls the animator factory once per slot)
 
 * ``weights`` (exact): every parameter and buffer of the components `run` loads, in the run's dtype, counted on
-  the meta device from the weights' configs (:func:`personalive_trt.buildmem.meta_models`; the released sizes
+  the meta device from the weights' configs (:func:`personalive_trt.build.memory.meta_models`; the released sizes
   when no weights folder is given). ``--vae tiny`` loads TAESD besides the full VAE (its encoder encodes the
   reference).
 * ``state`` (exact): the streaming runtime's device buffers (piles, key/value banks for 1 + max_keyframes banks,
   frames), allocated by the runtime's own allocation code on the meta device, so this cannot drift from it.
 * ``outputs`` (exact): every network backend's output buffers at its profile maximum (``EngineBackend.allocate``).
-* ``widest`` (derived): the largest activation of a per-step network, :func:`personalive_trt.buildmem.activation_bytes`
+* ``widest`` (derived): the largest activation of a per-step network, :func:`personalive_trt.build.memory.activation_bytes`
   in the run's dtype (the network's inputs and outputs at their largest shapes, or for the VAE decoder its widest
   full-resolution feature map). ``WORKSPACE_FACTOR`` such tensors are assumed alive at once (a layer's input,
   output and one temporary; inference frees the rest); with CUDA graphs the eager warm-up's blocks stay cached
@@ -96,11 +96,11 @@ def runtime_state_bytes(networks, config) -> int:
 def estimate_run(weights: str = "synthetic:full", resolution: int = 512, window: int = 4,
                  dtype: torch.dtype = torch.float16, graphs: bool = True, decoders=("full", "tiny")) -> list[RunMemory]:
     """The estimate for each decoder (``--vae``) of `run` with ``weights`` (a folder or ``synthetic[:size]``)."""
-    from personalive_trt import buildmem
+    from personalive_trt.build import memory as buildmem
     from personalive_trt.config import StreamConfig
     from personalive_trt.devices import DTYPE_NAMES
-    from personalive_trt.networks import Networks
-    from personalive_trt.weights import Models
+    from personalive_trt.engines.networks import Networks
+    from personalive_trt.models.weights import Models
 
     meta = buildmem.meta_models(weights, vae="tiny" if "tiny" in decoders else "full")
     models = Models(**vars(meta), source=f"{weights} (meta)", synthetic=True).to(dtype=dtype)

@@ -120,7 +120,7 @@ class Shared:
         """The tiny synthetic models (seed 0) on ``device`` in ``dtype``, built once and copied for the others."""
         import copy
 
-        from personalive_trt.weights import synthetic_models
+        from personalive_trt.models.weights import synthetic_models
 
         key = (str(device), dtype)
         if key not in self.models:
@@ -190,8 +190,8 @@ def _torch_runtime(device: torch.device, dtype: torch.dtype, graphs: bool, compi
 
 def _onnx_runtime(device: torch.device):
     def open_runtime(shared: Shared, noise: StagedNoise):
-        from personalive_trt.build import onnx_paths
-        from personalive_trt.networks import Networks
+        from personalive_trt.engines.folder import onnx_paths
+        from personalive_trt.engines.networks import Networks
         from personalive_trt.runtime import StreamRuntime
 
         shapes = export_tiny(shared)
@@ -202,7 +202,7 @@ def _onnx_runtime(device: torch.device):
 
 def export_tiny(shared: Shared):
     """The tiny networks' fp32 ONNX export in ``shared.work_dir/onnx`` (reused when current)."""
-    from personalive_trt.build import BuildError, onnx_paths
+    from personalive_trt.engines.folder import BuildError, onnx_paths
     from personalive_trt.export.onnx_export import export_all, read_manifest, versions
     from personalive_trt.shapes import StreamShapes
 
@@ -223,8 +223,8 @@ def export_tiny(shared: Shared):
 def _compiled_path(shared: Shared, device: torch.device, dtype: torch.dtype, graphs: bool, name: str,
                    ) -> PathPlan | PathResult:
     """The compiled path when ``shared.compile`` or its cache is warm; else why it is skipped."""
-    from personalive_trt.build import DEFAULT_ENGINES_DIR
-    from personalive_trt.networks import Networks
+    from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR
+    from personalive_trt.engines.networks import Networks
     from personalive_trt.runtime.compile import CACHE_SUBDIR, CompileError, CompileOptions, compile_is_warm, \
         require_compiler
 
@@ -304,7 +304,7 @@ def engines_path(engines_dir: Path, record, known: dict | None, cuda: bool) -> P
     """A built engines folder (the user's weights and shapes): every network on the known answers `build`
     stored (:mod:`personalive_trt.engines.known_answers`), timed; TensorRT on the GPU, ONNX Runtime on the GPU
     when it has a CUDA provider."""
-    from personalive_trt.build import load_networks
+    from personalive_trt.engines.folder import load_networks
     from personalive_trt.doctor.verdicts import rebuild_command
     from personalive_trt.engines.known_answers import REBUILD_LINE, check_known_answers
 

@@ -1,6 +1,6 @@
 """The doctor's one-line verdicts on a weights folder and on an engines folder.
 
-Weights: the ``weights check`` of :func:`personalive_trt.weights.check_weights_dir` (every file read against
+Weights: the ``weights check`` of :func:`personalive_trt.models.weights.check_weights_dir` (every file read against
 the layout, nothing built), summed up as ``released``, ``synthetic`` (random weights: a ``synthetic`` spec, or a
 folder written by the reference data's ``synth_weights.py``, which leaves its ``weights_manifest.json``),
 ``missing`` or ``broken``.
@@ -40,7 +40,7 @@ SYNTHETIC_MANIFEST = "weights_manifest.json"  # written by ../shared/reference/s
 def weights_verdict(spec: str, asked: bool = True) -> Verdict:
     """``spec``: a folder or ``synthetic[:size]`` (``auto`` resolved by the caller). ``asked``: the user named
     it (a missing folder is then a failure; the default folder missing only means synthetic weights)."""
-    from personalive_trt.weights import WeightsError, check_weights_dir, parse_weights_spec
+    from personalive_trt.models.weights import WeightsError, check_weights_dir, parse_weights_spec
 
     try:
         kind, value = parse_weights_spec(spec)
@@ -108,7 +108,7 @@ class EnginesFacts:
 def engines_verdict(engines_dir: str | Path, weights: str | None = None) -> tuple[Verdict, EnginesFacts]:
     """The engines folder against this machine (see the module docstring). ``weights``: the weights `run` would
     use, checked against the ones the folder was built from (None: not checked)."""
-    from personalive_trt.build import BuildError, read_build, weights_fingerprint
+    from personalive_trt.engines.folder import BuildError, read_build, weights_fingerprint
     from personalive_trt.engines.cache import EngineCache, EngineError
     from personalive_trt.engines.known_answers import REBUILD_LINE, read_record
 
