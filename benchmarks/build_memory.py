@@ -88,7 +88,8 @@ networks = {}
 for name, entry in manifest["networks"].items():
     record = entry["precisions"][precision]
     networks[name] = {"rss_before_bytes": before[name], **record["memory"],
-                      "export_seconds": record["export_seconds"], "verify_seconds": record["verify_seconds"]}
+                      "export_seconds": record["export_seconds"], "verify_seconds": record["verify_seconds"],
+                      "emulation_fused_attention": record.get("verification", {}).get("emulation_fused_attention")}
 print("RESULT " + json.dumps({"seconds": round(seconds, 1), "networks": networks}))
 """
 
@@ -259,11 +260,12 @@ def fit(runs: list[dict], hold_out: list[str]) -> None:
 
 def fit_fp16(runs: list[dict]) -> None:
     """The fp16 export's extra memory over the fp32 one: ``measured fp16 peak - measured fp32 peak = FP16_BASE +
-    FP16_WEIGHT_FACTOR[path] * weights + FP16_SCORE_COPIES * scores`` (the last term derived, not fitted: see
-    ``buildmem.attention_score_bytes``; non-negative least squares of the others over every network measured in
-    both precisions with the same weights, canvas, networks and external-data threshold; ``path``: embedded or
-    external weights). Prints the coefficients, each network's measured and fitted extra, and each fp16 run's peak
-    against the shipped estimate (MARGIN included)."""
+    FP16_WEIGHT_FACTOR[path] * weights`` (non-negative least squares over every network measured in both precisions
+    with the same weights, canvas, networks and external-data threshold; ``path``: embedded or external weights).
+    An fp16 run recorded before the export fused attention in its float32-storage emulation (no
+    ``emulation_fused_attention`` in its networks) held the denoising UNet's score matrices: its rows get
+    ``2 x the score matrix`` (:func:`unfused_score_bytes`) subtracted. Prints the coefficients, each network's
+    measured and fitted extra, and each fp16 run's peak against the shipped estimate (MARGIN included)."""
     import numpy as np
     from scipy.optimize import nnls
 
@@ -282,15 +284,16 @@ def fit_fp16(runs: list[dict]) -> None:
     paths = ("embedded", "external")
     design = np.array([[1.0] + [p.weights / 2**30 if p.external == (path == "external") else 0.0 for path in paths]
                        for _, p, _ in rows])
-    scores = np.array([buildmem.FP16_SCORE_COPIES * p.scores / 2**30 for _, p, _ in rows])
-    coef, _ = nnls(design, np.array([extra / 2**30 for _, _, extra in rows]) - scores)
+    unfused = np.array([0.0 if "emulation_fused_attention" in run["networks"][p.network]
+                        else 2 * unfused_score_bytes(run, p.network) / 2**30 for run, p, _ in rows])
+    coef, _ = nnls(design, np.array([extra / 2**30 for _, _, extra in rows]) - unfused)
     print(f"FP16_BASE = {coef[0]:.3f} GiB, FP16_WEIGHT_FACTOR = " + "{" +
-          ", ".join(f'"{k}": {v:.3f}' for k, v in zip(paths, coef[1:3])) + "}" +
-          f" (+ FP16_SCORE_COPIES = {buildmem.FP16_SCORE_COPIES} x the attention scores, derived)")
-    for (run, p, extra), model in zip(rows, design @ coef + scores):
+          ", ".join(f'"{k}": {v:.3f}' for k, v in zip(paths, coef[1:3])) + "}")
+    for (run, p, extra), model, scores in zip(rows, design @ coef, unfused):
         print(f"  {run['weights']}:{run['resolution']} {p.network} ({'external' if p.external else 'embedded'}, "
               f"weights {p.weights / 2**30:.3f}, activation {p.activation / 2**30:.3f} GiB): fp16 - fp32 measured "
-              f"{extra / 2**30:+.3f} GiB, fitted {model:+.3f}")
+              f"{extra / 2**30:+.3f} GiB" + (f" (of which unfused scores {scores:.3f})" if scores else "")
+              + f", fitted {model:+.3f}")
     for r16, _ in pairs:
         phases, load = run_phases(r16)
         loading = [] if r16.get("only") else [buildmem.MARGIN * load]  # --network loads only its component
@@ -298,6 +301,24 @@ def fit_fp16(runs: list[dict]) -> None:
         print(f"{r16['weights']}:{r16['resolution']} fp16{' ' + ','.join(r16['only']) if r16.get('only') else ''}"
               f"{' (external data forced)' if r16.get('external_data_bytes') else ''}: measured "
               f"{r16['peak_rss_bytes'] / 2**30:.2f} GiB, shipped estimate {peak / 2**30:.2f} GiB")
+
+
+def unfused_score_bytes(run: dict, network: str) -> int:
+    """The largest attention score matrix of a denoising UNet (0 for other networks), in fp32: the reference
+    attention of the pile's frames, ``pile x heads x tokens x tokens * max_bank_length x 4`` bytes. What the fp16
+    export's emulation held (with its softmax) while it ran attention unfused, before 2026-12-07 (issue 26)."""
+    from personalive_trt.build import memory as buildmem
+    from personalive_trt.config import StreamConfig
+    from personalive_trt.shapes import StreamShapes
+
+    if not network.startswith("denoising_unet"):
+        return 0
+    unet_config = buildmem.meta_models(run["weights"]).denoising_unet.config
+    shapes = StreamShapes.from_unet_config(StreamConfig(resolution=run["resolution"]), unet_config)
+    heads = unet_config.get("attention_head_dim", 8)  # SD1.x: the number of heads (the config's legacy name)
+    heads = max(heads) if isinstance(heads, (list, tuple)) else int(heads)
+    return max(shapes.pile * shapes.batch * heads * bank.tokens * bank.tokens * shapes.max_bank_length * 4
+               for bank in shapes.banks)
 
 
 def verification_flops(models, shapes) -> dict[str, float]:

@@ -28,10 +28,9 @@ full-size UNet at 512 px; ``--fit`` prints the fit, benchmarks/RESULTS.md the me
 of a build's peak seen, held-out runs included. Nothing is loaded to estimate: every component is built on
 the meta device from its config (seconds), which also gives `build` the UNet config without loading
 11.5 GB of weights before the check. The fp16 export (TensorRT's default) adds, while it is verified,
-``FP16_BASE + FP16_WEIGHT_FACTOR * weights`` and, for the denoising UNet, ``FP16_SCORE_COPIES *
-attention_score_bytes``: its fp32-storage emulation runs attention unfused, so the released UNet's fp16 export at
-512² is estimated far above its fp32 export (benchmarks/RESULTS.md: measured on tiny and small weights; the small
-UNet's fp16 export at 256² passed 5.5 GiB where its fp32 export peaks at 3.1 GiB).
+``FP16_BASE + FP16_WEIGHT_FACTOR * weights`` (benchmarks/RESULTS.md: measured on tiny and small weights). Its
+float32-storage emulation runs attention fused, like the fp16 graph itself (the export fuses before it emulates),
+so no attention score matrix enters the estimate.
 
 Memory this process may use (:func:`memory_limit`): its resident memory plus the smallest headroom of
 MemAvailable (/proc/meminfo), its cgroup's limit (v2 ``memory.max`` minus the working set, ``memory.current``
@@ -65,11 +64,10 @@ ACTIVATION = {  # fitted; bank_projector and image_encoder fit 0 (their weights 
 }
 DEFAULT_ACTIVATION = max(ACTIVATION.values())  # a network added later without its own fit
 # The fp16 export (TensorRT's default) over the fp32 one, while it is verified: FP16_BASE + FP16_WEIGHT_FACTOR[path] *
-# weights (fitted on the networks without reference attention, tiny and small weights at 128², 2026-12-07) plus
-# FP16_SCORE_COPIES * the denoising UNet's largest attention score matrix (derived, see attention_score_bytes)
+# weights (fitted on the fp16/fp32 pairs of tiny and small weights at 128², 2026-12-07, with the score matrices
+# of the then unfused emulation subtracted)
 FP16_BASE = int(0.05 * GIB)
 FP16_WEIGHT_FACTOR = {"embedded": 0.4, "external": 0.4}
-FP16_SCORE_COPIES = 2
 MARGIN = 1.25  # the worst measured/modelled ratio of any network's peak in the fit runs is 1.21
 
 
@@ -163,7 +161,6 @@ class Phase:
     activation: int  # :func:`activation_bytes`
     external: bool  # exported with its weights in ``model.onnx.data`` (above EXTERNAL_DATA_BYTES)
     fp16: bool = False  # an fp16 export is written and verified (alone or beside the fp32 one)
-    scores: int = 0  # :func:`attention_score_bytes` (the denoising UNets; 0 for the others)
 
     @property
     def weight_factor(self) -> float:
@@ -178,8 +175,6 @@ def phases(models, shapes_list: Sequence, names: Sequence[str] | None = None, pr
     from personalive_trt.export.onnx_export import EXTERNAL_DATA_BYTES, all_specs, export_order
 
     threshold = EXTERNAL_DATA_BYTES if external_data_bytes is None else external_data_bytes
-    scores = {f"denoising_unet_w{s.window}": attention_score_bytes(s, models.denoising_unet.config)
-              for s in shapes_list}
     specs = all_specs(shapes_list)
     order = export_order(models, specs, list(specs) if names is None else list(names))
     sizes = {c: component_bytes(getattr(models, c)) for c in {specs[n].component for n in order}}
@@ -187,28 +182,14 @@ def phases(models, shapes_list: Sequence, names: Sequence[str] | None = None, pr
     return [Phase(network=name, kind=name if name in ACTIVATION else name.rpartition("_w")[0],
                   loaded=sum(sizes[c] for c in {specs[n].component for n in order[index:]}),
                   weights=sizes[specs[name].component], activation=activation_bytes(specs[name], vae),
-                  external=sizes[specs[name].component] > threshold, fp16="fp16" in precisions,
-                  scores=scores.get(name, 0))
+                  external=sizes[specs[name].component] > threshold, fp16="fp16" in precisions)
             for index, name in enumerate(order)]
-
-
-def attention_score_bytes(shapes, unet_config) -> int:
-    """The denoising UNet's largest attention score matrix, in fp32: the reference attention of the pile's frames
-    (every query token of a frame against its own tokens and every bank's) at the most heads, ``pile x heads x
-    tokens x tokens * max_bank_length x 4`` bytes. The fused attention of the fp32 and fp16 ONNX Runtime sessions
-    never holds it; the fp16 export's storage emulation, verified with ONNX Runtime, runs attention unfused (the
-    fusion does not match through its casts) and holds it and its softmax: 2 x 34 GiB for the released UNet at
-    512² -- which is why FP16_SCORE_COPIES multiplies it."""
-    heads = unet_config.get("attention_head_dim", 8)  # SD1.x: the number of heads (the config's legacy name)
-    heads = max(heads) if isinstance(heads, (list, tuple)) else int(heads)
-    frames = shapes.pile * shapes.batch
-    return max(frames * heads * bank.tokens * bank.tokens * shapes.max_bank_length * 4 for bank in shapes.banks)
 
 
 def phase_peak(phase: Phase) -> float:
     """The model of the docstring, without MARGIN."""
-    fp16 = (FP16_BASE + FP16_WEIGHT_FACTOR["external" if phase.external else "embedded"] * phase.weights
-            + FP16_SCORE_COPIES * phase.scores if phase.fp16 else 0)
+    path = "external" if phase.external else "embedded"
+    fp16 = FP16_BASE + FP16_WEIGHT_FACTOR[path] * phase.weights if phase.fp16 else 0
     return (BASE + phase.loaded + phase.weight_factor * phase.weights
             + ACTIVATION.get(phase.kind, DEFAULT_ACTIVATION) * phase.activation + fp16)
 
