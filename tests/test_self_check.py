@@ -251,3 +251,67 @@ def test_a_tampered_known_answer_is_refused(with_stub_engine, tmp_path):
     (copy / "self_check" / name).write_bytes((copy / "self_check" / name).read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(EngineError, match=f"{name}: known answer does not match its record in build.json"):
         check_known_answers(mixed, copy, answers)
+
+
+# ---- the options of run and serve ---------------------------------------------------------------------------
+def one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("run", ["--device", "cpu", "--cuda-graphs", "on"],
+     "error: --cuda-graphs on: CUDA graphs need a CUDA device, and this run is on cpu (use --cuda-graphs auto or off)"),
+    ("run", ["--backend", "onnxruntime", "--cuda-graphs", "on"],
+     "error: --cuda-graphs on: --backend onnxruntime cannot be captured in CUDA graphs (use --backend torch or "
+     "tensorrt, or --cuda-graphs auto)"),
+    ("run", ["--reference-loop", "--cuda-graphs", "on"],
+     "error: --cuda-graphs on: the streaming runtime replays captured steps, not --reference-loop"),
+    ("run", ["--cuda-graphs", "always"], "error: --cuda-graphs 'always': expected one of auto, on, off"),
+    ("serve", ["--device", "cpu", "--cuda-graphs", "on"],
+     "error: --cuda-graphs on: CUDA graphs need a CUDA device, and this run is on cpu (use --cuda-graphs auto or off)"),
+])
+def test_cuda_graphs_option_refusals_are_one_line(command, args, message, tmp_path):
+    """Refused before any network loads: nothing written."""
+    from typer.testing import CliRunner
+
+    from personalive_trt.cli import app
+
+    if command == "serve":
+        pytest.importorskip("fastapi")
+    files = ["-r", "sample", "-d", "sample", "-o", str(tmp_path / "o.mp4")] if command == "run" else []
+    result = CliRunner().invoke(app, [command, *files, "--weights", "synthetic", *args])
+    assert one_error_line(result) == message
+    assert not list(tmp_path.iterdir())
+
+
+def test_open_animator_wires_the_options_into_the_self_check(parity_models, monkeypatch):
+    """``open_animator`` opens the runtime through ``open_checked`` with the options as given: graphs and
+    self-check switches, the explicit features, and the eager networks (the compile step goes in as a callable)."""
+    from personalive_trt.runtime import animator as animator_module
+
+    seen = {}
+
+    def fake_open_checked(networks, config, **kwargs):
+        seen.update(kwargs, compiled=getattr(networks, "compiled", None))
+        raise SelfCheckError("stand-in")
+
+    monkeypatch.setattr(animator_module, "open_checked", fake_open_checked)
+    monkeypatch.setattr(animator_module, "open_networks", lambda *args, **kwargs: Networks.from_models(
+        parity_models, CONFIG))
+    with pytest.raises(SelfCheckError, match="stand-in"):
+        animator_module.open_animator("synthetic", device="cpu", config=CONFIG, cuda_graphs="off", self_check=False)
+    assert seen["graphs"] is False and seen["check"] is False and seen["explicit"] == {}
+    assert seen["compile"] is None and seen["compiled"] is None and seen["backend"] == "torch"
+    assert seen["known_answers"] is None  # the torch backend has no engines to check
+    with pytest.raises(SelfCheckError):
+        animator_module.open_animator("synthetic", device="cpu", config=CONFIG, cuda_graphs="on")
+    assert seen["graphs"] is True and seen["check"] is True and seen["explicit"] == {"graphs": "--cuda-graphs on"}
+
+
+def test_self_check_error_is_a_user_error():
+    from personalive_trt.cli.params import user_errors
+
+    assert SelfCheckError in user_errors()
