@@ -3,7 +3,9 @@
 The real run (module fixture, the cost of this file): the environment, the weights verdict of ``run``'s default
 weights, and the synthetic stream (tiny weights, 64², window 1, 3 calls with a forced keyframe) through torch
 eager fp32 (the reference, ``run``'s default on a CPU) and ONNX Runtime on the CPU, compared with it; the GPU and
-compiled paths are skipped with their reasons. Everything else (verdicts of broken or foreign folders, a failing
+compiled paths are skipped with their reasons. It keeps the tiny networks' ONNX export where the command does
+(:func:`~personalive_trt.doctor.default_work_dir`, keyed by the versions and the exporting code), so only the first
+run on a machine exports. The command (``personalive-trt doctor``) is checked around that same report. Everything else (verdicts of broken or foreign folders, a failing
 path, the exit verdict, the camera probe's timeout, the memory estimate's exact terms) is checked on cheap
 stand-ins.
 """
@@ -16,7 +18,7 @@ import time
 import pytest
 import torch
 
-from personalive_trt.doctor import DoctorOptions, run_doctor
+from personalive_trt.doctor import DoctorOptions, default_work_dir, run_doctor
 from personalive_trt.doctor.environment import environment, probe_cameras
 from personalive_trt.doctor.paths import PathPlan, PathResult, Shared, doctor_config, run_path
 from personalive_trt.doctor.report import Report
@@ -24,11 +26,11 @@ from personalive_trt.doctor.verdicts import engines_verdict, weights_verdict
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report():
     pytest.importorskip("onnxruntime")
     lines: list[str] = []
     started = time.perf_counter()
-    result = run_doctor(DoctorOptions(work_dir=tmp_path_factory.mktemp("doctor"), memory_weights="synthetic"),
+    result = run_doctor(DoctorOptions(work_dir=default_work_dir(), memory_weights="synthetic", cameras=False),
                         say=lines.append)
     print(f"doctor: {time.perf_counter() - started:.0f} s\n" + result.markdown())
     return result, lines
@@ -283,3 +285,47 @@ def test_engines_path_checks_each_network_on_its_known_answer(parity_models, tmp
                                  "onnxruntime") and failed.fix.endswith("`, or --backend torch")
     skipped = engines_path(folder, record, None, cuda=False)
     assert skipped.status == "skipped" and skipped.detail.endswith("rebuild to enable the self-check")
+
+
+# ---- the command ----------------------------------------------------------------------------------------------
+def test_the_command_prints_the_report_writes_its_json_and_exits_with_its_code(report, tmp_path, monkeypatch):
+    """``personalive-trt doctor``: the options reach :class:`DoctorOptions`, the progress goes to stderr, the
+    markdown to stdout, ``--json`` writes :meth:`Report.as_dict`, and the exit code is the report's (0 here; 1 for
+    a report whose default path fails)."""
+    from typer.testing import CliRunner
+
+    from personalive_trt import doctor as doctor_module
+    from personalive_trt.cli import app
+
+    result, _ = report
+    seen = []
+
+    def fake_run_doctor(options, say):
+        seen.append(options)
+        say("progress line")
+        return result
+
+    monkeypatch.setattr(doctor_module, "run_doctor", fake_run_doctor)
+    out = tmp_path / "doctor.json"
+    ran = CliRunner().invoke(app, ["doctor", "--weights", "synthetic", "--engines", str(tmp_path / "e"), "--compile",
+                                   "--json", str(out), "--max-sessions", "3", "--no-cameras"])
+    assert ran.exit_code == 0, ran.output
+    assert ran.stdout == result.markdown() + "\n" and "progress line" in ran.stderr
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result.as_dict()))
+    (options,) = seen
+    assert options == DoctorOptions(weights=("synthetic",), engines=tmp_path / "e", compile=True, cameras=False,
+                                    work_dir=default_work_dir(), max_sessions=3)
+    failing = dataclasses.replace(result, paths=[dataclasses.replace(p, status="failed", detail="stand-in failure")
+                                                 if p.default else p for p in result.paths])
+    monkeypatch.setattr(doctor_module, "run_doctor", lambda options, say: failing)
+    ran = CliRunner().invoke(app, ["doctor", "--work-dir", str(tmp_path / "w")])
+    assert ran.exit_code == failing.exit_code == 1 and "does NOT work here" in ran.stdout
+
+
+def test_the_command_refuses_bad_options_in_one_line():
+    from typer.testing import CliRunner
+
+    from personalive_trt.cli import app
+
+    ran = CliRunner().invoke(app, ["doctor", "--max-sessions", "0"])
+    assert ran.exit_code == 1 and ran.output.strip() == "error: max_sessions 0: expected >= 1"

@@ -30,7 +30,8 @@ class DoctorOptions:
         compile (`bool`, defaults to False): run the compiled path even with a cold compile cache (minutes).
         cameras (`bool`, defaults to True): probe the cameras.
         work_dir (`Path`, *optional*): keeps the tiny networks' ONNX export between runs (default: a temporary
-            folder, removed afterwards).
+            folder, removed afterwards; the command passes :func:`default_work_dir`, so a second run skips the
+            export).
         max_sessions (`int`, defaults to 1): the ``serve --max-sessions`` of the memory estimate.
         memory_weights (`str`, *optional*): the weights whose sizes the memory estimate uses (default: the first
             valid folder of ``weights``, else the released sizes).
@@ -47,6 +48,16 @@ class DoctorOptions:
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions {self.max_sessions}: expected >= 1")
+
+
+def default_work_dir() -> Path:
+    """Where ``personalive-trt doctor`` keeps the tiny networks' export: ``$XDG_CACHE_HOME/personalive-trt/doctor``
+    (``~/.cache/...`` without it). A user cache, not the engines folder: the doctor runs before anything is built,
+    and must not create ``./engines_cache`` wherever it is started."""
+    import os
+
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "personalive-trt" / "doctor"
 
 
 def run_doctor(options: DoctorOptions, say: Callable[[str], None] = lambda line: None):
@@ -109,4 +120,4 @@ def run_doctor(options: DoctorOptions, say: Callable[[str], None] = lambda line:
                   memory_estimates=estimates, stream=stream, seconds=time.perf_counter() - start)
 
 
-__all__ = ["DoctorOptions", "run_doctor"]
+__all__ = ["DoctorOptions", "default_work_dir", "run_doctor"]

@@ -200,6 +200,23 @@ def _onnx_runtime(device: torch.device):
     return open_runtime
 
 
+def source_digest() -> str:
+    """A digest of the code an export comes from (the networks, their specs and shapes, the exporter): a cached
+    export made by other code is made again, rather than compared with networks it no longer matches."""
+    import hashlib
+
+    import personalive_trt.export
+    import personalive_trt.models
+
+    root = Path(personalive_trt.models.__file__).parent.parent
+    files = [*Path(personalive_trt.models.__file__).parent.rglob("*.py"),
+             *Path(personalive_trt.export.__file__).parent.rglob("*.py"), root / "shapes.py", root / "config.py"]
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def export_tiny(shared: Shared):
     """The tiny networks' fp32 ONNX export in ``shared.work_dir/onnx`` (reused when current)."""
     from personalive_trt.engines.folder import BuildError, onnx_paths
@@ -208,7 +225,7 @@ def export_tiny(shared: Shared):
 
     models = shared.models_on(torch.device("cpu"), torch.float32)
     shapes = StreamShapes.from_unet_config(shared.config, models.denoising_unet.config)
-    fingerprint = f"doctor:synthetic:tiny:seed0:{sorted(versions().items())}"
+    fingerprint = f"doctor:synthetic:tiny:seed0:{sorted(versions().items())}:{source_digest()}"
     onnx_dir = shared.work_dir / "onnx"
     if (onnx_dir / "manifest.json").is_file() and read_manifest(onnx_dir).get("weights_fingerprint") == fingerprint:
         try:
