@@ -253,6 +253,21 @@ def test_a_tampered_known_answer_is_refused(with_stub_engine, tmp_path):
         check_known_answers(mixed, copy, answers)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_real_graph_replays_pass_their_self_check_on_a_gpu():
+    """On a GPU, `run`'s default path: the runtime's real captured graphs against the same calls run eagerly (fp16,
+    limit 1e-3); the check passes and nothing falls back."""
+    from personalive_trt.models.weights import synthetic_models
+
+    models = synthetic_models("tiny", device=torch.device("cuda"), dtype=torch.float16)
+    lines: list[str] = []
+    start = open_checked(Networks.from_models(models, CONFIG), CONFIG, say=lines.append, seed=3)
+    assert lines == [] and start.path == FastPath(graphs=True), lines
+    assert [c.what for c in start.checks] == ["CUDA graphs"] and start.checks[0].ok, start.checks
+    assert start.runtime.use_graphs and start.runtime.graphs
+
+
 # ---- the options of run and serve ---------------------------------------------------------------------------
 def one_error_line(result) -> str:
     assert result.exit_code == 1, result.output
