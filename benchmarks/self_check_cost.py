@@ -48,7 +48,8 @@ def main() -> None:
         "checked, nothing to check": lambda: open_checked(networks, config, say=print, seed=3),
         "checked, compile check": lambda: open_checked(networks, config, compile=lambda n: n, say=print, seed=3),
     }
-    seconds = {name: statistics.median(timed(open_loop) for _ in range(args.repeats)) for name, open_loop in opens.items()}
+    seconds = {name: statistics.median(timed(open_loop) for _ in range(args.repeats))
+               for name, open_loop in opens.items()}
     runtime = StreamRuntime(networks, config, seed=3)
     runtime.fuse_reference(frames[0])
     runtime.step(frames[1:1 + config.window])  # the first call

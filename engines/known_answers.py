@@ -14,8 +14,9 @@ Layout and record::
     build.json "self_check": {"format": 1, "seed": 0, "files": {file name: {"network", "sha256", "inputs"}}}
 
 ``inputs`` (name -> shape) lets a folder built for several windows keep one file per shape set of a network
-(the VAE decoder's smallest input follows the window). A folder built before known answers existed has no
-record: :func:`check_known_answers` returns None and the caller prints :data:`REBUILD_LINE`.
+(the VAE decoder's smallest input follows the window). A folder without them (every folder today: `build` does not
+store them yet; :func:`record_known_answers` is what it will call) has no record: :func:`check_known_answers` returns
+None and the caller prints :data:`NO_ANSWERS_LINE`.
 """
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ from personalive_trt.engines.checks import Comparison, one_line, psnr, relative_
 
 FOLDER = "self_check"
 FORMAT = 1
-REBUILD_LINE = ("{folder}: its engines have no known answers (built before they were stored); rebuild to enable the "
-                "self-check")
+# `build` does not store known answers yet (issue 26 leaves it open): every engines folder has none today, so the line
+# says what happens, not that a rebuild would help
+NO_ANSWERS_LINE = ("{folder}: no known answers are stored with these engines (build does not store them yet); they "
+                   "start unchecked")
 
 
 def _digest(data: bytes) -> str:
@@ -116,7 +119,7 @@ def load_answer(path: Path, sha256: str) -> tuple[dict[str, torch.Tensor], dict[
 def check_known_answers(networks, engines_dir: str | Path, record: Mapping | None, what: str = ""):
     """Run every backend of ``networks`` on its known answer: a list of
     :class:`~personalive_trt.runtime.self_check.Comparison` (one per network, with its time), or None when
-    the folder has none (``record`` None: print :data:`REBUILD_LINE`).
+    the folder has none (``record`` None: print :data:`NO_ANSWERS_LINE`).
 
     A backend that raises is a failed comparison with its message. Reads device values: a start-up check."""
     if record is None:
@@ -160,5 +163,5 @@ def read_record(engines_dir: str | Path) -> dict | None:
         raise EngineError(f"{path}: unreadable build record ({exc}); rebuild with --force") from exc
 
 
-__all__ = ["FOLDER", "REBUILD_LINE", "check_known_answers", "load_answer", "merge_records", "precision_of",
+__all__ = ["FOLDER", "NO_ANSWERS_LINE", "check_known_answers", "load_answer", "merge_records", "precision_of",
            "read_record", "record_known_answers"]

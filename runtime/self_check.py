@@ -11,8 +11,8 @@ What is compared (each on the same state and the same noise, so only the path di
 * **CUDA graphs**: one captured call replayed against the same call run eagerly (``graphs``);
 * **torch.compile**: the same call through the compiled networks against the eager networks (``compile``);
 * **ONNX Runtime / TensorRT**: every network against the known answers `build` stored in the engines folder
-  (:mod:`personalive_trt.engines.known_answers`); a folder built before those existed gets one line,
-  "rebuild to enable the self-check", and runs unchecked.
+  (:mod:`personalive_trt.engines.known_answers`); a folder without them (every folder until `build` stores them)
+  gets one line saying so, and runs unchecked.
 
 Fallback order: compile + graphs -> graphs -> eager (:func:`start_checked`). A check that fails names the
 features it may blame, most likely first (a compiled call that differs from the eager call: compile; a
@@ -359,7 +359,7 @@ def open_checked(networks, config, *, backend: str = "torch", compile: Callable 
         runtime_options: passed on to ``StreamRuntime`` (``noise``, ``seed``, ``ring``).
     """
     from personalive_trt.devices import canonical_device
-    from personalive_trt.engines.known_answers import REBUILD_LINE, check_known_answers
+    from personalive_trt.engines.known_answers import NO_ANSWERS_LINE, check_known_answers
     from personalive_trt.runtime.stream import StreamRuntime
 
     start = time.perf_counter()
@@ -370,7 +370,7 @@ def open_checked(networks, config, *, backend: str = "torch", compile: Callable 
         if check:
             answers = check_known_answers(networks, engines_dir, known_answers, what=backend)
             if answers is None:
-                say(REBUILD_LINE.format(folder=engines_dir))
+                say(NO_ANSWERS_LINE.format(folder=engines_dir))
             else:
                 checks += answers
                 failed = next((c for c in answers if not c.ok), None)

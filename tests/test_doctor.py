@@ -5,9 +5,9 @@ weights, and the synthetic stream (tiny weights, 64², window 1, 3 calls with a 
 eager fp32 (the reference, ``run``'s default on a CPU) and ONNX Runtime on the CPU, compared with it; the GPU and
 compiled paths are skipped with their reasons. It keeps the tiny networks' ONNX export where the command does
 (:func:`~personalive_trt.doctor.default_work_dir`, keyed by the versions and the exporting code), so only the first
-run on a machine exports. The command (``personalive-trt doctor``) is checked around that same report. Everything else (verdicts of broken or foreign folders, a failing
-path, the exit verdict, the camera probe's timeout, the memory estimate's exact terms) is checked on cheap
-stand-ins.
+run on a machine exports. The command (``personalive-trt doctor``) is checked around that same report. Everything
+else (verdicts of broken or foreign folders, a failing path, the exit verdict, the camera probe's timeout, the
+memory estimate's exact terms) is checked on cheap stand-ins.
 """
 from __future__ import annotations
 
@@ -180,8 +180,8 @@ def test_engines_built_here_and_onnx_builds(tmp_path, trt_stub):
     here = ("host (tensorrt stand-in)", "0.0", trt_stub.__version__)
     verdict, _ = engines_verdict(write_build(tmp_path / "e", engines={"vae_decoder": here}))
     assert verdict.status == "info" and "built for this GPU" in verdict.text
-    assert verdict.text.endswith("its engines have no known answers (built before they were stored); rebuild to "
-                                 "enable the self-check")
+    assert verdict.text.endswith("no known answers are stored with these engines (build does not store them yet); "
+                                 "they start unchecked")
     verdict, _ = engines_verdict(write_build(tmp_path / "o", backend="onnxruntime"))
     assert verdict.text.startswith("onnxruntime build (fp16; window 4, 512², --vae full)")
     verdict, _ = engines_verdict(tmp_path / "none")
@@ -284,7 +284,8 @@ def test_engines_path_checks_each_network_on_its_known_answer(parity_models, tmp
     assert failed.fix.startswith(f"`personalive-trt build --weights synthetic --engines {folder} --backend "
                                  "onnxruntime") and failed.fix.endswith("`, or --backend torch")
     skipped = engines_path(folder, record, None, cuda=False)
-    assert skipped.status == "skipped" and skipped.detail.endswith("rebuild to enable the self-check")
+    assert skipped.status == "skipped" and skipped.detail.endswith(
+        "no known answers are stored with these engines (build does not store them yet); they start unchecked")
 
 
 # ---- the command ----------------------------------------------------------------------------------------------

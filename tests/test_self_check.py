@@ -233,8 +233,8 @@ def test_a_folder_without_known_answers_runs_with_one_line(with_stub_engine):
     lines: list[str] = []
     start = open_checked(mixed, CONFIG, backend="tensorrt", engines_dir=folder, known_answers=None,
                          say=lines.append)
-    assert lines == [f"{folder}: its engines have no known answers (built before they were stored); rebuild to "
-                     "enable the self-check"]
+    assert lines == [f"{folder}: no known answers are stored with these engines (build does not store them yet); "
+                     "they start unchecked"]
     assert start.path == FastPath() and start.checks == []  # on the CPU: no graphs, nothing else to check
 
 

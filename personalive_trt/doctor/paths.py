@@ -323,7 +323,7 @@ def engines_path(engines_dir: Path, record, known: dict | None, cuda: bool) -> P
     when it has a CUDA provider."""
     from personalive_trt.engines.folder import load_networks
     from personalive_trt.doctor.verdicts import rebuild_command
-    from personalive_trt.engines.known_answers import REBUILD_LINE, check_known_answers
+    from personalive_trt.engines.known_answers import NO_ANSWERS_LINE, check_known_answers
 
     name = f"{record.backend} engines ({engines_dir})"
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -337,7 +337,7 @@ def engines_path(engines_dir: Path, record, known: dict | None, cuda: bool) -> P
     except Exception as exc:  # noqa: BLE001 -- one line per failing path
         return PathResult(name, "failed", one_line(exc), fix)
     if checks is None:
-        return PathResult(name, "skipped", REBUILD_LINE.format(folder=engines_dir), setup_s=setup)
+        return PathResult(name, "skipped", NO_ANSWERS_LINE.format(folder=engines_dir), setup_s=setup)
     failed = [c for c in checks if not c.ok]
     seconds = sum(c.seconds for c in checks)
     if failed:

@@ -110,7 +110,7 @@ def engines_verdict(engines_dir: str | Path, weights: str | None = None) -> tupl
     use, checked against the ones the folder was built from (None: not checked)."""
     from personalive_trt.engines.folder import BuildError, read_build, weights_fingerprint
     from personalive_trt.engines.cache import EngineCache, EngineError
-    from personalive_trt.engines.known_answers import REBUILD_LINE, read_record
+    from personalive_trt.engines.known_answers import NO_ANSWERS_LINE, read_record
 
     folder = Path(engines_dir)
     subject = f"engines {folder}"
@@ -127,7 +127,7 @@ def engines_verdict(engines_dir: str | Path, weights: str | None = None) -> tupl
     windows = sorted({c["window"] for c in record.configs})
     resolutions = sorted({c.get("resolution", 512) for c in record.configs})
     shapes = f"window {', '.join(map(str, windows))}, {', '.join(f'{r}²' for r in resolutions)}, --vae {record.vae}"
-    notes = [] if answers else [REBUILD_LINE.format(folder=folder).split(": ", 1)[1]]
+    notes = [] if answers else [NO_ANSWERS_LINE.format(folder=folder).split(": ", 1)[1]]
     if weights is not None:
         try:
             if weights_fingerprint(weights, vae=record.vae) != record.fingerprint:
