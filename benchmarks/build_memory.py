@@ -45,7 +45,8 @@ def rss():
                 return int(line.split()[1]) * 1024
 
 weights, resolution, precision, engines = sys.argv[1], int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
-only = sys.argv[5].split(",") if len(sys.argv) > 5 else None
+only = sys.argv[5].split(",") if len(sys.argv) > 5 and sys.argv[5] else None
+external_data_bytes = int(sys.argv[6]) if len(sys.argv) > 6 else None
 before = {}
 def log(line):
     if line.startswith("exporting "):
@@ -78,15 +79,17 @@ else:  # these networks only, as build exports them; only their components are e
             modules[component.name] = module
     models = types.SimpleNamespace(**modules, source=weights, synthetic=kind == "synthetic")
     del modules, module  # export_all drops each component from `models`: no other reference may keep it
+    extra = {} if external_data_bytes is None else {"external_data_bytes": external_data_bytes}
     export_all(models, [shapes], engines / "onnx", precisions=[precision], networks=only, release_components=True,
-               log=log)
+               log=log, **extra)
 seconds = time.perf_counter() - started
 manifest = read_manifest(engines / "onnx")
 networks = {}
 for name, entry in manifest["networks"].items():
     record = entry["precisions"][precision]
     networks[name] = {"rss_before_bytes": before[name], **record["memory"],
-                      "export_seconds": record["export_seconds"], "verify_seconds": record["verify_seconds"]}
+                      "export_seconds": record["export_seconds"], "verify_seconds": record["verify_seconds"],
+                      "emulation_fused_attention": record.get("verification", {}).get("emulation_fused_attention")}
 print("RESULT " + json.dumps({"seconds": round(seconds, 1), "networks": networks}))
 """
 
@@ -109,10 +112,12 @@ def rss_of(pid: int) -> int:
     return 0
 
 
-def measure(weights: str, resolution: int, precision: str, cap_bytes: int, only: list[str] | None = None) -> dict:
+def measure(weights: str, resolution: int, precision: str, cap_bytes: int, only: list[str] | None = None,
+            external_data_bytes: int | None = None) -> dict:
+    external = [] if external_data_bytes is None else [str(external_data_bytes)]
     with tempfile.TemporaryDirectory(prefix="build-memory-") as tmp:
         child = subprocess.Popen([sys.executable, "-c", CHILD, weights, str(resolution), precision, tmp,
-                                  *([",".join(only)] if only else [])],
+                                  *([",".join(only or []), *external] if only or external else [])],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         started, peak, killed = time.perf_counter(), 0, False
         while child.poll() is None:
@@ -124,6 +129,8 @@ def measure(weights: str, resolution: int, precision: str, cap_bytes: int, only:
         out, err = child.communicate()
     result = {"weights": weights, "resolution": resolution, "precision": precision, "only": only,
               "wall_seconds": round(time.perf_counter() - started, 1), "sampled_peak_rss_bytes": peak}
+    if external_data_bytes is not None:
+        result["external_data_bytes"] = external_data_bytes
     if killed:
         return result | {"killed": f"VmRSS above the {cap_bytes / 2**30:.1f} GiB cap"}
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
@@ -142,6 +149,9 @@ def main() -> None:
     parser.add_argument("--network", dest="networks", action="append", help="export only these networks (repeatable; "
                         "only their components are loaded); default: the whole `build`")
     parser.add_argument("--cap-gib", type=float, default=11.5, help="kill a build whose RSS passes this")
+    parser.add_argument("--external-data-mb", type=float, help="with --network: write weights above this many MB "
+                        "as external data (measures the full-size UNets' path on small weights; default: the "
+                        "export's own threshold)")
     parser.add_argument("--json", type=Path, help="append the runs to this JSON file")
     parser.add_argument("--fit", type=Path, help="fit the estimate's coefficients to the runs in this JSON file "
                         "and print them with the model's error on every run (no build is run)")
@@ -153,11 +163,15 @@ def main() -> None:
     if args.fit:
         runs = json.loads(args.fit.read_text())["runs"]
         fit(runs, args.hold_out)
+        fit_fp16(runs)
         fit_time(runs, args.extrapolate)
         return
+    if args.external_data_mb is not None and not args.networks:
+        parser.error("--external-data-mb goes with --network (a whole build uses the export's threshold)")
+    external = None if args.external_data_mb is None else int(args.external_data_mb * 1e6)
     for text in args.config:
         weights, resolution = parse_config(text)
-        run = measure(weights, resolution, args.precision, int(args.cap_gib * 2**30), args.networks)
+        run = measure(weights, resolution, args.precision, int(args.cap_gib * 2**30), args.networks, external)
         print(json.dumps({k: v for k, v in run.items() if k != "networks"}), flush=True)
         if args.json:  # after every run: a later run that fails keeps the earlier ones
             existing = json.loads(args.json.read_text()) if args.json.is_file() else {"runs": []}
@@ -174,7 +188,15 @@ def run_phases(run: dict) -> list:
 
     models = buildmem.meta_models(run["weights"])
     shapes = StreamShapes.from_unet_config(StreamConfig(resolution=run["resolution"]), models.denoising_unet.config)
-    return buildmem.phases(models, [shapes], run.get("only")), buildmem.load_peak(models)
+    return (buildmem.phases(models, [shapes], run.get("only"), [run.get("precision", "fp32")],
+                            run.get("external_data_bytes")), buildmem.load_peak(models))
+
+
+def base_runs(runs: list[dict]) -> list[dict]:
+    """The runs the fp32 coefficients are fitted to: fp32, at the export's own external-data threshold (a run
+    that forces external data on small weights is the fp16 fit's fp32 twin)."""
+    return [r for r in runs if "networks" in r and r.get("precision", "fp32") == "fp32"
+            and "external_data_bytes" not in r]
 
 
 UNET_KINDS = ("reference_unet", "bank_projector", "denoising_unet")
@@ -198,7 +220,7 @@ def fit(runs: list[dict], hold_out: list[str]) -> None:
 
     from personalive_trt.build import memory as buildmem
 
-    runs = [r for r in runs if "networks" in r]
+    runs = base_runs(runs)
     held = {parse_config(text) for text in hold_out}
     per_run = {id(r): run_phases(r)[0] for r in runs}
     fitted = [(r, p) for r in runs if (r["weights"], r["resolution"]) not in held for p in per_run[id(r)]]
@@ -234,6 +256,69 @@ def fit(runs: list[dict], hold_out: list[str]) -> None:
         print(f"{run['weights']}:{run['resolution']} ({tag}): build peak {run['peak_rss_bytes'] / 2**30:.2f} GiB, "
               f"shipped estimate {shipped.peak / 2**30:.2f} GiB (while {shipped.largest}); this fit's "
               f"measured/model: worst {ratios[-1][0]:.3f} ({ratios[-1][1]}), best {ratios[0][0]:.3f} ({ratios[0][1]})")
+
+
+def fit_fp16(runs: list[dict]) -> None:
+    """The fp16 export's extra memory over the fp32 one: ``measured fp16 peak - measured fp32 peak = FP16_BASE +
+    FP16_WEIGHT_FACTOR[path] * weights`` (non-negative least squares over every network measured in both precisions
+    with the same weights, canvas, networks and external-data threshold; ``path``: embedded or external weights).
+    An fp16 run recorded before the export fused attention in its float32-storage emulation (no
+    ``emulation_fused_attention`` in its networks) held the denoising UNet's score matrices: its rows get
+    ``2 x the score matrix`` (:func:`unfused_score_bytes`) subtracted. Prints the coefficients, each network's
+    measured and fitted extra, and each fp16 run's peak against the shipped estimate (MARGIN included)."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    from personalive_trt.build import memory as buildmem
+
+    def key(run: dict) -> tuple:
+        return run["weights"], run["resolution"], tuple(run.get("only") or ()), run.get("external_data_bytes")
+
+    fp32 = {key(r): r for r in runs if "networks" in r and r.get("precision", "fp32") == "fp32"}
+    pairs = [(r, fp32[key(r)]) for r in runs if "networks" in r and r.get("precision") == "fp16" and key(r) in fp32]
+    if not pairs:
+        print("fp16: no run measured in both precisions")
+        return
+    rows = [(r16, p, measured_peak(r16, p.network) - measured_peak(r32, p.network))
+            for r16, r32 in pairs for p in run_phases(r16)[0]]
+    paths = ("embedded", "external")
+    design = np.array([[1.0] + [p.weights / 2**30 if p.external == (path == "external") else 0.0 for path in paths]
+                       for _, p, _ in rows])
+    unfused = np.array([0.0 if "emulation_fused_attention" in run["networks"][p.network]
+                        else 2 * unfused_score_bytes(run, p.network) / 2**30 for run, p, _ in rows])
+    coef, _ = nnls(design, np.array([extra / 2**30 for _, _, extra in rows]) - unfused)
+    print(f"FP16_BASE = {coef[0]:.3f} GiB, FP16_WEIGHT_FACTOR = " + "{" +
+          ", ".join(f'"{k}": {v:.3f}' for k, v in zip(paths, coef[1:3])) + "}")
+    for (run, p, extra), model, scores in zip(rows, design @ coef, unfused):
+        print(f"  {run['weights']}:{run['resolution']} {p.network} ({'external' if p.external else 'embedded'}, "
+              f"weights {p.weights / 2**30:.3f}, activation {p.activation / 2**30:.3f} GiB): fp16 - fp32 measured "
+              f"{extra / 2**30:+.3f} GiB" + (f" (of which unfused scores {scores:.3f})" if scores else "")
+              + f", fitted {model:+.3f}")
+    for r16, _ in pairs:
+        phases, load = run_phases(r16)
+        loading = [] if r16.get("only") else [buildmem.MARGIN * load]  # --network loads only its component
+        peak = max([buildmem.MARGIN * buildmem.phase_peak(p) for p in phases] + loading)
+        print(f"{r16['weights']}:{r16['resolution']} fp16{' ' + ','.join(r16['only']) if r16.get('only') else ''}"
+              f"{' (external data forced)' if r16.get('external_data_bytes') else ''}: measured "
+              f"{r16['peak_rss_bytes'] / 2**30:.2f} GiB, shipped estimate {peak / 2**30:.2f} GiB")
+
+
+def unfused_score_bytes(run: dict, network: str) -> int:
+    """The largest attention score matrix of a denoising UNet (0 for other networks), in fp32: the reference
+    attention of the pile's frames, ``pile x heads x tokens x tokens * max_bank_length x 4`` bytes. What the fp16
+    export's emulation held (with its softmax) while it ran attention unfused, before 2026-12-07 (issue 26)."""
+    from personalive_trt.build import memory as buildmem
+    from personalive_trt.config import StreamConfig
+    from personalive_trt.shapes import StreamShapes
+
+    if not network.startswith("denoising_unet"):
+        return 0
+    unet_config = buildmem.meta_models(run["weights"]).denoising_unet.config
+    shapes = StreamShapes.from_unet_config(StreamConfig(resolution=run["resolution"]), unet_config)
+    heads = unet_config.get("attention_head_dim", 8)  # SD1.x: the number of heads (the config's legacy name)
+    heads = max(heads) if isinstance(heads, (list, tuple)) else int(heads)
+    return max(shapes.pile * shapes.batch * heads * bank.tokens * bank.tokens * shapes.max_bank_length * 4
+               for bank in shapes.banks)
 
 
 def verification_flops(models, shapes) -> dict[str, float]:
@@ -274,7 +359,7 @@ def fit_time(runs: list[dict], extrapolate: list[str]) -> None:
         return cache[weights, resolution]
 
     rows, ys = [], []
-    for run in (r for r in runs if "networks" in r):
+    for run in base_runs(runs):
         for name, measured in run["networks"].items():
             rows.append([1.0, flops(run["weights"], run["resolution"])[name] / 1e12])
             ys.append(measured["export_seconds"] + measured["verify_seconds"])

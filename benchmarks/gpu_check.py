@@ -43,7 +43,7 @@ def environment() -> dict:
         else:
             versions[name] = str(getattr(module, "__version__", "unknown"))
     env = {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
-           "nvidia_smi": _nvidia_smi(), "cuda_available": False, "gpus": []}
+           "nvidia_smi": nvidia_smi(), "cuda_available": False, "gpus": []}
     import torch
 
     env["torch_cuda"] = torch.version.cuda
@@ -57,7 +57,7 @@ def environment() -> dict:
     return env
 
 
-def _nvidia_smi() -> dict:
+def nvidia_smi() -> dict:
     """``{"gpus": [...]}``: driver, GPU and clocks as ``nvidia-smi`` reports them, or ``{"error": ...}``."""
     fields = ("name", "driver_version", "memory.total", "clocks.max.sm", "power.limit", "compute_mode")
     try:

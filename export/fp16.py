@@ -439,14 +439,21 @@ def ort_fp32_fallback_ops(model: onnx.ModelProto) -> list[str]:
 
 
 # ---- fp16-storage emulation ---------------------------------------------------------------------------------
-def emulate_fp16_storage(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.dtype]]:
+def emulate_fp16_storage(model: onnx.ModelProto, types: Mapping[str, int] | None = None,
+                         ) -> tuple[onnx.ModelProto, dict[str, np.dtype]]:
     """A float32 twin of an fp16 graph that rounds every float16 tensor through explicit casts.
 
     Returns the model (initializer placeholders: the fp16 weights are to be stored as float32, an
     exact upcast) and initializer name -> dtype to store. Graph inputs keep their types (feed the
     same arrays); float16 graph outputs become float32 (holding float16-rounded values).
+
+    ``types`` (default: :func:`elem_types` of ``model``): the element type of every tensor. A graph with
+    fused attention (``com.microsoft.MultiHeadAttention``, which ONNX's strict shape inference does not know)
+    passes the types of its plain twin: the fused nodes' own tensors are absent there, and need no rounding
+    (q/k/v are reshaped float16 values cast to float32; the attention's float16 result is an explicit Cast,
+    rounded like every Cast to float16).
     """
-    types = elem_types(model)
+    types = elem_types(model) if types is None else types
     nodes: list[onnx.NodeProto] = []
     renamed: dict[str, str] = {}
 

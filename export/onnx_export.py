@@ -320,9 +320,19 @@ def _verify(candidate: _Candidate, model, values, cases, references, scratch: Pa
     fused = _fused_copy(candidate, model, values, fused_path)
     candidate.files.append(fused_path)
     runs = {"onnxruntime": fused_path}
+    emulated_fused = None
     if precision == "fp16":
-        emulated, dtypes = fp16_graph.emulate_fp16_storage(model)
-        emulated, _ = fuse_attention(emulated)
+        # Fuse first, then emulate: the emulation's rounding casts sit between the attention's MatMuls and its
+        # Softmax, so fusing the emulated graph matched no block and its session held every score matrix
+        # (32 GiB each for the released UNet at 512²). The fused node computes from the fp16-rounded q/k/v in
+        # float32 and its result is rounded to fp16, as the ONNX Runtime backend's fused fp16 graph does.
+        plain_types = fp16_graph.elem_types(model)
+        emulated, emulated_fused = fuse_attention(model)
+        emulated, dtypes = fp16_graph.emulate_fp16_storage(emulated, plain_types)
+        if emulated_fused != fused:
+            raise ExportError(f"{spec.name} [{precision}]: the fp16-storage emulation fused {emulated_fused} "
+                              f"attention block(s), {FUSED_FILE} {fused}: the emulation would hold the others' "
+                              "score matrices")
         emulated_values = lambda tensor: values(tensor).astype(dtypes[tensor.name])  # noqa: E731
         size = _weights_bytes(emulated, lambda tensor: dtypes[tensor.name])
         write_model(emulated, emulated_values, scratch / "emulate" / MODEL_FILE, size > external_data_bytes)
@@ -353,6 +363,8 @@ def _verify(candidate: _Candidate, model, values, cases, references, scratch: Pa
                                         "graph": f"{FUSED_FILE}: {MODEL_FILE} with {fused} attention block(s) as "
                                                  "com.microsoft.MultiHeadAttention, every other node the same",
                                         "fused_attention": fused,
+                                        **({"emulation_fused_attention": emulated_fused}
+                                           if emulated_fused is not None else {}),
                                         "tolerance": tolerance.describe(), "cases": results,
                                         "passed": not failures}
     if failures:

@@ -1,4 +1,5 @@
-"""The choices a user makes once (``--backend``, ``--vae``, ``--compile``, ``--reference-loop``), as values.
+"""The choices a user makes once (``--backend``, ``--vae``, ``--compile``, ``--cuda-graphs``, ``--reference-loop``),
+as values.
 
 Each is a :class:`~enum.StrEnum`: a member equals its string (``Backend.TORCH == "torch"``), prints and
 serializes as it (``json.dumps``, f-strings, ``repr`` inside a dataclass's repr), so records written with strings
@@ -65,6 +66,14 @@ class CompileMode(Choice):
     OFF = "off"
 
 
+class GraphsMode(Choice):
+    """``--cuda-graphs``: replay each step of the streaming runtime as captured CUDA graphs (torch and TensorRT)."""
+
+    AUTO = "auto"  # on CUDA with a capturable backend; a replay that fails the self-check falls back to eager
+    ON = "on"  # asked for: a failing self-check stops the start
+    OFF = "off"
+
+
 class Loop(Choice):
     """Which loop animates: the streaming runtime, or the plain-PyTorch reference loop (``--reference-loop``)."""
 
@@ -72,4 +81,4 @@ class Loop(Choice):
     REFERENCE = "reference"
 
 
-__all__ = ["Backend", "Choice", "CompileMode", "Decoder", "Loop"]
+__all__ = ["Backend", "Choice", "CompileMode", "Decoder", "GraphsMode", "Loop"]

@@ -2,7 +2,8 @@
 validate-first step they all take, and :func:`open_animator`.
 
 :class:`AnimatorOptions` holds the choices (``--weights``, ``--backend``, ``--engines``, ``--device``,
-``--dtype``, ``--window``, ``--vae``, ``--compile``, ``--seed``, ``--reference-loop``) as values, parsed once
+``--dtype``, ``--window``, ``--vae``, ``--compile``, ``--cuda-graphs``, ``--no-self-check``, ``--seed``,
+``--reference-loop``) as values, parsed once
 where they enter; :class:`SessionOptions` adds the inputs of one session (file or live mode). :meth:`AnimatorOptions.check` is the one validate-first step (like diffusers'
 ``check_inputs``): everything that can be wrong is found before any network loads, each in one line, and what
 it resolves (this machine's device and dtype, the weights, the stream configuration) comes back as an
@@ -17,13 +18,16 @@ from pathlib import Path
 
 import torch
 
-from personalive_trt.choices import Backend, CompileMode, Decoder, Loop
+from personalive_trt.choices import Backend, CompileMode, Decoder, GraphsMode, Loop
 from personalive_trt.config import StreamConfig
 from personalive_trt.devices import canonical_device, describe, resolve_device
+from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR
+from personalive_trt.engines.known_answers import read_record
 from personalive_trt.models.weights import SYNTHETIC_NOTICE, parse_weights_spec, resolve_weights, validate_weights_folder
 from personalive_trt.runtime.compile import require_compiler, resolve_compile
-from personalive_trt.runtime.open import open_networks
+from personalive_trt.runtime.open import compile_logged, open_networks
 from personalive_trt.runtime.reference_loop import Animator
+from personalive_trt.runtime.self_check import open_checked
 from personalive_trt.runtime.stream import StreamRuntime
 
 
@@ -42,10 +46,13 @@ class AnimatorOptions:
     compile: CompileMode = CompileMode.OFF  # torch.compile: auto (only with a warm cache), on, off
     seed: int = 42
     reference_loop: bool = False  # animate with the plain-PyTorch reference loop (Animator), not the runtime
+    cuda_graphs: GraphsMode = GraphsMode.AUTO  # the streaming runtime's captured steps (runtime/self_check.py)
+    self_check: bool = True  # check the fast path against a trusted one before the first frame (--no-self-check)
 
     def __post_init__(self) -> None:
         for name, choice, option in (("backend", Backend, "--backend"), ("vae", Decoder, "--vae"),
-                                     ("compile", CompileMode, "--compile")):
+                                     ("compile", CompileMode, "--compile"), ("cuda_graphs", GraphsMode,
+                                                                             "--cuda-graphs")):
             object.__setattr__(self, name, choice.parse(getattr(self, name), option))
 
     @property
@@ -59,6 +66,12 @@ class AnimatorOptions:
         """What holds on any machine: the stream configuration and the combination of choices."""
         config = self.config()
         resolve_compile(self.compile, self.backend, loop=self.animator_loop)  # --compile on with an engine backend, ...
+        if self.cuda_graphs is GraphsMode.ON:
+            if self.reference_loop:
+                raise ValueError("--cuda-graphs on: the streaming runtime replays captured steps, not --reference-loop")
+            if not self.backend.capturable:
+                raise ValueError(f"--cuda-graphs on: --backend {self.backend} cannot be captured in CUDA graphs "
+                                 "(use --backend torch or tensorrt, or --cuda-graphs auto)")
         return config
 
     def check(self) -> Animation:
@@ -72,6 +85,9 @@ class AnimatorOptions:
         device, dtype = resolve_device(self.device, self.dtype, self.backend)
         if self.compile is CompileMode.ON:
             require_compiler(device)  # Triton on CUDA, a C++ compiler on the CPU
+        if self.cuda_graphs is GraphsMode.ON and device.type != "cuda":
+            raise ValueError(f"--cuda-graphs on: CUDA graphs need a CUDA device, and this run is on {device} "
+                             "(use --cuda-graphs auto or off)")
         return Animation(options=self, weights=resolve_weights(self.weights), device=device, dtype=dtype,
                          config=config)
 
@@ -114,7 +130,8 @@ class Animation:
         """A new animator (every call loads its own networks: ``serve`` opens one per session slot)."""
         o = self.options
         return open_animator(self.weights, backend=o.backend, engines=o.engines, device=self.device,
-                             dtype=self.dtype, seed=o.seed, config=self.config, loop=o.animator_loop, compile=o.compile)
+                             dtype=self.dtype, seed=o.seed, config=self.config, loop=o.animator_loop, compile=o.compile,
+                             cuda_graphs=o.cuda_graphs, self_check=o.self_check)
 
 
 def open_replica_animator(options: AnimatorOptions) -> Animator | StreamRuntime:
@@ -132,14 +149,22 @@ def open_animator(
     config: StreamConfig | None = None,
     loop: Loop | str = Loop.RUNTIME,
     compile: CompileMode | str = CompileMode.OFF,  # noqa: A002
+    cuda_graphs: GraphsMode | str = GraphsMode.AUTO,
+    self_check: bool = True,
 ) -> Animator | StreamRuntime:
     """Load the networks of ``weights`` (a folder or ``synthetic[:size]``) for ``backend`` and
     return a loop ready for ``fuse_reference``: the :class:`StreamRuntime` (``loop="runtime"``,
     CUDA graphs where the backend allows) or the reference :class:`Animator` (``"reference"``).
     ``compile``: ``auto``/``on``/``off``, see :func:`~personalive_trt.runtime.compile.resolve_compile`.
+    The streaming runtime is opened through the start-up self-check
+    (:func:`~personalive_trt.runtime.self_check.open_checked`, skipped with ``self_check=False``): a fast path
+    chosen by default that fails it falls back with one line; one asked for (``--compile on``, ``--cuda-graphs
+    on``, an engine backend) raises :class:`~personalive_trt.runtime.self_check.SelfCheckError`.
     Prints where it runs and the synthetic-weights notice."""
     loop = Loop.parse(loop, "--loop")
     backend = Backend.parse(backend, "--backend")
+    cuda_graphs = GraphsMode.parse(cuda_graphs, "--cuda-graphs")
+    compile = CompileMode.parse(compile, "--compile")  # noqa: A001
     config = config or StreamConfig()
     device = canonical_device(device)
     print(f"running on {describe(device, dtype)}, {backend} backend", file=sys.stderr)
@@ -148,11 +173,27 @@ def open_animator(
         print(SYNTHETIC_NOTICE.format(spec=f"{weights}"), file=sys.stderr)
     else:
         validate_weights_folder(Path(location))
-    networks = open_networks(backend, config=config, device=device, dtype=dtype, weights=weights, engines=engines,
-                             compile=compile, loop=loop, log=lambda line: print(line, file=sys.stderr))
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     if loop is Loop.REFERENCE:
+        networks = open_networks(backend, config=config, device=device, dtype=dtype, weights=weights,
+                                 engines=engines, compile=compile, loop=loop, log=say)
         return Animator(networks, config, seed=seed)
-    return StreamRuntime(networks, config, seed=seed)
+    # The self-check compares the compiled networks with the eager ones: open those, and compile in the check.
+    networks = open_networks(backend, config=config, device=device, dtype=dtype, weights=weights, engines=engines,
+                             compile=CompileMode.OFF, loop=loop)
+    options = resolve_compile(compile, backend, engines, None if backend.runs_engines else networks, loop)
+    explicit = {feature: option for feature, option, mode in (("compile", "--compile on", compile),
+                                                              ("graphs", "--cuda-graphs on", cuda_graphs))
+                if mode == "on"}
+    engines_dir = Path(engines or DEFAULT_ENGINES_DIR)
+    started = open_checked(
+        networks, config, backend=backend.value,
+        compile=None if options is None else lambda eager: compile_logged(eager, options, say),
+        graphs={GraphsMode.AUTO: None, GraphsMode.ON: True, GraphsMode.OFF: False}[cuda_graphs],
+        explicit=explicit, engines_dir=engines_dir,
+        known_answers=read_record(engines_dir) if backend.runs_engines else None,
+        check=self_check, say=say, seed=seed)
+    return started.runtime
 
 
 __all__ = ["Animation", "AnimatorOptions", "SessionOptions", "open_animator", "open_replica_animator"]

@@ -65,8 +65,28 @@ CACHE_SUBDIR = "torch_compile"
 RECOMPILE_LIMIT = 64
 
 
+#: The torch APIs this module uses that older releases lack (all in torch 2.7; the package allows torch >= 2.4).
+COMPILE_TORCH = "2.7"
+_NEEDED_APIS = (("torch.compiler", "save_cache_artifacts"), ("torch.compiler", "load_cache_artifacts"),
+                ("torch._dynamo.config", "recompile_limit"), ("torch._dynamo.config", "accumulated_recompile_limit"),
+                ("torch._dynamo.config", "fail_on_recompile_limit_hit"))
+
+
 class CompileError(RuntimeError):
-    """torch.compile cannot run here (no Triton on CUDA, no C++ compiler on the CPU): one line."""
+    """torch.compile cannot run here (a torch older than 2.7, no Triton on CUDA, no C++ compiler on the CPU): one
+    line."""
+
+
+def require_compile_api() -> None:
+    """Raise :class:`CompileError` in one line when this torch lacks an API the compiled path uses (checked by
+    feature, not by version string, so nightly and vendor builds pass on what they have)."""
+    import importlib
+
+    missing = [f"{module}.{name}" for module, name in _NEEDED_APIS
+               if not hasattr(importlib.import_module(module), name)]
+    if missing:
+        raise CompileError(f"--compile needs torch >= {COMPILE_TORCH} ({missing[0]} is missing in torch "
+                           f"{torch.__version__}): upgrade torch, or run with --compile off")
 
 
 @dataclass(frozen=True)
@@ -95,7 +115,8 @@ class CompileOptions:
 
 
 def require_compiler(device: torch.device) -> None:
-    """Raise :class:`CompileError` in one line where inductor cannot generate code for ``device``."""
+    """Raise :class:`CompileError` in one line where this torch or inductor cannot compile for ``device``."""
+    require_compile_api()
     if device.type == "cuda":
         try:
             import triton  # noqa: F401

@@ -68,9 +68,16 @@ def open_networks(backend: Backend | str = Backend.TORCH, *, config: StreamConfi
         wanted = options is not None
     if not wanted:
         return networks
+    return compile_logged(networks, options, log)
+
+
+def compile_logged(networks: Networks, options: CompileOptions | None, log: Callable[[str], None] | None = None
+                   ) -> Networks:
+    """``compile_networks`` and its one line (which cache, where) to ``log``."""
     compiled = compile_networks(networks, options)
     if log is not None:
         log(f"torch.compile: {compiled.compiled.cache_state} cache in {compiled.compiled.options.folder()}")
     return compiled
 
-__all__ = ["open_networks"]
+
+__all__ = ["compile_logged", "open_networks"]

@@ -10,6 +10,8 @@
 #
 # Steps, each under its own time limit (SIGINT first, so pytest still writes its JUnit file):
 #   env      DIR/env.json: GPU, driver, Python, torch and its CUDA, package versions
+#   doctor   (device only) DIR/doctor.json: `personalive-trt doctor` (every path this GPU runs, against the
+#            CPU reference; its markdown goes to the log)
 #   install  (device only) the wheels of scripts/fetch_device_wheels.sh into /tmp/site and the project
 #            itself (editable, no registry, no build isolation: setuptools comes from .whl)
 #   gpu      DIR/tests_gpu.xml: every `gpu`-marked test outside the suites below
@@ -37,7 +39,7 @@ while [ $# -gt 0 ]; do
         --out)
             [ $# -ge 2 ] || { echo "error: gpu_check.sh: --out needs a folder" >&2; exit 2; }
             out="$2"; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "error: gpu_check.sh: unknown argument '$1'; expected --cpu, --compile or --out DIR" >&2; exit 2 ;;
     esac
     shift
@@ -81,6 +83,9 @@ else
         --no-build-isolation --no-cache-dir -e ."
     export PYTHONPATH=/tmp/site
     step env 30 "$python" -m personalive_trt.bench.gpu_check env --out "$out/env.json"
+    # every path this GPU can run against the CPU reference (markdown in the log; exit 1: run's default fails)
+    step doctor 60 "$python" -m personalive_trt.cli doctor --no-cameras --work-dir /tmp/doctor \
+        --json "$out/doctor.json"
     ignore=()
     for suite in "${suites[@]}"; do ignore+=("--ignore=$suite"); done
     if [ "$compile" = 1 ]; then  # cold compiles: minutes each (tests/test_compile.py, runtime/compile.py)

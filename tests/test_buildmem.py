@@ -62,6 +62,34 @@ def test_released_size_estimate_is_the_readme_figure():
     assert full.peak < 28 * GIB  # what a 32 GB (29.8 GiB) machine typically has available
 
 
+def test_fp16_export_adds_its_verification_and_no_attention_scores():
+    """The fp16 export (TensorRT's default) is verified twice, through its own ONNX Runtime session and through a
+    float32-storage emulation; both run attention fused (the export fuses before it emulates), so the estimate adds
+    FP16_BASE + FP16_WEIGHT_FACTOR x weights and no score matrix (the unfused emulation held 2 x 32 GiB for the
+    released UNet at 512²: the estimate was 106 GiB)."""
+    full16 = buildmem.estimate_for("synthetic:full", [4], 512, precisions=["fp16"])
+    full32 = buildmem.estimate_for("synthetic:full", [4], 512)
+    assert full16.largest == "denoising_unet_w4"
+    (unet,) = [p for p in buildmem.phases(buildmem.meta_models("synthetic:full"), [_full_512_shapes()],
+                                          precisions=["fp16"]) if p.network == "denoising_unet_w4"]
+    assert unet.fp16 and unet.external
+    extra = buildmem.FP16_BASE + buildmem.FP16_WEIGHT_FACTOR["external"] * unet.weights
+    assert full16.networks["denoising_unet_w4"] == pytest.approx(
+        full32.networks["denoising_unet_w4"] + buildmem.MARGIN * extra, abs=2)
+    assert round(full16.peak / GIB) == 26
+    # the measured fp16 builds (benchmarks/results/build_memory.json) stay under their estimate
+    assert buildmem.estimate_for("synthetic", [4], 128, precisions=["fp16"]).peak > 1.80 * GIB  # measured 1.79
+    small = buildmem.estimate_for("synthetic:small", [4], 128, precisions=["fp16"])
+    assert small.networks["denoising_unet_w4"] > 2.33 * GIB  # measured 2.33, the UNet's verification
+
+
+def _full_512_shapes():
+    from personalive_trt.config import StreamConfig
+    from personalive_trt.shapes import StreamShapes
+
+    return StreamShapes.from_unet_config(StreamConfig(), buildmem.meta_models("synthetic:full").denoising_unet.config)
+
+
 # ---- the limit -------------------------------------------------------------------------------------------
 def fake_proc(tmp_path, cgroup_line: str, available_kib: int = 16 * 2**20, rss_kib: int = 2**20):
     proc = tmp_path / "proc"
@@ -109,6 +137,33 @@ def test_limit_reads_cgroup_v1_and_rlimits(tmp_path):
     (hierarchy / "memory.usage_in_bytes").write_text(str(5 * GIB))
     limit = buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={})
     assert limit.bytes == 2 * GIB and "memory/memory.limit_in_bytes = 6.0 GiB" in limit.source
+
+
+def test_limit_counts_the_working_set_not_the_reclaimable_file_cache(tmp_path):
+    """Page cache left by a weights download is reclaimed before anything is killed: usage minus inactive file
+    cache, as container runtimes count it (v2 ``inactive_file``, v1 ``total_inactive_file``)."""
+    proc = fake_proc(tmp_path, "0::/build.scope")
+    own = tmp_path / "cgroup" / "build.scope"
+    own.mkdir(parents=True)
+    (own / "memory.max").write_text(str(16 * GIB))
+    (own / "memory.current").write_text(str(15 * GIB))  # 11 GiB of it a weights download's page cache
+    (own / "memory.stat").write_text(f"anon {3 * GIB}\nfile {12 * GIB}\nactive_file {1 * GIB}\n"
+                                     f"inactive_file {11 * GIB}\nslab 100\n")
+    limit = buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={})
+    assert limit.bytes == 1 * GIB + 12 * GIB  # own RSS + 16 - (15 - 11) GiB
+    assert limit.source.endswith("memory.max = 16.0 GiB, 4.0 GiB in use (+11.0 GiB reclaimable file cache)")
+    (own / "memory.stat").unlink()  # no memory.stat: the usage as it is
+    assert buildmem.memory_limit(proc, tmp_path / "cgroup", rlimits={}).bytes == 2 * GIB
+
+    proc = fake_proc(tmp_path / "v1", "4:memory:/docker/abc")
+    folder = tmp_path / "v1" / "cgroup" / "memory" / "docker" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "memory.limit_in_bytes").write_text(str(12 * GIB))
+    (folder / "memory.usage_in_bytes").write_text(str(11 * GIB))
+    (folder / "memory.stat").write_text(f"cache {9 * GIB}\ninactive_file {1 * GIB}\n"
+                                        f"total_inactive_file {8 * GIB}\n")
+    limit = buildmem.memory_limit(proc, tmp_path / "v1" / "cgroup", rlimits={})
+    assert limit.bytes == 1 * GIB + 9 * GIB and "cgroup v1" in limit.source  # 12 - (11 - 8) GiB
 
 
 # ---- the command -----------------------------------------------------------------------------------------

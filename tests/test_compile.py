@@ -131,6 +131,15 @@ def test_compile_option_errors(parity_models, monkeypatch, tmp_path):
         StreamRuntime.from_models(parity_models, CONFIG, backend="onnxruntime", compile=True)
 
 
+def test_compile_on_a_torch_without_the_apis_names_the_version_needed(monkeypatch):
+    """torch 2.4-2.6 (which the package allows) lack the cache artefact API and dynamo's recompile limits."""
+    monkeypatch.delattr(torch.compiler, "save_cache_artifacts")
+    with pytest.raises(CompileError) as caught:
+        require_compiler(torch.device("cpu"))
+    assert str(caught.value) == (f"--compile needs torch >= 2.7 (torch.compiler.save_cache_artifacts is missing in "
+                                 f"torch {torch.__version__}): upgrade torch, or run with --compile off")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compiled_graphs_match_eager_fp16_on_gpu(parity_inputs, tmp_path):

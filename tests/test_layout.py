@@ -120,7 +120,7 @@ FLOORS = {
     "personalive_trt.media": 1, "personalive_trt.models": 2, "personalive_trt.export": 3,
     "personalive_trt.engines": 4, "personalive_trt.runtime": 5, "personalive_trt": 5,
     "personalive_trt.build": 6, "personalive_trt.filemode": 6, "personalive_trt.live": 6, "personalive_trt.web": 6,
-    "personalive_trt.bench": 6, "personalive_trt.cli": 7,
+    "personalive_trt.bench": 6, "personalive_trt.doctor": 6, "personalive_trt.cli": 7,
 }
 #: Entry points that run a command of a higher floor, and why.
 UPWARD = {("personalive_trt.bench.bench_stream", "personalive_trt.cli.bench"):

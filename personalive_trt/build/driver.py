@@ -105,7 +105,7 @@ def build(
     names = sorted({spec.name for s in shapes_list for spec in specs_by_role(s).values()})
     export = force or not _export_is_current(onnx_dir, names, precisions, fingerprint)
     if export and memory_check:
-        _check_memory(meta or buildmem.meta_models(weights, vae), shapes_list, names, log)
+        _check_memory(meta or buildmem.meta_models(weights, vae), shapes_list, names, precisions, log)
     del meta
     if export:
         try:
@@ -144,9 +144,10 @@ def _previous_build(engines_dir: Path, vae: Decoder, fingerprint: str) -> BuildR
     return previous
 
 
-def _check_memory(meta, shapes_list: Sequence[StreamShapes], names: Sequence[str], log: Callable[[str], None]) -> None:
+def _check_memory(meta, shapes_list: Sequence[StreamShapes], names: Sequence[str], precisions: Sequence[str],
+                  log: Callable[[str], None]) -> None:
     """Refuse (one line) an export whose estimated peak exceeds what this process may use; log the margin."""
-    estimate = buildmem.estimate(meta, shapes_list, names)
+    estimate = buildmem.estimate(meta, shapes_list, names, precisions)
     try:
         limit = buildmem.memory_limit()
         buildmem.check_fits(estimate, limit)

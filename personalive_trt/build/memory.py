@@ -27,12 +27,15 @@ The coefficients are fitted to `benchmarks/build_memory.py` runs (tiny and small
 full-size UNet at 512 px; ``--fit`` prints the fit, benchmarks/RESULTS.md the measurements, method and errors) and rounded up; ``MARGIN`` covers the largest underestimate
 of a build's peak seen, held-out runs included. Nothing is loaded to estimate: every component is built on
 the meta device from its config (seconds), which also gives `build` the UNet config without loading
-11.5 GB of weights before the check. The fp16 export (TensorRT's default) is estimated with the same
-coefficients; it was not measured separately.
+11.5 GB of weights before the check. The fp16 export (TensorRT's default) adds, while it is verified,
+``FP16_BASE + FP16_WEIGHT_FACTOR * weights`` (benchmarks/RESULTS.md: measured on tiny and small weights). Its
+float32-storage emulation runs attention fused, like the fp16 graph itself (the export fuses before it emulates),
+so no attention score matrix enters the estimate.
 
 Memory this process may use (:func:`memory_limit`): its resident memory plus the smallest headroom of
-MemAvailable (/proc/meminfo), its cgroup's limit (v2 ``memory.max - memory.current`` at every level from
-its own cgroup up; v1 ``memory.limit_in_bytes - memory.usage_in_bytes``) and RLIMIT_AS / RLIMIT_DATA.
+MemAvailable (/proc/meminfo), its cgroup's limit (v2 ``memory.max`` minus the working set, ``memory.current``
+less its inactive file cache, at every level from its own cgroup up; v1 the same from ``memory.limit_in_bytes``,
+``memory.usage_in_bytes`` and ``total_inactive_file``) and RLIMIT_AS / RLIMIT_DATA.
 """
 from __future__ import annotations
 
@@ -60,6 +63,11 @@ ACTIVATION = {  # fitted; bank_projector and image_encoder fit 0 (their weights 
     "vae_decoder_tiny": 5.0,  # not measured: TAESD decodes the same shapes as the VAE decoder
 }
 DEFAULT_ACTIVATION = max(ACTIVATION.values())  # a network added later without its own fit
+# The fp16 export (TensorRT's default) over the fp32 one, while it is verified: FP16_BASE + FP16_WEIGHT_FACTOR[path] *
+# weights (fitted on the fp16/fp32 pairs of tiny and small weights at 128², 2026-12-07, with the score matrices
+# of the then unfused emulation subtracted)
+FP16_BASE = int(0.05 * GIB)
+FP16_WEIGHT_FACTOR = {"embedded": 0.4, "external": 0.4}
 MARGIN = 1.25  # the worst measured/modelled ratio of any network's peak in the fit runs is 1.21
 
 
@@ -152,17 +160,21 @@ class Phase:
     weights: int  # this network's component
     activation: int  # :func:`activation_bytes`
     external: bool  # exported with its weights in ``model.onnx.data`` (above EXTERNAL_DATA_BYTES)
+    fp16: bool = False  # an fp16 export is written and verified (alone or beside the fp32 one)
 
     @property
     def weight_factor(self) -> float:
         return WEIGHT_FACTOR["external" if self.external else "embedded"]
 
 
-def phases(models, shapes_list: Sequence, names: Sequence[str] | None = None) -> list[Phase]:
-    """The networks `build` exports for ``shapes_list`` (default: all of them; else ``names``), in its order,
-    from ``models`` (loaded or :func:`meta_models`)."""
+def phases(models, shapes_list: Sequence, names: Sequence[str] | None = None, precisions: Sequence[str] = ("fp32",),
+           external_data_bytes: int | None = None) -> list[Phase]:
+    """The networks `build` exports for ``shapes_list`` (default: all of them; else ``names``) in ``precisions``,
+    in its order, from ``models`` (loaded or :func:`meta_models`). ``external_data_bytes``: the export's
+    threshold for external weights (default: its own)."""
     from personalive_trt.export.onnx_export import EXTERNAL_DATA_BYTES, all_specs, export_order
 
+    threshold = EXTERNAL_DATA_BYTES if external_data_bytes is None else external_data_bytes
     specs = all_specs(shapes_list)
     order = export_order(models, specs, list(specs) if names is None else list(names))
     sizes = {c: component_bytes(getattr(models, c)) for c in {specs[n].component for n in order}}
@@ -170,14 +182,16 @@ def phases(models, shapes_list: Sequence, names: Sequence[str] | None = None) ->
     return [Phase(network=name, kind=name if name in ACTIVATION else name.rpartition("_w")[0],
                   loaded=sum(sizes[c] for c in {specs[n].component for n in order[index:]}),
                   weights=sizes[specs[name].component], activation=activation_bytes(specs[name], vae),
-                  external=sizes[specs[name].component] > EXTERNAL_DATA_BYTES)
+                  external=sizes[specs[name].component] > threshold, fp16="fp16" in precisions)
             for index, name in enumerate(order)]
 
 
 def phase_peak(phase: Phase) -> float:
     """The model of the docstring, without MARGIN."""
+    path = "external" if phase.external else "embedded"
+    fp16 = FP16_BASE + FP16_WEIGHT_FACTOR[path] * phase.weights if phase.fp16 else 0
     return (BASE + phase.loaded + phase.weight_factor * phase.weights
-            + ACTIVATION.get(phase.kind, DEFAULT_ACTIVATION) * phase.activation)
+            + ACTIVATION.get(phase.kind, DEFAULT_ACTIVATION) * phase.activation + fp16)
 
 
 def load_peak(models) -> float:
@@ -186,22 +200,26 @@ def load_peak(models) -> float:
     return BASE + sum(sizes) + max(sizes)
 
 
-def estimate(models, shapes_list: Sequence, names: Sequence[str] | None = None) -> Estimate:
-    """Estimated peaks (MARGIN included) of exporting ``names`` (default: every network of ``shapes_list``)
-    from ``models`` (loaded or :func:`meta_models`), in the order `build` exports them."""
-    return Estimate(networks={p.network: int(MARGIN * phase_peak(p)) for p in phases(models, shapes_list, names)},
+def estimate(models, shapes_list: Sequence, names: Sequence[str] | None = None,
+             precisions: Sequence[str] = ("fp32",)) -> Estimate:
+    """Estimated peaks (MARGIN included) of exporting ``names`` (default: every network of ``shapes_list``) in
+    ``precisions`` from ``models`` (loaded or :func:`meta_models`), in the order `build` exports them."""
+    return Estimate(networks={p.network: int(MARGIN * phase_peak(p))
+                              for p in phases(models, shapes_list, names, precisions)},
                     load=int(MARGIN * load_peak(models)))
 
 
-def estimate_for(weights: str, windows: Sequence[int], resolution: int, vae: str = "full") -> Estimate:
-    """:func:`estimate` of ``build --weights weights --window ...`` at ``resolution``, nothing loaded."""
+def estimate_for(weights: str, windows: Sequence[int], resolution: int, vae: str = "full",
+                 precisions: Sequence[str] = ("fp32",)) -> Estimate:
+    """:func:`estimate` of ``build --weights weights --window ... --precision ...`` at ``resolution``, nothing
+    loaded."""
     from personalive_trt.config import StreamConfig
     from personalive_trt.shapes import StreamShapes
 
     models = meta_models(weights, vae)
     unet_config = models.denoising_unet.config
     return estimate(models, [StreamShapes.from_unet_config(StreamConfig(window=w, resolution=resolution, vae=vae),
-                                                           unet_config) for w in windows])
+                                                           unet_config) for w in windows], precisions=precisions)
 
 
 # ---- what this process may use ---------------------------------------------------------------------------
@@ -231,30 +249,52 @@ def _status_bytes(proc: Path, key: str) -> int:
     return 0
 
 
-def cgroup_headroom(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[int, str] | None:
-    """The smallest ``limit - usage`` over this process's memory cgroups, or None when none is limited.
+def _inactive_file(folder: Path, key: str) -> int:
+    """The cgroup's inactive file cache from its ``memory.stat`` (0 when the file or the key is absent)."""
+    try:
+        lines = (folder / "memory.stat").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
 
-    v2 (``0::/path``): ``memory.max - memory.current`` of its own cgroup and every parent up to
-    ``cgroup_root``; v1 (``N:...memory...:/path``): ``memory.limit_in_bytes - memory.usage_in_bytes`` the
-    same way under ``cgroup_root/memory``. Walking up also finds the limit when the listed path does not
+
+def cgroup_headroom(proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> tuple[int, str] | None:
+    """The smallest ``limit - working set`` over this process's memory cgroups, or None when none is limited.
+
+    The working set is the usage minus the inactive file cache, as container runtimes count it (the kubelet and
+    ``docker stats``): the kernel reclaims that cache before it kills anything, so page cache left by a weights
+    download or an earlier build does not refuse a build that fits. v2 (``0::/path``): ``memory.max`` and
+    ``memory.current - inactive_file`` (``memory.stat``) of its own cgroup and every parent up to ``cgroup_root``;
+    v1 (``N:...memory...:/path``): ``memory.limit_in_bytes`` and ``memory.usage_in_bytes - total_inactive_file``
+    the same way under ``cgroup_root/memory``. Walking up also finds the limit when the listed path does not
     exist as such (a container's cgroup namespace mounts its own cgroup as the root)."""
     best = None
     for line in (proc / "self" / "cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            root, limit_file, usage_file, label = cgroup_root, "memory.max", "memory.current", "cgroup"
+            root, limit_file, usage_file, inactive, label = (cgroup_root, "memory.max", "memory.current",
+                                                             "inactive_file", "cgroup")
         elif "memory" in controllers.split(","):
-            root, limit_file, usage_file, label = (cgroup_root / "memory", "memory.limit_in_bytes",
-                                                   "memory.usage_in_bytes", "cgroup v1")
+            root, limit_file, usage_file, inactive, label = (cgroup_root / "memory", "memory.limit_in_bytes",
+                                                             "memory.usage_in_bytes", "total_inactive_file",
+                                                             "cgroup v1")
         else:
             continue
         folder = root / path.lstrip("/")
         while True:
             limit, usage = _read_int(folder / limit_file), _read_int(folder / usage_file)
             # v1 writes "no limit" as a huge page-rounded number (2**63 - 4096 on x86_64)
-            if limit is not None and usage is not None and limit < 2**60 and (best is None or limit - usage < best[0]):
-                best = (limit - usage, f"{label} {folder / limit_file} = {limit / GIB:.1f} GiB, "
-                                       f"{usage / GIB:.1f} GiB in use")
+            if limit is not None and usage is not None and limit < 2**60:
+                cache = min(_inactive_file(folder, inactive), usage)
+                working = usage - cache
+                if best is None or limit - working < best[0]:
+                    best = (limit - working, f"{label} {folder / limit_file} = {limit / GIB:.1f} GiB, "
+                                             f"{working / GIB:.1f} GiB in use (+{cache / GIB:.1f} GiB reclaimable "
+                                             "file cache)")
             if folder == root or root not in folder.parents:
                 break
             folder = folder.parent

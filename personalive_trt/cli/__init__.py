@@ -6,7 +6,8 @@ function; the options several commands share are declared once (:mod:`.params`).
 * :mod:`.serve` -- ``serve``: the web app (:func:`personalive_trt.web.launch.run_server`);
 * :mod:`.build` -- ``build``: engines (:func:`personalive_trt.build.driver.build`) or the compile cache;
 * :mod:`.weights` -- ``weights check`` / ``weights download``;
-* :mod:`.bench` -- ``bench`` (:func:`personalive_trt.bench.benchmark.run_benchmark`).
+* :mod:`.bench` -- ``bench`` (:func:`personalive_trt.bench.benchmark.run_benchmark`);
+* :mod:`.doctor` -- ``doctor`` (:func:`personalive_trt.doctor.run_doctor`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import typer
 
 from personalive_trt.cli.bench import bench
 from personalive_trt.cli.build import build
+from personalive_trt.cli.doctor import doctor
 from personalive_trt.cli.params import fail, user_errors
 from personalive_trt.cli.run import run
 from personalive_trt.cli.serve import serve
@@ -26,6 +28,7 @@ app.command()(serve)
 app.command()(build)
 app.add_typer(weights_app, name="weights")
 app.command("bench", help="Measure the streaming loop: fps, latency, TFLOP/s, memory (see benchmarks/).")(bench)
+app.command()(doctor)
 
 __all__ = ["app", "fail", "user_errors"]
 

@@ -28,6 +28,11 @@ Seed = Annotated[int, typer.Option(help="Seed of the diffusion noise.")]
 Vae = Annotated[str, typer.Option("--vae", help=VAE_HELP)]
 Compile = Annotated[str, typer.Option("--compile", help=COMPILE_HELP)]
 NoCrop = Annotated[bool, typer.Option("--no-crop", help="Resize whole frames instead of framing the face.")]
+CudaGraphs = Annotated[str, typer.Option("--cuda-graphs", help="Replay each step as captured CUDA graphs (torch and "
+                                         "tensorrt backends). auto: on a GPU, falling back to eager steps when the "
+                                         "start-up self-check fails; on: stop instead; off: eager steps.")]
+NoSelfCheck = Annotated[bool, typer.Option("--no-self-check", help="Skip the start-up self-check (the fast path "
+                                           "against a trusted one on seeded inputs, before the first frame).")]
 
 
 def fail(message: str) -> NoReturn:
@@ -50,6 +55,7 @@ def user_errors(*extra: type[BaseException]) -> tuple[type[BaseException], ...]:
     from personalive_trt.models.weights import WeightsError
     from personalive_trt.runtime.compile import CompileError
     from personalive_trt.runtime.reference_loop import NonFiniteError
+    from personalive_trt.runtime.self_check import SelfCheckError
 
     return (*extra, MediaError, WeightsError, NonFiniteError, BuildError, EngineError, ExportError,
-            TensorRTNotAvailableError, CompileError, ValueError, FileNotFoundError)
+            TensorRTNotAvailableError, CompileError, SelfCheckError, ValueError, FileNotFoundError)

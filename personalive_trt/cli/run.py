@@ -39,6 +39,8 @@ def run(
                                         "(Animator) instead of the streaming runtime (file and live mode)."),
     vae: params.Vae = "full",
     compile_mode: params.Compile = "auto",
+    cuda_graphs: params.CudaGraphs = "auto",
+    no_self_check: params.NoSelfCheck = False,
 ) -> None:
     """Animate REFERENCE with DRIVING: a video file into OUTPUT, or live (camera, stream, --preview,
     --virtual-camera) until Ctrl-C."""
@@ -55,7 +57,8 @@ def run(
              "with only --output is animated frame by frame at its own rate")
     session = dict(reference=reference, driving=driving, output=output, weights=weights, max_frames=max_frames,
                    seed=seed, device=device, dtype=dtype, crop=not no_crop, backend=backend, engines=engines,
-                   window=window, vae=vae, compile=compile_mode, reference_loop=reference_loop)
+                   window=window, vae=vae, compile=compile_mode, reference_loop=reference_loop, cuda_graphs=cuda_graphs,
+                   self_check=not no_self_check)
     try:
         if live:
             from personalive_trt.live.runner import LiveOptions, run_live

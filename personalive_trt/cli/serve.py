@@ -50,6 +50,8 @@ def serve(
     drain_timeout: float = typer.Option(3600.0, help="--ray: seconds a replica being scaled down keeps its live "
                                         "sessions before it is stopped anyway."),
     compile_mode: params.Compile = "auto",
+    cuda_graphs: params.CudaGraphs = "auto",
+    no_self_check: params.NoSelfCheck = False,
 ) -> None:
     """Serve the live web page: upload a portrait, animate it with your camera in the browser."""
     try:
@@ -72,7 +74,8 @@ def serve(
         for warning in check_server(host, port, settings, no_auth=no_auth, cluster=cluster):
             warn(warning)
         _serve(settings, cluster, host, port, weights=weights, backend=backend, engines=engines, device=device,
-               dtype=dtype, seed=seed, window=window, vae=vae, compile=compile_mode)
+               dtype=dtype, seed=seed, window=window, vae=vae, compile=compile_mode, cuda_graphs=cuda_graphs,
+               self_check=not no_self_check)
     except (*user_errors(), DeployError) as exc:
         fail(str(exc))
 

@@ -11,7 +11,9 @@ arguments; it proves nothing about TensorRT itself (kernels, fp16 numerics, real
 * Recording: each ``build_serialized_network`` appends a :class:`BuildRecord` (network flags, typing, config
   flags, memory pools, profiles, optimisation level, timing cache given) to :data:`stub_builds`. Set
   :data:`stub_fail_next_build` (or :data:`stub_fail_next_execution`) to a message to make the next build
-  (or ``execute_async_v3``) fail with that logged ERROR.
+  (or ``execute_async_v3``) fail with that logged ERROR. Set :data:`stub_wrong_outputs` to a factor to make every
+  execution return its outputs scaled by it (an engine that computes something else without raising: what the
+  self-check must catch).
 * "Serialization": a stub engine is ``MAGIC + header JSON (version, I/O tensors, profile) + ONNX bytes``;
   a different flavour's engine is refused like TensorRT refuses another version's plan.
 * "Execution": ``execute_async_v3`` reads the inputs from the bound *host* addresses (ctypes), runs the
@@ -54,6 +56,7 @@ _MAGIC = b"TRTSTUB\0"
 stub_builds: list["BuildRecord"] = []
 stub_fail_next_build: str | None = None
 stub_fail_next_execution: str | None = None
+stub_wrong_outputs: float | None = None  # every execution's float outputs times this factor (a wrong engine)
 SCRATCH_PATTERN = 0xA5  # what an execution leaves in the context's activation memory
 
 
@@ -564,6 +567,8 @@ class IExecutionContext:
         ctypes.memset(self.device_memory[0], SCRATCH_PATTERN, self.device_memory[1])
         for name, _, dtype, _ in outputs:
             value = np.ascontiguousarray(results[name], dtype=_NUMPY[dtype])
+            if stub_wrong_outputs is not None and value.dtype.kind == "f":
+                value = np.ascontiguousarray(value * stub_wrong_outputs, dtype=value.dtype)
             if value.shape != self.get_tensor_shape(name):
                 return self._error(f"IExecutionContext::enqueueV3: {name} came out {value.shape}")
             ctypes.memmove(self._addresses[name], value.ctypes.data, value.nbytes)

@@ -1,0 +1,332 @@
+"""The start-up self-check (runtime/self_check.py) and the engines' known answers (engines/known_answers.py).
+
+Fault injection on the CPU, each taking its documented branch with its message asserted:
+
+* a corrupted CUDA-graph replay (a stand-in "graph" that replays the call and then scrambles the frames, installed
+  in a real CPU runtime: CUDA graphs need a GPU): ``auto`` falls back to eager in one line, ``--cuda-graphs on``
+  stops with :class:`SelfCheckError`;
+* a compiled module that raises: ``auto`` falls back to eager, ``--compile on`` stops;
+* a TensorRT stand-in (tests/tensorrt_stub) that returns wrong numbers: the known-answer check stops the start
+  (an engine backend is always an explicit choice); a folder without known answers gets the "rebuild" line.
+
+The fallback order itself (compile + graphs -> graphs -> eager, explicit features kept) is checked on a loop
+stand-in without networks. Real runs use tiny synthetic weights at 64², window 1 (the cheapest stream).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from personalive_trt.config import StreamConfig
+from personalive_trt.engines.checks import Comparison
+from personalive_trt.engines.networks import Networks
+from personalive_trt.runtime import StreamRuntime
+from personalive_trt.runtime.self_check import (
+    FastPath,
+    RuntimeBinding,
+    SelfCheckError,
+    open_checked,
+    seeded_frames,
+    start_checked,
+    step_checks,
+)
+
+CONFIG = StreamConfig(resolution=64, window=1, keyframe_start=0, keyframe_threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def networks(parity_models):
+    return Networks.from_models(parity_models, CONFIG)
+
+
+class Replay:
+    """Stands in for a captured CUDA graph (they need a GPU): its replay runs the call; ``corrupt`` then scrambles
+    the frames, as a graph bound to stale addresses does (it raises nothing and writes wrong data)."""
+
+    def __init__(self, runtime, key, corrupt: bool) -> None:
+        self.runtime, self.key, self.corrupt = runtime, key, corrupt
+
+    def replay(self) -> None:
+        self.runtime._body(self.key)
+        if self.corrupt:
+            self.runtime.video.copy_(self.runtime.video.flip(1))
+
+
+def runtime_with_graphs(networks, path: FastPath, corrupt: bool) -> StreamRuntime:
+    runtime = StreamRuntime(networks, CONFIG, seed=3)
+    if path.graphs:  # every kind of call replays through a stand-in graph
+        runtime.graphs = {key: Replay(runtime, key, corrupt) for key in runtime.all_keys()}
+        runtime.use_graphs = True
+    return runtime
+
+
+def check_steps(runtime, path):
+    return step_checks(RuntimeBinding(runtime), path, torch.float32)
+
+
+def test_corrupted_graph_replay_falls_back_when_auto_and_stops_when_asked_for(networks):
+    runtime = runtime_with_graphs(networks, FastPath(graphs=True), corrupt=True)
+    checks = check_steps(runtime, FastPath(graphs=True))
+    assert [c.what for c in checks] == ["CUDA graphs"] and not checks[0].ok and checks[0].error > 1e-2
+    assert not runtime.reference_fused and runtime.count == 0  # left as a fresh runtime
+
+    lines: list[str] = []
+    opened, path = start_checked(lambda p: runtime_with_graphs(networks, p, corrupt=True), FastPath(graphs=True),
+                                 lambda rt, p: checks if p.graphs else [], say=lines.append)
+    assert path == FastPath() and not opened.graphs and not opened.use_graphs
+    assert len(lines) == 1 and lines[0].startswith("self-check: CUDA graphs: max relative error "), lines
+    assert lines[0].endswith("> 1e-05 against the same call run eagerly; running eager instead (--cuda-graphs off "
+                             "selects it)"), lines
+
+    with pytest.raises(SelfCheckError) as caught:
+        start_checked(lambda p: runtime, FastPath(graphs=True), lambda rt, p: checks,
+                      explicit={"graphs": "--cuda-graphs on"})
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("self-check failed: CUDA graphs: max relative error ")
+    assert message.endswith("not starting, since --cuda-graphs on was asked for (run with --cuda-graphs off)")
+
+
+def test_a_passing_check_leaves_the_stream_exactly_as_unchecked(networks):
+    """The check saves and restores the state and the noise generator: the checked runtime's stream equals an
+    unchecked runtime's, bit for bit."""
+    lines: list[str] = []
+    runtime, path = start_checked(lambda p: runtime_with_graphs(networks, p, corrupt=False), FastPath(graphs=True),
+                                  check_steps, say=lines.append)
+    assert path == FastPath(graphs=True) and lines == []
+    frames = seeded_frames(3, CONFIG.resolution, seed=5)
+    unchecked = StreamRuntime(networks, CONFIG, seed=3)
+    for loop in (runtime, unchecked):
+        loop.fuse_reference(frames[0])
+    np.testing.assert_array_equal(runtime.step(frames[1:2]), unchecked.step(frames[1:2]))
+
+
+class RaisingBackend:
+    """A compiled network that raises when called (what a miscompiled kernel or a broken inductor does)."""
+
+    def __init__(self, backend) -> None:
+        self.spec, self.device = backend.spec, backend.device
+        self.input_dtypes, self.output_dtypes = backend.input_dtypes, backend.output_dtypes
+
+    def allocate(self) -> None:
+        pass
+
+    def infer(self, inputs, *, stable=()):
+        raise RuntimeError("inductor: illegal instruction in the compiled kernel\n(and a long traceback)")
+
+
+def raising_compile(networks):
+    backends = dict(networks.backends, denoising_unet=RaisingBackend(networks.backends["denoising_unet"]))
+    return Networks(backends, networks.shapes, networks.dtype, networks.device, description="compiled (raising)")
+
+
+def test_compiled_module_that_raises_falls_back_when_auto_and_stops_when_asked(networks):
+    lines: list[str] = []
+    start = open_checked(networks, CONFIG, compile=raising_compile, say=lines.append, seed=3)
+    assert start.path == FastPath() and start.runtime.nets.backends["denoising_unet"] is \
+        networks.backends["denoising_unet"]
+    assert lines == ["self-check: torch.compile raised RuntimeError: inductor: illegal instruction in the compiled "
+                     "kernel; running eager instead (--compile off selects it)"]
+    assert [c.ok for c in start.checks] == [False]
+    with pytest.raises(SelfCheckError, match=r"^self-check failed: torch.compile raised RuntimeError: inductor: "
+                       r"illegal instruction in the compiled kernel; not starting, since --compile on was asked for "
+                       r"\(run with --compile off\)$"):
+        # the same check failing with --compile on (it is made the same way; the branch differs)
+        start_checked(lambda p: start.runtime, FastPath(compile=True), lambda rt, p: start.checks,
+                      explicit={"compile": "--compile on"})
+
+
+# ---- the fallback order, on a loop stand-in ------------------------------------------------------------------
+def failing(*suspects: str) -> list[Comparison]:
+    return [Comparison("the fast path", "the slow one", suspects, 1.0, 1e-5)]
+
+
+@pytest.mark.parametrize("explicit, blamed, expected", [
+    ({}, ("compile",), [FastPath(True, True), FastPath(False, True)]),  # compile dropped first
+    ({}, ("compile", "graphs"), [FastPath(True, True), FastPath(False, True), FastPath()]),
+    ({"compile": "--compile on"}, ("compile", "graphs"), [FastPath(True, True), FastPath(True, False)]),
+])
+def test_fallback_order(explicit, blamed, expected):
+    opened: list[FastPath] = []
+
+    def check(loop, path):
+        # each path fails its check while it still has a blamed feature the user did not insist on
+        return failing(*blamed) if any(getattr(path, f) for f in blamed if f not in explicit) else []
+
+    lines: list[str] = []
+    loop, path = start_checked(lambda p: opened.append(p) or p, FastPath(True, True), check, explicit, lines.append)
+    assert opened == expected and path == expected[-1] and len(lines) == len(expected) - 1
+
+
+def test_both_features_asked_for_stops_and_an_eager_failure_propagates():
+    with pytest.raises(SelfCheckError, match="--compile on and --cuda-graphs on was asked for .*--compile off or "
+                                             "--cuda-graphs off"):
+        start_checked(lambda p: p, FastPath(True, True), lambda loop, p: failing("compile", "graphs"),
+                      {"compile": "--compile on", "graphs": "--cuda-graphs on"})
+
+    def broken(path):
+        raise FakeCompileError("cannot compile: no C++ compiler")
+
+    lines: list[str] = []
+    with pytest.raises(FakeCompileError):  # the eager path cannot open: nothing to fall back to
+        start_checked(broken, FastPath(compile=True), lambda loop, p: [], say=lines.append)
+    assert lines == ["self-check: opening torch.compile raised FakeCompileError: cannot compile: no C++ compiler; "
+                     "running eager instead (--compile off selects it)"]
+
+
+class FakeCompileError(RuntimeError):
+    """What compile_networks raises where it cannot compile."""
+
+
+# ---- known answers: an engine that computes something else ---------------------------------------------------
+@pytest.fixture(scope="module")
+def trt(tmp_path_factory):
+    from test_engines import load_stub
+
+    with pytest.MonkeyPatch.context() as patch:
+        yield load_stub(10, patch)
+    sys.modules.pop("tensorrt", None)
+
+
+@pytest.fixture(scope="module")
+def with_stub_engine(networks, parity_models, trt, tmp_path_factory):
+    """(networks whose pose guider runs a stand-in TensorRT engine, the engines folder, its known answers)."""
+    from personalive_trt.engines import TensorRTBackend, build_engines
+    from personalive_trt.engines.known_answers import record_known_answers
+    from personalive_trt.export.onnx_export import export_network
+
+    folder = tmp_path_factory.mktemp("engines")
+    spec = networks.backends["pose_guider"].spec
+    record = export_network(spec, parity_models, folder / "onnx", "fp32", verify=False)
+    paths = build_engines([spec], lambda s, p: folder / "onnx" / record["onnx"], folder / "tensorrt",
+                          precision="fp32", progress=None)
+    backends = dict(networks.backends, pose_guider=TensorRTBackend(spec, paths[spec.name], device="cpu"))
+    mixed = Networks(backends, networks.shapes, networks.dtype, networks.device, description="tensorrt")
+    return mixed, folder, record_known_answers(networks, folder)
+
+
+def test_known_answers_pass_on_the_engine_and_stop_it_when_it_is_wrong(with_stub_engine, trt, monkeypatch):
+    from personalive_trt.engines.known_answers import check_known_answers
+
+    mixed, folder, answers = with_stub_engine
+    assert len(answers["files"]) == 9 and all((folder / "self_check" / f).is_file() for f in answers["files"])
+    checks = check_known_answers(mixed, folder, answers, what="tensorrt")
+    assert len(checks) == 9 and all(c.ok for c in checks), [c.describe() for c in checks]
+    guider = next(c for c in checks if "pose_guider" in c.what)
+    assert guider.error <= 1e-4  # fp32 engine (the stand-in runs the fp32 ONNX) against the torch module
+
+    monkeypatch.setattr(trt, "stub_wrong_outputs", 1.5)
+    with pytest.raises(SelfCheckError) as caught:
+        open_checked(mixed, CONFIG, backend="tensorrt", engines_dir=folder, known_answers=answers)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("self-check failed: tensorrt pose_guider (fp32): max relative error 5.0e-01 > 1e-04 "
+                              "against the torch outputs stored by build"), message
+    assert message.endswith("not starting, since --backend tensorrt was asked for (run with --backend torch (or "
+                            "rebuild the engines on this machine))"), message
+
+
+def test_a_folder_without_known_answers_runs_with_one_line(with_stub_engine):
+    mixed, folder, _ = with_stub_engine
+    lines: list[str] = []
+    start = open_checked(mixed, CONFIG, backend="tensorrt", engines_dir=folder, known_answers=None,
+                         say=lines.append)
+    assert lines == [f"{folder}: no known answers are stored with these engines (build does not store them yet); "
+                     "they start unchecked"]
+    assert start.path == FastPath() and start.checks == []  # on the CPU: no graphs, nothing else to check
+
+
+def test_a_tampered_known_answer_is_refused(with_stub_engine, tmp_path):
+    import shutil
+
+    from personalive_trt.engines.cache import EngineError
+    from personalive_trt.engines.known_answers import check_known_answers
+
+    mixed, folder, answers = with_stub_engine
+    copy = tmp_path / "engines"
+    shutil.copytree(folder / "self_check", copy / "self_check")
+    name = next(iter(answers["files"]))
+    (copy / "self_check" / name).write_bytes((copy / "self_check" / name).read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(EngineError, match=f"{name}: known answer does not match its record in build.json"):
+        check_known_answers(mixed, copy, answers)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_real_graph_replays_pass_their_self_check_on_a_gpu():
+    """On a GPU, `run`'s default path: the runtime's real captured graphs against the same calls run eagerly (fp16,
+    limit 1e-3); the check passes and nothing falls back."""
+    from personalive_trt.models.weights import synthetic_models
+
+    models = synthetic_models("tiny", device=torch.device("cuda"), dtype=torch.float16)
+    lines: list[str] = []
+    start = open_checked(Networks.from_models(models, CONFIG), CONFIG, say=lines.append, seed=3)
+    assert lines == [] and start.path == FastPath(graphs=True), lines
+    assert [c.what for c in start.checks] == ["CUDA graphs"] and start.checks[0].ok, start.checks
+    assert start.runtime.use_graphs and start.runtime.graphs
+
+
+# ---- the options of run and serve ---------------------------------------------------------------------------
+def one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("run", ["--device", "cpu", "--cuda-graphs", "on"],
+     "error: --cuda-graphs on: CUDA graphs need a CUDA device, and this run is on cpu (use --cuda-graphs auto or off)"),
+    ("run", ["--backend", "onnxruntime", "--cuda-graphs", "on"],
+     "error: --cuda-graphs on: --backend onnxruntime cannot be captured in CUDA graphs (use --backend torch or "
+     "tensorrt, or --cuda-graphs auto)"),
+    ("run", ["--reference-loop", "--cuda-graphs", "on"],
+     "error: --cuda-graphs on: the streaming runtime replays captured steps, not --reference-loop"),
+    ("run", ["--cuda-graphs", "always"], "error: --cuda-graphs 'always': expected one of auto, on, off"),
+    ("serve", ["--device", "cpu", "--cuda-graphs", "on"],
+     "error: --cuda-graphs on: CUDA graphs need a CUDA device, and this run is on cpu (use --cuda-graphs auto or off)"),
+])
+def test_cuda_graphs_option_refusals_are_one_line(command, args, message, tmp_path):
+    """Refused before any network loads: nothing written."""
+    from typer.testing import CliRunner
+
+    from personalive_trt.cli import app
+
+    if command == "serve":
+        pytest.importorskip("fastapi")
+    files = ["-r", "sample", "-d", "sample", "-o", str(tmp_path / "o.mp4")] if command == "run" else []
+    result = CliRunner().invoke(app, [command, *files, "--weights", "synthetic", *args])
+    assert one_error_line(result) == message
+    assert not list(tmp_path.iterdir())
+
+
+def test_open_animator_wires_the_options_into_the_self_check(parity_models, monkeypatch):
+    """``open_animator`` opens the runtime through ``open_checked`` with the options as given: graphs and
+    self-check switches, the explicit features, and the eager networks (the compile step goes in as a callable)."""
+    from personalive_trt.runtime import animator as animator_module
+
+    seen = {}
+
+    def fake_open_checked(networks, config, **kwargs):
+        seen.update(kwargs, compiled=getattr(networks, "compiled", None))
+        raise SelfCheckError("stand-in")
+
+    monkeypatch.setattr(animator_module, "open_checked", fake_open_checked)
+    monkeypatch.setattr(animator_module, "open_networks", lambda *args, **kwargs: Networks.from_models(
+        parity_models, CONFIG))
+    with pytest.raises(SelfCheckError, match="stand-in"):
+        animator_module.open_animator("synthetic", device="cpu", config=CONFIG, cuda_graphs="off", self_check=False)
+    assert seen["graphs"] is False and seen["check"] is False and seen["explicit"] == {}
+    assert seen["compile"] is None and seen["compiled"] is None and seen["backend"] == "torch"
+    assert seen["known_answers"] is None  # the torch backend has no engines to check
+    with pytest.raises(SelfCheckError):
+        animator_module.open_animator("synthetic", device="cpu", config=CONFIG, cuda_graphs="on")
+    assert seen["graphs"] is True and seen["check"] is True and seen["explicit"] == {"graphs": "--cuda-graphs on"}
+
+
+def test_self_check_error_is_a_user_error():
+    from personalive_trt.cli.params import user_errors
+
+    assert SelfCheckError in user_errors()
