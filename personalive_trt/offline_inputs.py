@@ -35,8 +35,9 @@ from personalive_trt.framing import NoFaceError
 from personalive_trt.media import MediaError
 from personalive_trt.pipeline import clip_pixels, frames_to_tensor
 
-__all__ = ["OfflineWindow", "PreparedClip", "PreparedReference", "offline_frame_count",
-           "min_frames", "prepare_driving", "prepare_reference", "window_frames"]
+__all__ = ["OfflineWindow", "PreparedClip", "PreparedReference", "min_frames", "offline_frame_count",
+           "prepare_driving", "prepare_reference", "window_frames"]
+
 
 def min_frames(config: StreamConfig) -> int:
     """The shortest clip: the mirrored tail needs ``warmup_frames + 1`` (13) frames, and N is a multiple of
