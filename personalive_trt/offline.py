@@ -86,8 +86,9 @@ class OfflineAnimator(Animator):
         noise, seed, trace: as for :class:`~personalive_trt.pipeline.Animator`.
 
     :meth:`fuse_reference` takes a :class:`~personalive_trt.offline_inputs.PreparedReference` and
-    :meth:`step` an :class:`~personalive_trt.offline_inputs.OfflineWindow`; :func:`animate_offline` runs a
-    whole clip.
+    :meth:`step` / ``step_float`` / ``step_conditions`` an :class:`~personalive_trt.offline_inputs.OfflineWindow`
+    (a step returns the decoded x0 of the pile's oldest chunk; the first ``steps - 1`` windows' are warm-up
+    frames, which :func:`animate_offline` drops); :func:`animate_offline` runs a whole clip.
     """
 
     def __init__(self, models: Models | Networks, config: StreamConfig | None = None, noise: NoiseFn | None = None,
@@ -115,19 +116,15 @@ class OfflineAnimator(Animator):
         fields = {field.name: getattr(reference, field.name) for field in dataclasses.fields(Reference)}
         return OfflineReference(**fields, face=unit_range(image.face, FACE_SIZE).to(self.device, self.dtype))
 
-    @torch.no_grad()
-    def step_float(self, window: OfflineWindow) -> torch.Tensor:
-        """One window: returns the decoded x0 of the pile's oldest chunk, float (W,R,R,3) in [0,1] (the
-        first ``steps - 1`` windows' are warm-up frames, which :func:`animate_offline` drops)."""
+    def _driving_images(self, window: OfflineWindow, what: str) -> OfflineWindow:
+        """What :meth:`step` (and ``step_float``, ``step_conditions``) take here: one window's prepared
+        inputs (:meth:`~personalive_trt.offline_inputs.PreparedClip.window`), not 512 frames."""
+        if not isinstance(window, OfflineWindow):
+            raise TypeError(f"{what}: the offline loop takes an OfflineWindow (PreparedClip.window), "
+                            f"got {type(window).__name__}")
         if self.reference is None:
-            raise RuntimeError("step: no reference fused; call fuse_reference(prepared) first")
-        trace = {} if self.trace is not None else None
-        self._advance_conditions(window, trace)
-        video = self._denoise_and_decode(trace)
-        if trace is not None:
-            self.trace["calls"].append(trace)
-        self.count += 1
-        return video
+            raise RuntimeError(f"{what}: no reference fused; call fuse_reference(prepared) first")
+        return window
 
     def _advance_conditions(self, window: OfflineWindow, trace: dict | None) -> None:
         detector = self.nets.pose_encoder(window.cond)

@@ -214,7 +214,7 @@ def run_golden_pass(models, golden: dict, mesh: FaceMesh, unet_windows: tuple[in
         stand_ins["reference_unet"].live = live and any(later > i for later in unet_windows)
         stand_ins["vae_decoder"].live = i in decoded_windows
         if live and i > 0 and "unet_latents_in" in iters[i]:  # state injection: the golden's pile, and banks
-            anim.latent_pile = list(iters[i]["unet_latents_in"][:, :, :cfg.pile - cfg.window].split(cfg.window, dim=2))
+            anim.set_latent_pile(iters[i]["unet_latents_in"][:, :, :cfg.pile - cfg.window])
             for slot, window in enumerate(bank_windows):
                 if window not in unet_windows:
                     banks = write_banks(real, iters[window]["keyframe_latent"], anim.reference.clip_embeds)
@@ -334,13 +334,12 @@ def test_sticky_keyframe_window_from_the_stored_state(golden_pass, golden_offlin
 
 
 @pytest.mark.golden_full
-def test_unet_windows_0_1_9_10(request, small_models, golden_offline, mesh):
-    """By hand (``-m golden_full``; 4 more UNet calls at 512, ~8 min on 2 cores): window 0 from the stored
+def test_unet_windows_0_1_9_10(small_models, golden_offline, mesh):
+    """By hand (``pytest -m golden_full tests/test_offline.py``; 4 more UNet calls at 512, ~8 min on 2 cores;
+    not selected by default): window 0 from the stored
     reference latent and window 1 from our own first step (the recurrence), window 9 (the first keyframe: its x0
     becomes the bank) and window 10 (the first window reading one, the bank written by our window 9) from the
     stored state, and window 12 again reading banks of ours."""
-    if "golden_full" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("runs by hand: pytest -m golden_full tests/test_offline.py")
     result = run_golden_pass(small_models, golden_offline, mesh, unet_windows=(0, 1, 9, 10, 12),
                              decoded_windows=(9,))
     for i in (0, 1, 9, 10, 12):
@@ -384,3 +383,5 @@ def test_animate_offline_gives_exactly_n_frames(parity_models, mesh):
     assert [c["keyframe_tested"] for c in calls] == [False, False, True, True, True, False, False]
     assert [c["num_keyframes"] for c in calls] == [0, 0, 1, 2, 2, 2, 2]
     assert anim.add_flag and anim.motion_bank.shape[1] == 4
+    with pytest.raises(TypeError, match="the offline loop takes an OfflineWindow"):
+        anim.step(np.stack(frames[:4]))
