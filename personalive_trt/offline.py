@@ -6,8 +6,8 @@ The original ships two ways to animate a video file. Its web demo runs the onlin
 reproduces the variant exactly, as a subclass of the reference loop: the pile, the UNet call, the DDIM step,
 the keyframe bank write and the decode are the reference loop's own. What differs:
 
-* inputs (:mod:`personalive_trt.offline_inputs`): whole driving frames for the pose path, FaceMesh crops
-  for the motion path, the whole reference image, PIL resizes;
+* inputs (prepared by :mod:`personalive_trt.offline_file`): whole driving frames for the pose path,
+  FaceMesh crops for the motion path, the whole reference image, PIL resizes;
 * first window: the pose encoder also runs on the first frame alone (the anchor of the driving
   translation), and the reference motion comes from the reference's FaceMesh crop (encoded with the
   window's faces, one motion-encoder call; each frame is encoded independently, so this is the original's
@@ -19,9 +19,9 @@ the keyframe bank write and the decode are the reference loop's own. What differ
   in the original. Here it grows up to ``keyframe_limit`` banks (:func:`offline_config`; 20 covers every
   clip the original's own 100-frame cap allows) and stops there: the frames from that window on differ
   from what the original would produce (it keeps growing until it runs out of memory);
-* output: windows 0-2 are the warm-up (their frames are dropped), then each window gives the x0 of the
-  pile's oldest chunk, i.e. driving chunk i - 3; the mirrored tail pushes the last chunks through, so
-  exactly N frames come out.
+* frames and output (:func:`window_frames`): N = a multiple of 4 frames, then the 12 before the last,
+  mirrored, as new frames of the last 3 windows; windows 0-2 are the warm-up (their frames are dropped), then
+  each window gives the x0 of the pile's oldest chunk, i.e. driving chunk i - 3, so exactly N frames come out.
 
 The reference loop still decodes the three warm-up windows (its step always decodes); that is 3 decodes
 of N / 4 + 3 windows.
@@ -29,20 +29,19 @@ of N / 4 + 3 windows.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from personalive_trt.config import COND_SIZE, FACE_SIZE, StreamConfig
+from personalive_trt.facemesh import FaceMeshCrop
 from personalive_trt.networks import Networks
-from personalive_trt.offline_inputs import OfflineWindow, PreparedClip, PreparedReference, window_frames
 from personalive_trt.pipeline import Animator, NoiseFn, Reference, encode_prepared_reference, unit_range
 from personalive_trt.weights import Models
 
-__all__ = ["DEFAULT_KEYFRAME_LIMIT", "OfflineAnimator", "OfflineReference", "animate_offline",
-           "max_keyframe_banks", "offline_config"]
+__all__ = ["DEFAULT_KEYFRAME_LIMIT", "OfflineAnimator", "OfflineReference", "OfflineWindow", "PreparedReference",
+           "max_keyframe_banks", "min_frames", "offline_config", "window_frames"]
 
 #: Reference banks appended at most (``--keyframe-limit``): the original's 100-frame cap gives 28 windows,
 #: of which at most 28 - 9 = 19 can append one.
@@ -60,12 +59,62 @@ def offline_config(keyframe_limit: int = DEFAULT_KEYFRAME_LIMIT, **fields) -> St
     return StreamConfig(max_keyframes=keyframe_limit, **fields)
 
 
+def min_frames(config: StreamConfig) -> int:
+    """The shortest clip: the mirrored tail needs ``warmup_frames + 1`` (13) frames, and N is a multiple of
+    the window: 16 for the original's configuration."""
+    return (config.warmup_frames // config.window + 1) * config.window
+
+
+def window_frames(frames: int, config: StreamConfig) -> list[tuple[int, ...]]:
+    """The driving frame index of every new frame of every window: the N frames in order, then the
+    mirrored tail (the ``warmup_frames`` (12) frames before the last, last first). ``frames // window +
+    steps - 1`` windows of ``window`` indices."""
+    if frames % config.window or frames <= config.warmup_frames:
+        raise ValueError(f"window_frames: {frames} frames is not a multiple of {config.window} above "
+                         f"{config.warmup_frames}")
+    tail = list(range(frames - 1 - config.warmup_frames, frames - 1))[::-1]
+    order = [*range(frames), *tail]
+    return [tuple(order[i:i + config.window]) for i in range(0, len(order), config.window)]
+
+
 def max_keyframe_banks(frames: int, config: StreamConfig) -> int:
     """The most reference banks an N-frame offline run can append: one per window from the first tested
     window on (``keyframe_start + 1``), at most ``config.max_keyframes``. What a runtime sizes its bank
     buffers for before the run starts."""
     windows = len(window_frames(frames, config))
     return min(config.max_keyframes, max(0, windows - config.keyframe_start - 1))
+
+
+@dataclass(frozen=True)
+class OfflineWindow:
+    """One window's new frames as the networks take them.
+
+    Args:
+        cond: (W, 3, 256, 256) in [0, 1], the whole frames (pose encoder).
+        faces: (W, 3, 224, 224) in [-1, 1], the face crops (motion encoder).
+    """
+
+    cond: torch.Tensor
+    faces: torch.Tensor
+
+
+@dataclass(frozen=True)
+class PreparedReference:
+    """The reference portrait, prepared once (:func:`personalive_trt.offline_file.prepare_reference`).
+
+    Args:
+        clip_pixels: (1, 3, 224, 224) float32, CLIP-normalised.
+        image: (R, R, 3) uint8, the VAE input (Lanczos).
+        cond: (256, 256, 3) uint8, the pose-encoder input (Lanczos).
+        face: (224, 224, 3) uint8, the FaceMesh crop resized for the motion encoder (Lanczos).
+        crop: where the face was found in the original image.
+    """
+
+    clip_pixels: torch.Tensor
+    image: np.ndarray
+    cond: np.ndarray
+    face: np.ndarray
+    crop: FaceMeshCrop
 
 
 @dataclass
@@ -85,10 +134,10 @@ class OfflineAnimator(Animator):
         config (`StreamConfig`, *optional*): defaults to :func:`offline_config` (bank limit 20).
         noise, seed, trace: as for :class:`~personalive_trt.pipeline.Animator`.
 
-    :meth:`fuse_reference` takes a :class:`~personalive_trt.offline_inputs.PreparedReference` and
-    :meth:`step` / ``step_float`` / ``step_conditions`` an :class:`~personalive_trt.offline_inputs.OfflineWindow`
-    (a step returns the decoded x0 of the pile's oldest chunk; the first ``steps - 1`` windows' are warm-up
-    frames, which :func:`animate_offline` drops); :func:`animate_offline` runs a whole clip.
+    :meth:`fuse_reference` takes a :class:`PreparedReference` and :meth:`step` / ``step_float`` /
+    ``step_conditions`` an :class:`OfflineWindow` (a step returns the decoded x0 of the pile's oldest chunk; the
+    first ``steps - 1`` windows' are warm-up frames); :func:`personalive_trt.offline_file.animate_offline` runs
+    a whole prepared clip.
     """
 
     def __init__(self, models: Models | Networks, config: StreamConfig | None = None, noise: NoiseFn | None = None,
@@ -118,7 +167,7 @@ class OfflineAnimator(Animator):
 
     def _driving_images(self, window: OfflineWindow, what: str) -> OfflineWindow:
         """What :meth:`step` (and ``step_float``, ``step_conditions``) take here: one window's prepared
-        inputs (:meth:`~personalive_trt.offline_inputs.PreparedClip.window`), not 512 frames."""
+        inputs (:meth:`personalive_trt.offline_file.PreparedClip.window`), not 512 frames."""
         if not isinstance(window, OfflineWindow):
             raise TypeError(f"{what}: the offline loop takes an OfflineWindow (PreparedClip.window), "
                             f"got {type(window).__name__}")
@@ -154,13 +203,3 @@ class OfflineAnimator(Animator):
             if tested:
                 trace.update(keyframe_distances=distances)
         return self.add_flag and len(self.keyframe_banks) < cfg.max_keyframes
-
-
-def animate_offline(animator: OfflineAnimator, clip: PreparedClip) -> Iterator[np.ndarray]:
-    """Run a prepared clip through a fused animator: yields the N output frames, a window ((W,R,R,3) uint8)
-    at a time, driving frames 0..N-1 in order."""
-    cfg = animator.config
-    for index, frames in enumerate(window_frames(clip.frames, cfg)):
-        video = animator.step(clip.window(frames, animator.device, animator.dtype))
-        if index >= cfg.steps - 1:
-            yield video

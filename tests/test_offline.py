@@ -33,9 +33,8 @@ from personalive_trt.config import LATENT_SCALE
 from personalive_trt.facemesh import FaceMesh, frame_ranges
 from personalive_trt.media import MediaError
 from personalive_trt.networks import Networks
-from personalive_trt.offline import OfflineAnimator, animate_offline, max_keyframe_banks, offline_config
-from personalive_trt.offline_inputs import (min_frames, offline_frame_count, prepare_driving, prepare_reference,
-                                            window_frames)
+from personalive_trt.offline import OfflineAnimator, max_keyframe_banks, min_frames, offline_config, window_frames
+from personalive_trt.offline_file import animate_offline, offline_frame_count, prepare_driving, prepare_reference
 from personalive_trt.pipeline import to_uint8, unit_range, write_banks
 
 GOLDEN_OFFLINE = SHARED_REFERENCE / "golden_offline"

@@ -1,13 +1,13 @@
-"""What the offline mode feeds its loop, prepared as the original's offline script prepares it.
+"""The offline mode's file side: its inputs prepared as the original's offline script prepares them, and the
+driver that runs a prepared clip through the loop (:class:`~personalive_trt.offline.OfflineAnimator`).
 
 The original's ``inference_offline.py`` (its streaming pipeline ``Pose2VideoPipeline_Stream``) differs from
 the online loop before any network runs, and every difference changes the numbers:
 
 * **Frames.** Every frame of the driving video at its own size; N = the frame count rounded down to a
-  multiple of the window (4). The loop runs N / 4 + 3 windows: the last 3 take their new frames from a
-  mirrored tail, the 12 frames before the last in reverse order (``frames[-13:-1][::-1]``), so that the
-  last driving frames get through the pile and exactly N frames come out. A clip needs at least 16
-  frames: with fewer than 13 the tail would run short (the original then fails mid-run).
+  multiple of the window (4) (:func:`offline_frame_count`; the schedule with the mirrored tail is
+  :func:`personalive_trt.offline.window_frames`). A clip needs at least 16 frames: with fewer than 13 the
+  tail would run short (the original then fails mid-run).
 * **Pose input.** The whole driving frame, resized (PIL Lanczos, aspect not kept) to 256x256.
 * **Motion input.** The FaceMesh crop of each frame (:mod:`personalive_trt.facemesh`), resized (PIL
   Lanczos, aspect not kept) to 224x224; not the keypoint boxes of the online loop.
@@ -22,7 +22,7 @@ so the prepared images are kept as uint8 arrays here (a quarter of the memory of
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,16 +33,10 @@ from personalive_trt.config import CLIP_SIZE, COND_SIZE, FACE_SIZE, StreamConfig
 from personalive_trt.facemesh import FaceMesh, FaceMeshCrop, faceless_frames_error
 from personalive_trt.framing import NoFaceError
 from personalive_trt.media import MediaError
+from personalive_trt.offline import OfflineAnimator, OfflineWindow, PreparedReference, min_frames, window_frames
 from personalive_trt.pipeline import clip_pixels, frames_to_tensor
 
-__all__ = ["OfflineWindow", "PreparedClip", "PreparedReference", "min_frames", "offline_frame_count",
-           "prepare_driving", "prepare_reference", "window_frames"]
-
-
-def min_frames(config: StreamConfig) -> int:
-    """The shortest clip: the mirrored tail needs ``warmup_frames + 1`` (13) frames, and N is a multiple of
-    the window: 16 for the original's configuration."""
-    return (config.warmup_frames // config.window + 1) * config.window
+__all__ = ["PreparedClip", "animate_offline", "offline_frame_count", "prepare_driving", "prepare_reference"]
 
 
 def offline_frame_count(available: int, max_frames: int | None, config: StreamConfig, what: str) -> int:
@@ -60,40 +54,9 @@ def offline_frame_count(available: int, max_frames: int | None, config: StreamCo
     return frames
 
 
-def window_frames(frames: int, config: StreamConfig) -> list[tuple[int, ...]]:
-    """The driving frame index of every new frame of every window: the N frames in order, then the
-    mirrored tail (the ``warmup_frames`` (12) frames before the last, last first). ``frames // window +
-    steps - 1`` windows of ``window`` indices."""
-    if frames % config.window or frames <= config.warmup_frames:
-        raise ValueError(f"window_frames: {frames} frames is not a multiple of {config.window} above "
-                         f"{config.warmup_frames}")
-    tail = list(range(frames - 1 - config.warmup_frames, frames - 1))[::-1]
-    order = [*range(frames), *tail]
-    return [tuple(order[i:i + config.window]) for i in range(0, len(order), config.window)]
-
-
 def lanczos(image: np.ndarray, size: int) -> np.ndarray:
     """PIL Lanczos resize to ``size`` x ``size`` (aspect not kept), uint8 in and out."""
     return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
-
-
-@dataclass(frozen=True)
-class PreparedReference:
-    """The reference portrait, prepared once.
-
-    Args:
-        clip_pixels: (1, 3, 224, 224) float32, CLIP-normalised.
-        image: (R, R, 3) uint8, the VAE input (Lanczos).
-        cond: (256, 256, 3) uint8, the pose-encoder input (Lanczos).
-        face: (224, 224, 3) uint8, the FaceMesh crop resized for the motion encoder (Lanczos).
-        crop: where the face was found in the original image.
-    """
-
-    clip_pixels: torch.Tensor
-    image: np.ndarray
-    cond: np.ndarray
-    face: np.ndarray
-    crop: FaceMeshCrop
 
 
 def prepare_reference(image: np.ndarray, mesh: FaceMesh, config: StreamConfig, what: str) -> PreparedReference:
@@ -104,19 +67,6 @@ def prepare_reference(image: np.ndarray, mesh: FaceMesh, config: StreamConfig, w
     clip_input = np.asarray(Image.fromarray(image).resize((CLIP_SIZE, CLIP_SIZE), Image.BICUBIC))
     return PreparedReference(clip_pixels=clip_pixels(clip_input), image=lanczos(image, config.resolution),
                              cond=lanczos(image, COND_SIZE), face=lanczos(crop.cut(image), FACE_SIZE), crop=crop)
-
-
-@dataclass(frozen=True)
-class OfflineWindow:
-    """One window's new frames as the networks take them.
-
-    Args:
-        cond: (W, 3, 256, 256) in [0, 1], the whole frames (pose encoder).
-        faces: (W, 3, 224, 224) in [-1, 1], the face crops (motion encoder).
-    """
-
-    cond: torch.Tensor
-    faces: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -165,3 +115,13 @@ def prepare_driving(frames: Iterable[np.ndarray], mesh: FaceMesh, config: Stream
     if faceless:
         raise faceless_frames_error(faceless, count, what)
     return PreparedClip(cond=np.stack(cond[:count]), faces=np.stack(faces[:count]), crops=tuple(crops[:count]))
+
+
+def animate_offline(animator: OfflineAnimator, clip: PreparedClip) -> Iterator[np.ndarray]:
+    """Run a prepared clip through a fused animator: yields the N output frames, a window ((W,R,R,3) uint8)
+    at a time, driving frames 0..N-1 in order."""
+    cfg = animator.config
+    for index, frames in enumerate(window_frames(clip.frames, cfg)):
+        video = animator.step(clip.window(frames, animator.device, animator.dtype))
+        if index >= cfg.steps - 1:
+            yield video
