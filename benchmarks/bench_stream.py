@@ -5,9 +5,9 @@ Usage:
         --dtype fp16 --json bench.json [--no-graph] [--compare]
     python benchmarks/bench_stream.py --weights synthetic --resolution 64 --warmup 0 --calls 2 --compare  # CPU
 
-Every field of the report is defined in :mod:`personalive_trt.bench`.
+Every field of the report is defined in :mod:`personalive_trt.bench.benchmark`.
 """
-from personalive_trt.bench import main
-
 if __name__ == "__main__":
+    from personalive_trt.cli.bench import main
+
     main()

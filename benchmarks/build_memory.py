@@ -7,14 +7,14 @@ Usage:
         [--extrapolate synthetic:full:512]
 
 Each ``WEIGHTS:RESOLUTION`` runs in its own child process (a fresh interpreter, so one build's memory
-never counts in another's), one at a time. The child runs :func:`personalive_trt.build.build` into a
+never counts in another's), one at a time. The child runs :func:`personalive_trt.build.driver.build` into a
 temporary engines folder and reports, per network: the resident memory just before its export started
 (VmRSS; the weights still loaded plus the interpreter), and the export and verification peaks and times
 the build wrote into its manifest (VmHWM reset per phase, see ``PeakRss``). The parent samples the child's
 VmRSS every 50 ms (the whole build's peak, model loading included) and kills it above ``--cap-gib``
 (recorded as ``killed``), so a measurement never takes the machine down.
 
-The figures feed :mod:`personalive_trt.buildmem` (the estimate `build` checks before it starts):
+The figures feed :mod:`personalive_trt.build.memory` (the estimate `build` checks before it starts):
 ``--fit`` fits its coefficients to the runs of a JSON file (``--hold-out`` leaves runs out to measure the
 error on them), prints the model's error on every run and the shipped estimate next to each measured build
 peak, and extrapolates each network's time from its FLOPs (counted on the meta device).
@@ -35,7 +35,7 @@ from pathlib import Path
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from personalive_trt.build import build
+from personalive_trt.build.driver import build
 from personalive_trt.export.onnx_export import read_manifest
 
 def rss():
@@ -55,11 +55,11 @@ if only is None:
     build(weights, engines, backend="onnxruntime", resolution=resolution, precision=precision, log=log)
 else:  # these networks only, as build exports them; only their components are ever loaded
     import types
-    from personalive_trt import buildmem
+    from personalive_trt.build import memory as buildmem
     from personalive_trt.config import StreamConfig
     from personalive_trt.export.onnx_export import all_specs, export_all
     from personalive_trt.shapes import StreamShapes
-    from personalive_trt.weights import (COMPONENTS, folder_configs, load_component, parse_weights_spec,
+    from personalive_trt.models.weights import (COMPONENTS, folder_configs, load_component, parse_weights_spec,
                                          synthetic_component)
     buildmem.return_freed_memory()  # as build does before it loads
     kind, value = parse_weights_spec(weights)
@@ -167,8 +167,8 @@ def main() -> None:
 
 
 def run_phases(run: dict) -> list:
-    """:func:`personalive_trt.buildmem.phases` of a measured run (window 4, as measured)."""
-    from personalive_trt import buildmem
+    """:func:`personalive_trt.build.memory.phases` of a measured run (window 4, as measured)."""
+    from personalive_trt.build import memory as buildmem
     from personalive_trt.config import StreamConfig
     from personalive_trt.shapes import StreamShapes
 
@@ -196,7 +196,7 @@ def fit(runs: list[dict], hold_out: list[str]) -> None:
     import numpy as np
     from scipy.optimize import nnls
 
-    from personalive_trt import buildmem
+    from personalive_trt.build import memory as buildmem
 
     runs = [r for r in runs if "networks" in r]
     held = {parse_config(text) for text in hold_out}
@@ -260,7 +260,7 @@ def fit_time(runs: list[dict], extrapolate: list[str]) -> None:
     every network of every run), then the extrapolated time of each network of ``extrapolate`` configs."""
     import numpy as np
 
-    from personalive_trt import buildmem
+    from personalive_trt.build import memory as buildmem
     from personalive_trt.config import StreamConfig
     from personalive_trt.shapes import StreamShapes
 

@@ -21,7 +21,7 @@ import time
 import torch
 
 from personalive_trt import StreamConfig, load_models
-from personalive_trt.networks import Networks
+from personalive_trt.engines.networks import Networks
 
 
 def step_inputs(nets: Networks, device: torch.device, dtype: torch.dtype) -> dict[str, tuple]:

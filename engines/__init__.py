@@ -1,13 +1,17 @@
 """TensorRT engine building and the engine cache (``personalive_trt.engines``).
 
 * :mod:`~personalive_trt.engines.builder`: ONNX -> TensorRT engine through the Python API (TensorRT 10
-  and 11), one optimisation profile per network from its :class:`~personalive_trt.export.spec.NetworkSpec`,
+  and 11), one optimisation profile per network from its :class:`~personalive_trt.export.interface.NetworkSpec`,
   a timing cache per GPU, per-network precision overrides.
 * :mod:`~personalive_trt.engines.cache`: engines keyed by network, ONNX hash, profile, precision, TensorRT
   version and GPU, with a JSON manifest; stale engines are rebuilt or refused, never loaded.
 * :mod:`~personalive_trt.engines.backends`: one interface (:class:`EngineBackend`) over a torch module,
   an ONNX Runtime session and a TensorRT engine, each on the device it was given (TensorRT: CUDA only;
   its execution contexts bind their tensor addresses once, see :class:`TensorRTBackend`).
+* :mod:`~personalive_trt.engines.networks`: :class:`~personalive_trt.engines.networks.Networks`, the nine
+  networks of one stream behind that interface, called by role; the loops (``runtime/``) see only this.
+* :mod:`~personalive_trt.engines.folder`: a built engines folder (``build.json``, the ONNX exports, the engine
+  cache): its record, and its networks checked against the weights, configuration, device and dtype asked for.
 
 ``tensorrt`` itself is imported only when needed (:func:`require_tensorrt`).
 """

@@ -4,7 +4,7 @@ Every backend follows the same contract (:class:`EngineBackend`), so the streami
 ``personalive-trt run --backend`` never branch on which one runs:
 
 * :meth:`~EngineBackend.allocate` creates each output buffer once, at the profile maximum of the
-  network's :class:`~personalive_trt.export.spec.NetworkSpec`. Buffer addresses never change afterwards,
+  network's :class:`~personalive_trt.export.interface.NetworkSpec`. Buffer addresses never change afterwards,
   which is what CUDA-graph capture needs.
 * :meth:`~EngineBackend.infer` checks the inputs against the spec (names, dtype, device, shape inside the
   profile range; errors name the tensor and the allowed range), runs the network on the *real* shapes of
@@ -37,7 +37,7 @@ import torch
 
 from personalive_trt.devices import canonical_device
 from personalive_trt.engines.cache import EngineError
-from personalive_trt.export.spec import NetworkSpec, Shape, TensorSpec
+from personalive_trt.export.interface import NetworkSpec, Shape, TensorSpec
 
 log = logging.getLogger("personalive_trt.engines")
 

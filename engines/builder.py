@@ -30,7 +30,7 @@ from typing import Any
 
 from personalive_trt.engines.backends import check_io_names, log, require_tensorrt, trt_logger, trt_to_torch_dtype
 from personalive_trt.engines.cache import EngineCache, EngineError, EngineKey, GpuInfo, StaleEngineError, atomic_write
-from personalive_trt.export.spec import NetworkSpec
+from personalive_trt.export.interface import NetworkSpec
 
 PRECISIONS = ("fp16", "fp32")
 

@@ -231,86 +231,100 @@ def convert_to_fp16(model: onnx.ModelProto, io_types: Mapping[str, int],
     Weight values are not read here: :meth:`Fp16Graph.values` converts them (and refuses weights
     beyond the float16 range) while the file is written.
     """
-    types = elem_types(model)
-    live = _data_dependent(model)
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    # The tracer deduplicates equal weights through Identity nodes; read through them, so the weight
-    # itself is converted instead of a float32 copy being cast at run time.
-    graph_outputs = {v.name for v in graph.output}
-    aliases = {node.output[0]: node.input[0] for node in graph.node
-               if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in graph_outputs}
-    new_type: dict[str, int] = {}
-    for value in graph.input:
-        if types.get(value.name) == FLOAT:
-            new_type[value.name] = io_types.get(value.name, FLOAT16)
-    for name, tensor in initializers.items():
-        if tensor.data_type != FLOAT:  # float weights are typed per use (see `use`)
-            new_type[name] = tensor.data_type
+    conversion = _Conversion(model, io_types)
+    for node in model.graph.node:
+        conversion.add_node(node, in_island)
+    conversion.type_graph_outputs()
+    conversion.keep_fp32_only_weights_named()
+    return conversion.result()
 
-    out_nodes: list[onnx.NodeProto] = []
-    init_plan: dict[str, tuple[str, np.dtype]] = {}
-    init_types: dict[str, int] = {}
-    converted: dict[tuple[str, int], str] = {}
-    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-    island_nodes: dict[str, list[str]] = defaultdict(list)
-    casts = 0
 
-    def use(name: str, want: int) -> str:
+class _Conversion:
+    """The state of one :func:`convert_to_fp16`: the new nodes, every tensor's new type, and the weights' plan."""
+
+    def __init__(self, model: onnx.ModelProto, io_types: Mapping[str, int]) -> None:
+        self.model, self.io_types = model, io_types
+        self.types = elem_types(model)
+        self.live = _data_dependent(model)
+        graph = model.graph
+        self.initializers = {t.name: t for t in graph.initializer}
+        # The tracer deduplicates equal weights through Identity nodes; read through them, so the weight
+        # itself is converted instead of a float32 copy being cast at run time.
+        graph_outputs = {v.name for v in graph.output}
+        self.aliases = {node.output[0]: node.input[0] for node in graph.node
+                        if node.op_type == "Identity" and node.input[0] in self.initializers
+                        and node.output[0] not in graph_outputs}
+        self.new_type: dict[str, int] = {}
+        for value in graph.input:
+            if self.types.get(value.name) == FLOAT:
+                self.new_type[value.name] = io_types.get(value.name, FLOAT16)
+        for name, tensor in self.initializers.items():
+            if tensor.data_type != FLOAT:  # float weights are typed per use (see `use`)
+                self.new_type[name] = tensor.data_type
+        self.out_nodes: list[onnx.NodeProto] = []
+        self.init_plan: dict[str, tuple[str, np.dtype]] = {}
+        self.init_types: dict[str, int] = {}
+        self.converted: dict[tuple[str, int], str] = {}
+        self.constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+        self.island_nodes: dict[str, list[str]] = defaultdict(list)
+        self.casts = 0
+
+    def use(self, name: str, want: int) -> str:
         """``name`` as a tensor of type ``want`` (converting weights/constants by value, else a Cast)."""
-        nonlocal casts
-        if new_type.get(name) == want:
+        if self.new_type.get(name) == want:
             return name
         key = (name, want)
-        if key in converted:
-            return converted[key]
+        if key in self.converted:
+            return self.converted[key]
         suffix = "__fp16" if want == FLOAT16 else "__fp32"
-        if name in initializers:
+        if name in self.initializers:
             # Weights: the fp16 version keeps the name (TensorRT refit / readability), fp32 users get a copy.
             target = name if want == FLOAT16 else name + suffix
-            init_plan[target] = (name, np.dtype(np.float16 if want == FLOAT16 else np.float32))
-            init_types[target] = want
-        elif name in constants:
+            self.init_plan[target] = (name, np.dtype(np.float16 if want == FLOAT16 else np.float32))
+            self.init_types[target] = want
+        elif name in self.constants:
             target = name + suffix
-            value = numpy_helper.to_array(_constant_value(constants[name]))
+            value = numpy_helper.to_array(_constant_value(self.constants[name]))
             cast = value.astype(np.float16 if want == FLOAT16 else np.float32)
             if np.isfinite(value).all() and not np.isfinite(cast).all():
                 raise ConversionError(f"constant {name!r} (max |x| = {float(np.abs(value).max()):.4g}) does not fit "
                                       "float16; keep the module that uses it in fp32")
-            out_nodes.append(helper.make_node("Constant", [], [target], name=constants[name].name + suffix,
-                                              value=numpy_helper.from_array(cast, target)))
+            self.out_nodes.append(helper.make_node("Constant", [], [target], name=self.constants[name].name + suffix,
+                                                   value=numpy_helper.from_array(cast, target)))
         else:
             target = name + ("__to_fp16" if want == FLOAT16 else "__to_fp32")
-            out_nodes.append(helper.make_node("Cast", [name], [target], name=target, to=want))
-            casts += 1
-        new_type[target] = want
-        converted[key] = target
+            self.out_nodes.append(helper.make_node("Cast", [name], [target], name=target, to=want))
+            self.casts += 1
+        self.new_type[target] = want
+        self.converted[key] = target
         return target
 
-    for node in graph.node:
-        if node.op_type == "Identity" and node.output[0] in aliases:
-            continue
-        if any(name in aliases for name in node.input):
-            node = _with_inputs(node, [aliases.get(name, name) for name in node.input])
+    def add_node(self, node: onnx.NodeProto, in_island: Callable[[str], str | None]) -> None:
+        """``node`` in its new types: float16 where it computes on the data outside a keep_fp32 island."""
+        types = self.types
+        if node.op_type == "Identity" and node.output[0] in self.aliases:
+            return
+        if any(name in self.aliases for name in node.input):
+            node = _with_inputs(node, [self.aliases.get(name, name) for name in node.input])
         if node.op_type in _UNSUPPORTED_TYPED and any(types.get(o) == FLOAT for o in node.output):
             raise ConversionError(f"node {node.name} ({node.op_type}) has an attribute-typed float output")
         island = in_island(node.name)
         if island is not None:
-            island_nodes[island].append(node.name)
-        data = any(o in live for o in node.output if o)
+            self.island_nodes[island].append(node.name)
+        data = any(o in self.live for o in node.output if o)
         target = FLOAT16 if data and island is None else FLOAT
         new = onnx.NodeProto()
         new.CopyFrom(node)
         if node.op_type == "Constant":
             # Converted lazily, per consumer type (see `use`); the original stays for fp32 users.
             for o in node.output:
-                new_type[o] = types.get(o, 0)
-            out_nodes.append(new)
-            continue
+                self.new_type[o] = types.get(o, 0)
+            self.out_nodes.append(new)
+            return
         free = _TYPE_FREE_INPUTS.get(node.op_type, lambda i: False)
         for i, name in enumerate(node.input):
             if name and types.get(name) == FLOAT and not free(i):
-                new.input[i] = use(name, target)
+                new.input[i] = self.use(name, target)
         if node.op_type == "Cast":
             to = next(a for a in new.attribute if a.name == "to")
             if to.i == FLOAT:
@@ -319,62 +333,66 @@ def convert_to_fp16(model: onnx.ModelProto, io_types: Mapping[str, int],
             raise ConversionError(f"node {node.name}: data-dependent ConstantOfShape is not supported")
         for o in node.output:
             if o and types.get(o) == FLOAT:
-                new_type[o] = target
-        out_nodes.append(new)
+                self.new_type[o] = target
+        self.out_nodes.append(new)
 
-    # Graph outputs: the wanted type, through a final cast where the producer's type differs.
-    renames: dict[str, str] = {}
-    tail: list[onnx.NodeProto] = []
-    for value in graph.output:
-        if types.get(value.name) != FLOAT:
-            continue
-        want = io_types.get(value.name, FLOAT16)
-        if new_type.get(value.name) != want:
-            inner = value.name + "__pre"
-            renames[value.name] = inner
-            tail.append(helper.make_node("Cast", [inner], [value.name], name=value.name + "__out", to=want))
-            casts += 1
-    if renames:
-        for node in out_nodes:
-            for i, name in enumerate(node.input):
-                node.input[i] = renames.get(name, name)
-            for i, name in enumerate(node.output):
-                node.output[i] = renames.get(name, name)
-    out_nodes.extend(tail)
+    def type_graph_outputs(self) -> None:
+        """Graph outputs: the wanted type, through a final cast where the producer's type differs."""
+        renames: dict[str, str] = {}
+        tail: list[onnx.NodeProto] = []
+        for value in self.model.graph.output:
+            if self.types.get(value.name) != FLOAT:
+                continue
+            want = self.io_types.get(value.name, FLOAT16)
+            if self.new_type.get(value.name) != want:
+                inner = value.name + "__pre"
+                renames[value.name] = inner
+                tail.append(helper.make_node("Cast", [inner], [value.name], name=value.name + "__out", to=want))
+                self.casts += 1
+        if renames:
+            for node in self.out_nodes:
+                for i, name in enumerate(node.input):
+                    node.input[i] = renames.get(name, name)
+                for i, name in enumerate(node.output):
+                    node.output[i] = renames.get(name, name)
+        self.out_nodes.extend(tail)
 
-    # Initializers: a float weight used in float32 only (island weights) keeps its own name.
-    back = {}
-    for name, tensor in initializers.items():
-        if tensor.data_type != FLOAT:
-            init_plan.setdefault(name, (name, helper.tensor_dtype_to_np_dtype(tensor.data_type)))
-            init_types.setdefault(name, tensor.data_type)
-        elif (name, FLOAT) in converted and (name, FLOAT16) not in converted:
-            copy = converted[(name, FLOAT)]
-            back[copy] = name
-            init_plan[name] = init_plan.pop(copy)
-            init_types[name] = init_types.pop(copy)
-    if back:
-        for node in out_nodes:
-            for i, name in enumerate(node.input):
-                node.input[i] = back.get(name, name)
-    used = {name for node in out_nodes for name in node.input}
-    init_plan = {name: plan for name, plan in init_plan.items() if name in used}
+    def keep_fp32_only_weights_named(self) -> None:
+        """Initializers: a float weight used in float32 only (island weights) keeps its own name."""
+        back = {}
+        for name, tensor in self.initializers.items():
+            if tensor.data_type != FLOAT:
+                self.init_plan.setdefault(name, (name, helper.tensor_dtype_to_np_dtype(tensor.data_type)))
+                self.init_types.setdefault(name, tensor.data_type)
+            elif (name, FLOAT) in self.converted and (name, FLOAT16) not in self.converted:
+                copy = self.converted[(name, FLOAT)]
+                back[copy] = name
+                self.init_plan[name] = self.init_plan.pop(copy)
+                self.init_types[name] = self.init_types.pop(copy)
+        if back:
+            for node in self.out_nodes:
+                for i, name in enumerate(node.input):
+                    node.input[i] = back.get(name, name)
+        used = {name for node in self.out_nodes for name in node.input}
+        self.init_plan = {name: plan for name, plan in self.init_plan.items() if name in used}
 
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    g = result.graph
-    del g.node[:]
-    g.node.extend(out_nodes)
-    del g.initializer[:]
-    g.initializer.extend(placeholder(name, init_types[name], initializers[source].dims)
-                         for name, (source, _) in init_plan.items())
-    del g.value_info[:]
-    for value in [*g.input, *g.output]:
-        if types.get(value.name) == FLOAT:
-            value.type.tensor_type.elem_type = io_types.get(value.name, FLOAT16)
-    _drop_unused_constants(g)
-    onnx.shape_inference.infer_shapes(without_data(result), strict_mode=True)  # type check
-    return Fp16Graph(result, init_plan, dict(island_nodes), casts)
+    def result(self) -> Fp16Graph:
+        """The converted model (initializers as placeholders), type-checked by ONNX shape inference."""
+        result = onnx.ModelProto()
+        result.CopyFrom(self.model)
+        g = result.graph
+        del g.node[:]
+        g.node.extend(self.out_nodes)
+        del g.initializer[:]
+        g.initializer.extend(placeholder(name, self.init_types[name], self.initializers[source].dims)
+                             for name, (source, _) in self.init_plan.items())
+        del g.value_info[:]
+        for value in [*g.input, *g.output]:
+            if self.types.get(value.name) == FLOAT:
+                value.type.tensor_type.elem_type = self.io_types.get(value.name, FLOAT16)
+        _drop_unused_constants(g)
+        onnx.shape_inference.infer_shapes(without_data(result), strict_mode=True)  # type check
+        return Fp16Graph(result, self.init_plan, dict(self.island_nodes), self.casts)
 
 
 def _with_inputs(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto:
@@ -400,10 +418,6 @@ def float32_compute_nodes(model: onnx.ModelProto) -> list[str]:
     live = _data_dependent(model)
     return [node.name for node in model.graph.node
             if node.op_type != "Cast" and any(o in live and types.get(o) == FLOAT for o in node.output)]
-
-
-def float_initializer_types(model: onnx.ModelProto) -> dict[str, int]:
-    return {t.name: t.data_type for t in model.graph.initializer if t.data_type in (FLOAT, FLOAT16)}
 
 
 def ort_fp32_fallback_ops(model: onnx.ModelProto) -> list[str]:

@@ -1,6 +1,6 @@
 """ONNX export of the PersonaLive networks, verified in ONNX Runtime against torch, with a manifest.
 
-For each :class:`~personalive_trt.export.spec.NetworkSpec`:
+For each :class:`~personalive_trt.export.interface.NetworkSpec`:
 
 1. the torch FP32 reference outputs are computed on the spec's sample inputs at two shapes
    (:func:`~personalive_trt.export.specs.verification_cases`);
@@ -13,7 +13,7 @@ For each :class:`~personalive_trt.export.spec.NetworkSpec`:
    fp16 ops in float32, see :mod:`~personalive_trt.export.fp16`). ONNX Runtime runs the file's
    fused-attention copy (``model.fused.onnx``, :mod:`~personalive_trt.export.attention`): the plain
    attention TensorRT fuses would make ONNX Runtime materialise every score matrix. A metric beyond
-   the spec's :class:`~personalive_trt.export.spec.Tolerance` raises :class:`ExportError`;
+   the spec's :class:`~personalive_trt.export.interface.Tolerance` raises :class:`ExportError`;
 5. only when every requested precision has passed are the exports moved into place (``out_dir/<name>.<precision>/model.onnx``, plus
    ``model.onnx.data`` when the weights exceed ``external_data_bytes``); a failed export leaves
    nothing behind and an earlier export of the same network untouched.
@@ -21,7 +21,7 @@ For each :class:`~personalive_trt.export.spec.NetworkSpec`:
 Memory: weights are streamed tensor by tensor from the traced file into the final file(s), so a
 6.7 GB UNet is not held twice by this module (the tracer and ONNX Runtime hold their own copies);
 one ONNX Runtime session exists at a time. The peak RSS and the time of each network's export and
-verification are measured (:class:`PeakRss`) and written into its manifest record (``memory``,
+verification are measured (:class:`~personalive_trt.export.memory.PeakRss`) and written into its manifest record (``memory``,
 ``export_seconds``, ``verify_seconds``).
 """
 from __future__ import annotations
@@ -44,13 +44,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from personalive_trt import buildmem
 from personalive_trt.config import StreamConfig
 from personalive_trt.shapes import StreamShapes
 
 from . import fp16 as fp16_graph
 from .attention import fuse_attention
-from .spec import ExportError, NetworkSpec
+from .memory import PeakRss, return_freed_memory
+from .interface import ExportError, NetworkSpec
 from .specs import merge_specs, network_specs, sample_inputs, verification_cases
 
 DEFAULT_OPSET = 17
@@ -146,42 +146,6 @@ def dead_nodes(model) -> list[str]:
             alive.add(index)
             needed.update(name for name in node.input if name)
     return [node.name for i, node in enumerate(model.graph.node) if i not in alive]
-
-
-# ---- measured memory -----------------------------------------------------------------------------------
-class PeakRss:
-    """Peak resident memory of this process over one phase, read from ``/proc/self/status`` (VmHWM).
-
-    ``reset()`` writes 5 to ``/proc/self/clear_refs``, which sets the high-water mark back to the
-    current RSS (Linux >= 4.0), so each network's export and verification get their own peak while
-    running in this process. Where that file is not writable the peak is the process high-water mark
-    since start (``method`` says which), an upper bound of the phase's peak.
-    """
-
-    def __init__(self) -> None:
-        self.method = "VmHWM reset per phase via /proc/self/clear_refs"
-        self.reset()
-
-    def reset(self) -> None:
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            self.method = "process high-water mark (VmHWM/ru_maxrss; not resettable here)"
-
-    @staticmethod
-    def peak() -> int:
-        """Bytes."""
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ---- metrics -----------------------------------------------------------------------------------------------
@@ -418,8 +382,6 @@ def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions
     the torch module resident (6.3 GiB for the released denoising UNet). For a caller that exports this
     component's last network and needs it no longer (``export_all(release_components=True)``).
     """
-    import onnx
-
     if opset < 17:
         raise ExportError(f"opset {opset} < 17: LayerNormalization and the attention exports need opset >= 17")
     unknown = [p for p in precisions if p not in PRECISIONS]
@@ -433,67 +395,19 @@ def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wrapper = spec.wrap(module).eval()
-    cases = verification_cases(spec)
     rss = PeakRss()
-    started = time.perf_counter()
-    references = [torch_reference(spec, wrapper, sample_inputs(spec, which, "fp32", seed))
-                  for _, which, seed in cases] if verify else []
-    reference_seconds = time.perf_counter() - started
-    reference_peak = rss.peak()
+    reference = _reference_outputs(spec, wrapper, verify, rss)
 
     scratch = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=out_dir))
     records = {}
     try:
-        rss.reset()
-        started = time.perf_counter()
-        trace_path = scratch / "trace" / MODEL_FILE
-        try:
-            _trace(spec, wrapper, sample_inputs(spec, "opt", "fp32", 0), trace_path, opset)
-        except Exception as exc:  # noqa: BLE001 -- any tracer/exporter failure is an export failure
-            raise ExportError(f"{spec.name}: torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
-        traced = onnx.load(str(trace_path), load_external_data=False)
-        store = fp16_graph.TensorStore(traced, trace_path.parent)
-        lookup = _island_lookup(spec, wrapper, module) if "fp16" in precisions else None
-        trace_seconds = time.perf_counter() - started
-        trace_peak = rss.peak()
+        traced = _trace_once(spec, wrapper, module, precisions, scratch, opset, rss)
         if release:  # the weights are in the trace's files now, the references computed
             setattr(models, spec.component, None)
             del module, wrapper
             gc.collect()
-        unused = dead_nodes(traced)
-        candidates = []
-        for precision in precisions:
-            candidate = _Candidate(spec, precision, scratch / f"{spec.name}.{precision}")
-            rss.reset()
-            started = time.perf_counter()
-            model, values = _build(candidate, traced, store, lookup, external_data_bytes)
-            onnx.checker.check_model(str(candidate.folder / MODEL_FILE), full_check=False)
-            export_seconds = time.perf_counter() - started + trace_seconds
-            export_peak = max(rss.peak(), trace_peak)
-            rss.reset()
-            started = time.perf_counter()
-            if verify:
-                _verify(candidate, model, values, cases, references, scratch / precision, external_data_bytes)
-            else:
-                candidate.record["verification"] = {"passed": None, "skipped": True}
-            verify_peak = max(rss.peak(), reference_peak) if verify else None
-            candidate.record.update(
-                network=spec.name, component=spec.component, precision=precision, opset=opset,
-                onnx=f"{spec.name}.{precision}/{MODEL_FILE}",
-                files={f"{spec.name}.{precision}/{p.name}": sha256(p) for p in candidate.files},
-                bytes=sum(p.stat().st_size for p in candidate.files),
-                sha256=sha256(candidate.folder / MODEL_FILE),
-                spec=spec.describe(precision), dead_nodes=len(unused),
-                export_seconds=round(export_seconds, 3),
-                verify_seconds=round(time.perf_counter() - started + (reference_seconds if verify else 0), 3),
-                verified=verify, versions=versions(),
-                # Peak RSS of this process (bytes): export = trace (shared by the precisions) + this
-                # precision's conversion and write; verify = torch reference outputs or the ONNX
-                # Runtime sessions of this precision, whichever is higher. See PeakRss.
-                memory={"export_peak_rss_bytes": export_peak, "verify_peak_rss_bytes": verify_peak,
-                        "method": rss.method},
-            )
-            candidates.append(candidate)
+        candidates = [_export_candidate(spec, precision, scratch, traced, reference, verify, opset,
+                                        external_data_bytes, rss) for precision in precisions]
         # Everything passed: move into place.
         for candidate in candidates:
             _place(candidate, out_dir)
@@ -501,6 +415,91 @@ def export_precisions(spec: NetworkSpec, models, out_dir: str | Path, precisions
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return records
+
+
+@dataclasses.dataclass
+class _Reference:
+    """The torch fp32 outputs every precision is verified against, and what computing them cost."""
+
+    cases: list
+    outputs: list
+    seconds: float
+    peak: int
+
+
+@dataclasses.dataclass
+class _Traced:
+    """The one fp32 trace every precision is derived from, and what tracing cost."""
+
+    model: object  # onnx.ModelProto, initializers external
+    store: object  # fp16_graph.TensorStore over the trace's files
+    lookup: Callable | None  # node -> keep_fp32 island (fp16 only)
+    seconds: float
+    peak: int
+    dead_nodes: int
+
+
+def _reference_outputs(spec: NetworkSpec, wrapper: torch.nn.Module, verify: bool, rss: PeakRss) -> _Reference:
+    cases = verification_cases(spec)
+    started = time.perf_counter()
+    outputs = [torch_reference(spec, wrapper, sample_inputs(spec, which, "fp32", seed))
+               for _, which, seed in cases] if verify else []
+    return _Reference(cases, outputs, time.perf_counter() - started, rss.peak())
+
+
+def _trace_once(spec: NetworkSpec, wrapper: torch.nn.Module, module: torch.nn.Module, precisions: Sequence[str],
+                scratch: Path, opset: int, rss: PeakRss) -> _Traced:
+    import onnx
+
+    rss.reset()
+    started = time.perf_counter()
+    trace_path = scratch / "trace" / MODEL_FILE
+    try:
+        _trace(spec, wrapper, sample_inputs(spec, "opt", "fp32", 0), trace_path, opset)
+    except Exception as exc:  # noqa: BLE001 -- any tracer/exporter failure is an export failure
+        raise ExportError(f"{spec.name}: torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
+    traced = onnx.load(str(trace_path), load_external_data=False)
+    store = fp16_graph.TensorStore(traced, trace_path.parent)
+    lookup = _island_lookup(spec, wrapper, module) if "fp16" in precisions else None
+    return _Traced(traced, store, lookup, time.perf_counter() - started, rss.peak(), len(dead_nodes(traced)))
+
+
+def _export_candidate(spec: NetworkSpec, precision: str, scratch: Path, traced: _Traced, reference: _Reference,
+                      verify: bool, opset: int, external_data_bytes: int, rss: PeakRss) -> _Candidate:
+    """One precision written, checked and verified in ``scratch`` (not yet in place), with its manifest record."""
+    import onnx
+
+    candidate = _Candidate(spec, precision, scratch / f"{spec.name}.{precision}")
+    rss.reset()
+    started = time.perf_counter()
+    model, values = _build(candidate, traced.model, traced.store, traced.lookup, external_data_bytes)
+    onnx.checker.check_model(str(candidate.folder / MODEL_FILE), full_check=False)
+    export_seconds = time.perf_counter() - started + traced.seconds
+    export_peak = max(rss.peak(), traced.peak)
+    rss.reset()
+    started = time.perf_counter()
+    if verify:
+        _verify(candidate, model, values, reference.cases, reference.outputs, scratch / precision, external_data_bytes)
+    else:
+        candidate.record["verification"] = {"passed": None, "skipped": True}
+    verify_peak = max(rss.peak(), reference.peak) if verify else None
+    candidate.record.update(
+        network=spec.name, component=spec.component, precision=precision, opset=opset,
+        onnx=f"{spec.name}.{precision}/{MODEL_FILE}",
+        files={f"{spec.name}.{precision}/{p.name}": sha256(p) for p in candidate.files},
+        bytes=sum(p.stat().st_size for p in candidate.files),
+        sha256=sha256(candidate.folder / MODEL_FILE),
+        spec=spec.describe(precision), dead_nodes=traced.dead_nodes,
+        export_seconds=round(export_seconds, 3),
+        verify_seconds=round(time.perf_counter() - started + (reference.seconds if verify else 0), 3),
+        verified=verify, versions=versions(),
+        # Peak RSS of this process (bytes): export = trace (shared by the precisions) + this
+        # precision's conversion and write; verify = torch reference outputs or the ONNX
+        # Runtime sessions of this precision, whichever is higher. See PeakRss.
+        memory={"export_peak_rss_bytes": export_peak, "verify_peak_rss_bytes": verify_peak,
+                "method": rss.method},
+    )
+    return candidate
 
 
 def export_network(spec: NetworkSpec, models, out_dir: str | Path, precision: str = "fp32", verify: bool = True,
@@ -532,7 +531,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     sequence of them (one denoising UNet per window; shared networks cover every window's range).
     An existing manifest in ``out_dir`` is updated: entries of networks exported now are replaced,
     the others kept -- unless it records other weights: ``fingerprint`` (see
-    :func:`personalive_trt.build.weights_fingerprint`) is written into the manifest, and a manifest
+    :func:`personalive_trt.engines.folder.weights_fingerprint`) is written into the manifest, and a manifest
     with another (or no) fingerprint is started afresh, so one manifest never mixes exports of two
     sets of weights. Returns the manifest.
 
@@ -541,7 +540,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     ``models`` once its last network is traced (before that network's files are written and verified),
     so the largest (the denoising UNet, 6.7 GB at the released size) is exported with little else
     resident and verified without itself; and glibc returns freed blocks to the system
-    (:func:`personalive_trt.buildmem.return_freed_memory`).
+    (:func:`personalive_trt.export.memory.return_freed_memory`).
     """
     out_dir = Path(out_dir)
     items = [shapes] if isinstance(shapes, (StreamShapes, int)) else list(shapes)
@@ -554,13 +553,13 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     if unknown:
         raise ExportError(f"unknown network(s) {unknown}; expected some of {list(specs)}")
     if release_components:
-        names = _smallest_component_first(models, specs, names)
+        names = export_order(models, specs, names)
     manifest = read_manifest(out_dir) if (out_dir / MANIFEST).is_file() else {}
     if manifest.get("weights_fingerprint") != fingerprint:
         manifest = {}  # exports of other weights: none of them may be reused
     entries = manifest.get("networks", {})
     if release_components:
-        buildmem.return_freed_memory()
+        return_freed_memory()
     for index, name in enumerate(names):
         if log:
             log(f"exporting {name} ({', '.join(precisions)})")
@@ -587,7 +586,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     return manifest
 
 
-def _smallest_component_first(models, specs: dict[str, NetworkSpec], names: list[str]) -> list[str]:
+def export_order(models, specs: dict[str, NetworkSpec], names: list[str]) -> list[str]:
     """``names`` in `build`'s order: components by size, and within one component the network with the
     largest tensors last (the bank projector before the denoising UNet, the VAE encoder before its decoder):
     a component is dropped once its last network is traced, so that network, the largest, is verified

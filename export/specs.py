@@ -42,10 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from personalive_trt.choices import Decoder
 from personalive_trt.config import LATENT_SCALE
 from personalive_trt.shapes import StreamShapes, kv_names, safe_name
 
-from .spec import DEFAULT_TOLERANCES, NetworkSpec, TensorSpec, Tolerance
+from .interface import DEFAULT_TOLERANCES, NetworkSpec, TensorSpec, Tolerance
 
 # CLIP image normalisation (CLIPImageProcessor defaults), for realistic encoder samples.
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -202,9 +203,10 @@ def denoising_unet_name(window: int) -> str:
     return f"denoising_unet_w{window}"
 
 
-def vae_decoder_name(vae: str) -> str:
+def vae_decoder_name(vae: Decoder | str) -> str:
     """The decoder network of ``StreamConfig.vae``: its own export, engine and cache key per decoder."""
-    return "vae_decoder" if vae == "full" else f"vae_decoder_{vae}"
+    vae = Decoder(vae)
+    return "vae_decoder" if vae is Decoder.FULL else f"vae_decoder_{vae}"
 
 
 def vae_decoder_spec(shapes: StreamShapes) -> NetworkSpec:
@@ -213,100 +215,147 @@ def vae_decoder_spec(shapes: StreamShapes) -> NetworkSpec:
     interface = dict(inputs=(TensorSpec.fixed("latents", shapes.latent_frames(frames)),),
                      outputs=(TensorSpec.fixed("frames", shapes.frames(frames)),),
                      tolerances={"fp32": DEFAULT_TOLERANCES["fp32"], "fp16": FP16_FRAMES_TOLERANCE})
-    if shapes.config.vae == "tiny":
-        return NetworkSpec(vae_decoder_name("tiny"), "taesd", wrap=TinyVaeDecoder, **interface,
+    if shapes.config.vae is Decoder.TINY:
+        return NetworkSpec(vae_decoder_name(Decoder.TINY), "taesd", wrap=TinyVaeDecoder, **interface,
                            description="clean pile latents (x0.18215, decoded as they are) -> frames in [0,1] "
                                        "by TAESD (/2+0.5 and clamp fused)")
-    return NetworkSpec(vae_decoder_name("full"), "vae", wrap=VaeDecoder, **interface,
+    return NetworkSpec(vae_decoder_name(Decoder.FULL), "vae", wrap=VaeDecoder, **interface,
                        description="clean pile latents (x0.18215) -> frames in [0,1] (scale, /2+0.5 and clamp fused)")
 
 
 def network_specs(shapes: StreamShapes) -> dict[str, NetworkSpec]:
     """Every exported network of one streaming configuration, keyed by name (export order)."""
-    W, P, B = shapes.window, shapes.pile, shapes.batch
-    banks_out = tuple(TensorSpec.fixed(safe_name(bank.name), shapes.bank(i)) for i, bank in enumerate(shapes.banks))
-    clip = TensorSpec.fixed("clip_embeds", shapes.clip_embeds())
     specs = [
-        NetworkSpec(
-            "reference_unet", "reference_unet",
-            inputs=(TensorSpec.fixed("latent", shapes.latent_frames(B)),
-                    TensorSpec.fixed("timestep", (B,), sample="zeros"),
-                    clip),
-            outputs=banks_out,
-            wrap=ReferenceBanks,
-            keep_fp32=(_TIMESTEP_FEATURES,),
-            description="reference UNet write pass at t=0 -> 16 reference-attention banks",
-        ),
-        NetworkSpec(
-            denoising_unet_name(W), "denoising_unet",
-            inputs=(TensorSpec.fixed("sample", shapes.latent_pile()),
-                    TensorSpec.fixed("timesteps", (B * P,), dtype=torch.int64, sample="values",
-                                     values=tuple(shapes.config.pile_timesteps) * B),
-                    clip,
-                    TensorSpec.fixed("motion", shapes.motion_states(P)),
-                    TensorSpec.fixed("pose", shapes.pose_features(P)),
-                    *kv_inputs(shapes)),
-            outputs=(TensorSpec.fixed("noise_pred", shapes.latent_pile()),),
-            wrap=DenoisingStep,
-            keep_fp32=(_TIMESTEP_FEATURES,),
-            tolerances={"fp32": DEFAULT_TOLERANCES["fp32"], "fp16": FP16_UNET_TOLERANCE},
-            description=f"denoising UNet on the {P}-frame pile (window {W}), bank keys/values with up to "
-                        f"{shapes.max_bank_length - 1} history keyframes",
-        ),
-        NetworkSpec(
-            "bank_projector", "denoising_unet",
-            inputs=tuple(TensorSpec.fixed(safe_name(bank.name), shapes.bank(i)) for i, bank in enumerate(shapes.banks)),
-            outputs=tuple(TensorSpec.fixed(name, shapes.bank(i))
-                          for i, bank in enumerate(shapes.banks) for name in kv_names(bank.name)),
-            wrap=BankProjector,
-            description="one reference/keyframe's 16 banks -> the denoising UNet's 32 key/value projections",
-        ),
-        NetworkSpec(
-            "motion_encoder", "motion_encoder",
-            inputs=(_ranged("faces", shapes.faces, W, W, W + 1, sample="image_pm1"),),
-            outputs=(_ranged("motion", shapes.motion_states, W, W, W + 1),),
-            wrap=SingleOutput,
-            description="face crops in [-1,1] -> motion tokens (first call adds the reference face)",
-        ),
-        NetworkSpec(
-            "pose_guider", "pose_guider",
-            inputs=(_ranged("maps", shapes.keypoint_maps, W, W, P, sample="keypoint_maps"),),
-            outputs=(_ranged("pose", shapes.pose_features, W, W, P),),
-            wrap=SingleOutput,
-            description="keypoint maps -> pose features (first call draws the whole pile)",
-        ),
-        NetworkSpec(
-            "pose_encoder", "motion_extractor",
-            inputs=(_ranged("images", shapes.cond_frames, B, B * W, B * W, sample="image01"),),
-            outputs=(
-                *(_ranged(name, lambda n: (n, NUM_POSE_BINS), B, B * W, B * W) for name in ("pitch", "yaw", "roll")),
-                _ranged("t", lambda n: (n, 3), B, B * W, B * W),
-                _ranged("scale", lambda n: (n, 1), B, B * W, B * W),
-                _ranged("kp", lambda n: (n, KEYPOINT_DIMS), B, B * W, B * W),
-            ),
-            wrap=PoseEncoder,
-            keep_fp32=(_FP32_LAYER_NORMS, _GRN),
-            description="LivePortrait motion extractor: 256x256 frames in [0,1] -> pose bins, t, scale, keypoints",
-        ),
+        _reference_unet_spec(shapes),
+        _denoising_unet_spec(shapes),
+        _bank_projector_spec(shapes),
+        _motion_encoder_spec(shapes),
+        _pose_guider_spec(shapes),
+        _pose_encoder_spec(shapes),
         vae_decoder_spec(shapes),
-        NetworkSpec(
-            "vae_encoder", "vae",
-            inputs=(TensorSpec.fixed("image", shapes.frames(B), sample="image_pm1"),),
-            outputs=(TensorSpec.fixed("latent", shapes.latent_frames(B)),),
-            wrap=VaeEncoder,
-            # The random-weight VAE encoder is the most rounding-sensitive block (shared README section 8).
-            tolerances={"fp32": Tolerance("rel", 1e-3), "fp16": DEFAULT_TOLERANCES["fp16"]},
-            description="reference image in [-1,1] -> posterior-mean latent x0.18215",
-        ),
-        NetworkSpec(
-            "image_encoder", "image_encoder",
-            inputs=(TensorSpec.fixed("pixels", shapes.clip_pixels(), sample="clip_pixels"),),
-            outputs=(clip,),
-            wrap=ImageEncoder,
-            description="CLIP-normalised 224x224 reference -> image embeds (1,1,D)",
-        ),
+        _vae_encoder_spec(shapes),
+        _image_encoder_spec(shapes),
     ]
     return {spec.name: spec for spec in specs}
+
+
+def _reference_unet_spec(shapes: StreamShapes) -> NetworkSpec:
+    """The reference UNet's write pass: the 16 banks a reference (or keyframe) gives the denoising UNet."""
+    B = shapes.batch
+    banks_out = tuple(TensorSpec.fixed(safe_name(bank.name), shapes.bank(i)) for i, bank in enumerate(shapes.banks))
+    clip = TensorSpec.fixed("clip_embeds", shapes.clip_embeds())
+    return NetworkSpec(
+        "reference_unet", "reference_unet",
+        inputs=(TensorSpec.fixed("latent", shapes.latent_frames(B)),
+                TensorSpec.fixed("timestep", (B,), sample="zeros"),
+                clip),
+        outputs=banks_out,
+        wrap=ReferenceBanks,
+        keep_fp32=(_TIMESTEP_FEATURES,),
+        description="reference UNet write pass at t=0 -> 16 reference-attention banks",
+    )
+
+
+def _denoising_unet_spec(shapes: StreamShapes) -> NetworkSpec:
+    """The denoising UNet on the whole pile, with the bank keys/values of the reference and keyframes."""
+    W, P, B = shapes.window, shapes.pile, shapes.batch
+    clip = TensorSpec.fixed("clip_embeds", shapes.clip_embeds())
+    return NetworkSpec(
+        denoising_unet_name(W), "denoising_unet",
+        inputs=(TensorSpec.fixed("sample", shapes.latent_pile()),
+                TensorSpec.fixed("timesteps", (B * P,), dtype=torch.int64, sample="values",
+                                 values=tuple(shapes.config.pile_timesteps) * B),
+                clip,
+                TensorSpec.fixed("motion", shapes.motion_states(P)),
+                TensorSpec.fixed("pose", shapes.pose_features(P)),
+                *kv_inputs(shapes)),
+        outputs=(TensorSpec.fixed("noise_pred", shapes.latent_pile()),),
+        wrap=DenoisingStep,
+        keep_fp32=(_TIMESTEP_FEATURES,),
+        tolerances={"fp32": DEFAULT_TOLERANCES["fp32"], "fp16": FP16_UNET_TOLERANCE},
+        description=f"denoising UNet on the {P}-frame pile (window {W}), bank keys/values with up to "
+                    f"{shapes.max_bank_length - 1} history keyframes",
+    )
+
+
+def _bank_projector_spec(shapes: StreamShapes) -> NetworkSpec:
+    """The denoising UNet's key/value projections of one reference's banks (once per reference)."""
+    return NetworkSpec(
+        "bank_projector", "denoising_unet",
+        inputs=tuple(TensorSpec.fixed(safe_name(bank.name), shapes.bank(i)) for i, bank in enumerate(shapes.banks)),
+        outputs=tuple(TensorSpec.fixed(name, shapes.bank(i))
+                      for i, bank in enumerate(shapes.banks) for name in kv_names(bank.name)),
+        wrap=BankProjector,
+        description="one reference/keyframe's 16 banks -> the denoising UNet's 32 key/value projections",
+    )
+
+
+def _motion_encoder_spec(shapes: StreamShapes) -> NetworkSpec:
+    """Face crops -> motion tokens."""
+    W = shapes.window
+    return NetworkSpec(
+        "motion_encoder", "motion_encoder",
+        inputs=(_ranged("faces", shapes.faces, W, W, W + 1, sample="image_pm1"),),
+        outputs=(_ranged("motion", shapes.motion_states, W, W, W + 1),),
+        wrap=SingleOutput,
+        description="face crops in [-1,1] -> motion tokens (first call adds the reference face)",
+    )
+
+
+def _pose_guider_spec(shapes: StreamShapes) -> NetworkSpec:
+    """Keypoint maps -> pose features."""
+    W, P = shapes.window, shapes.pile
+    return NetworkSpec(
+        "pose_guider", "pose_guider",
+        inputs=(_ranged("maps", shapes.keypoint_maps, W, W, P, sample="keypoint_maps"),),
+        outputs=(_ranged("pose", shapes.pose_features, W, W, P),),
+        wrap=SingleOutput,
+        description="keypoint maps -> pose features (first call draws the whole pile)",
+    )
+
+
+def _pose_encoder_spec(shapes: StreamShapes) -> NetworkSpec:
+    """The motion extractor (LivePortrait) on the driving frames."""
+    W, B = shapes.window, shapes.batch
+    return NetworkSpec(
+        "pose_encoder", "motion_extractor",
+        inputs=(_ranged("images", shapes.cond_frames, B, B * W, B * W, sample="image01"),),
+        outputs=(
+            *(_ranged(name, lambda n: (n, NUM_POSE_BINS), B, B * W, B * W) for name in ("pitch", "yaw", "roll")),
+            _ranged("t", lambda n: (n, 3), B, B * W, B * W),
+            _ranged("scale", lambda n: (n, 1), B, B * W, B * W),
+            _ranged("kp", lambda n: (n, KEYPOINT_DIMS), B, B * W, B * W),
+        ),
+        wrap=PoseEncoder,
+        keep_fp32=(_FP32_LAYER_NORMS, _GRN),
+        description="LivePortrait motion extractor: 256x256 frames in [0,1] -> pose bins, t, scale, keypoints",
+    )
+
+
+def _vae_encoder_spec(shapes: StreamShapes) -> NetworkSpec:
+    """The reference image -> its latent."""
+    B = shapes.batch
+    return NetworkSpec(
+        "vae_encoder", "vae",
+        inputs=(TensorSpec.fixed("image", shapes.frames(B), sample="image_pm1"),),
+        outputs=(TensorSpec.fixed("latent", shapes.latent_frames(B)),),
+        wrap=VaeEncoder,
+        # The random-weight VAE encoder is the most rounding-sensitive block (shared README section 8).
+        tolerances={"fp32": Tolerance("rel", 1e-3), "fp16": DEFAULT_TOLERANCES["fp16"]},
+        description="reference image in [-1,1] -> posterior-mean latent x0.18215",
+    )
+
+
+def _image_encoder_spec(shapes: StreamShapes) -> NetworkSpec:
+    """The reference image -> its CLIP embedding."""
+    clip = TensorSpec.fixed("clip_embeds", shapes.clip_embeds())
+    return NetworkSpec(
+        "image_encoder", "image_encoder",
+        inputs=(TensorSpec.fixed("pixels", shapes.clip_pixels(), sample="clip_pixels"),),
+        outputs=(clip,),
+        wrap=ImageEncoder,
+        description="CLIP-normalised 224x224 reference -> image embeds (1,1,D)",
+    )
 
 
 def merge_specs(groups: Iterable[dict[str, NetworkSpec]]) -> dict[str, NetworkSpec]:

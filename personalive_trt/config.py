@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from personalive_trt.choices import Decoder
+
 # Constants of the released model (not tunable without retraining).
 LATENT_SCALE = 0.18215  # SD1.x latent scaling; hard-coded for encode and decode in the original
 VAE_DOWNSCALE = 8  # pixel -> latent
@@ -24,9 +26,9 @@ POSE_CANVAS = 512  # draw_keypoints / get_boxes assume a 512 x 512 canvas
 FACE_SIZE = 224  # motion-encoder face crops
 COND_SIZE = 256  # motion-extractor input size
 CLIP_SIZE = 224
-# Per-step VAE decoders: "full" = the released SD VAE (sd-vae-ft-mse) decoder; "tiny" = TAESD
-# (madebyollin/taesd, diffusers' AutoencoderTiny), which decodes the x0.18215 latents directly.
-VAE_DECODERS = ("full", "tiny")
+# Per-step VAE decoders (personalive_trt.choices.Decoder): "full" = the released SD VAE (sd-vae-ft-mse) decoder;
+# "tiny" = TAESD (madebyollin/taesd, diffusers' AutoencoderTiny), which decodes the x0.18215 latents directly.
+VAE_DECODERS = tuple(decoder.value for decoder in Decoder)
 VAE_HELP = ("Per-step decoder: full (the SD VAE decoder) or tiny (TAESD: ~1/18 of the full decoder's FLOPs, a "
             "distilled, slightly blurrier decode; needs taesd/ in the weights folder, see `weights download`).")
 COMPILE_HELP = ("torch backend: torch.compile the per-step networks (static shapes, inside the CUDA graphs). auto: "
@@ -53,7 +55,7 @@ class StreamConfig:
         keyframe_start (`int`, defaults to 8): keyframes are checked once more than this many
             calls have finished (i.e. from the 10th call on with the default).
         max_keyframes (`int`, defaults to 3): history keyframes appended to the reference banks.
-        vae (`str`, defaults to ``"full"``): the decoder of every step's frames: ``"full"`` (the released
+        vae (`Decoder` or its string, defaults to ``"full"``): the decoder of every step's frames: ``"full"`` (the released
             SD VAE decoder, ~10 of the ~35 TFLOP of a full-size step) or ``"tiny"`` (TAESD: ~0.6 TFLOP,
             a distilled approximation of the same decode; needs ``taesd/`` in the weights folder). The
             reference is always encoded by the full VAE encoder: it runs once per reference, and the
@@ -67,11 +69,10 @@ class StreamConfig:
     keyframe_threshold: float = 17.0
     keyframe_start: int = 8
     max_keyframes: int = 3
-    vae: str = "full"
+    vae: Decoder = Decoder.FULL
 
     def __post_init__(self) -> None:
-        if self.vae not in VAE_DECODERS:
-            raise ValueError(f"StreamConfig.vae {self.vae!r}: expected one of {', '.join(VAE_DECODERS)}")
+        object.__setattr__(self, "vae", Decoder.parse(self.vae, "StreamConfig.vae"))  # "tiny" -> Decoder.TINY
         for name in ("window", "steps", "step_length", "resolution"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from personalive_trt.choices import Backend
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
@@ -25,7 +27,7 @@ def canonical_device(device: torch.device | str) -> torch.device:
     return device
 
 
-def resolve_device(device: str = "auto", dtype: str = "auto", backend: str = "torch"
+def resolve_device(device: str = "auto", dtype: str = "auto", backend: Backend | str = Backend.TORCH
                    ) -> tuple[torch.device, torch.dtype]:
     """``--device``/``--dtype`` -> a canonical torch device and dtype (see the module docstring).
 
@@ -47,7 +49,7 @@ def resolve_device(device: str = "auto", dtype: str = "auto", backend: str = "to
             raise ValueError(f"--device {device!r}: expected cuda or cuda:N ({exc})") from None
         if index is not None and index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if backend == "tensorrt" and device == "cpu":
+    if backend == Backend.TENSORRT and device == "cpu":
         raise ValueError("--backend tensorrt runs on a CUDA device, not the CPU (TensorRT takes device pointers); "
                          "use --device cuda, or --backend torch|onnxruntime on a CPU")
     if dtype == "auto":

@@ -1,7 +1,7 @@
 """``torch.compile`` for the torch backend: compiled networks that run inside the runtime's own CUDA graphs.
 
 Where TensorRT cannot be built, the torch backend is the engine. :func:`compile_networks` returns a new
-:class:`~personalive_trt.networks.Networks` whose per-step networks (denoising UNet, VAE decoder, motion
+:class:`~personalive_trt.engines.networks.Networks` whose per-step networks (denoising UNet, VAE decoder, motion
 encoder, pose encoder, pose guider, and the keyframe path's reference UNet and bank projector) run compiled
 code; the image encoder and VAE encoder, called once per reference, stay eager. What it costs and why:
 
@@ -46,7 +46,9 @@ from pathlib import Path
 
 import torch
 
+from personalive_trt.choices import Backend, CompileMode, Loop
 from personalive_trt.engines.backends import TorchBackend
+from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR
 
 #: The roles compiled; the others (run once per reference) stay eager.
 COMPILED_ROLES = ("denoising_unet", "vae_decoder", "motion_encoder", "pose_encoder", "pose_guider",
@@ -56,7 +58,7 @@ REGIONAL_ROLES = ("denoising_unet", "reference_unet", "vae_decoder")
 #: ModuleList names whose elements are compiled as regions.
 REGION_LISTS = ("resnets", "attentions", "motion_modules", "temporal_modules")
 ATTENTION_KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
-COMPILE_MODES = ("auto", "on", "off")
+COMPILE_MODES = tuple(mode.value for mode in CompileMode)
 CACHE_SUBDIR = "torch_compile"
 # Distinct shapes one region may be compiled for (bank lengths x block shapes); beyond it dynamo raises
 # (fail_on_recompile_limit_hit) instead of running the region eagerly.
@@ -89,8 +91,6 @@ class CompileOptions:
     def folder(self) -> Path:
         if self.cache_dir is not None:
             return Path(self.cache_dir)
-        from personalive_trt.build import DEFAULT_ENGINES_DIR
-
         return Path(DEFAULT_ENGINES_DIR) / CACHE_SUBDIR
 
 
@@ -266,7 +266,7 @@ def compile_networks(networks, options: CompileOptions | None = None):
     """A new :class:`Networks` whose :data:`COMPILED_ROLES` run compiled copies (see the module docstring);
     ``networks`` (torch backends) and its modules are left as they were. Compilation itself happens at the
     first call of each shape; ``StreamRuntime`` makes those calls at construction, then freezes."""
-    from personalive_trt.networks import Networks
+    from personalive_trt.engines.networks import Networks
 
     options = options or CompileOptions()
     not_torch = sorted(role for role in COMPILED_ROLES if type(networks.backends[role]) is not TorchBackend)
@@ -311,48 +311,25 @@ class CompiledBackend(TorchBackend):
             return super()._run(inputs, shapes, **kwargs)
 
 
-def resolve_compile(mode: str, backend: str, engines: Path | None = None, networks=None,
-                    loop: str = "runtime") -> CompileOptions | None:
+def resolve_compile(mode: CompileMode | str, backend: Backend | str, engines: Path | None = None, networks=None,
+                    loop: Loop | str = Loop.RUNTIME) -> CompileOptions | None:
     """``--compile auto|on|off`` -> the options to compile with, or None.
 
     ``on`` compiles (torch backend, streaming runtime only; refused in one line otherwise); ``auto`` compiles
     only where the cache of this exact configuration is warm (``networks`` decide the key), so a default start
     never compiles for minutes; ``off`` never does."""
-    if mode not in COMPILE_MODES:
-        raise ValueError(f"--compile {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
-    if mode == "off":
+    mode = CompileMode.parse(mode, "--compile")
+    backend, loop = Backend.parse(backend, "--backend"), Loop.parse(loop, "--loop")
+    if mode is CompileMode.OFF:
         return None
-    if mode == "on":
-        if backend != "torch":
+    if mode is CompileMode.ON:
+        if backend is not Backend.TORCH:
             raise ValueError(f"--compile on: only the torch backend is compiled (--backend {backend} runs engines)")
-        if loop != "runtime":
+        if loop is not Loop.RUNTIME:
             raise ValueError("--compile on: compiles the streaming runtime's networks, not --reference-loop's")
-    elif backend != "torch" or loop != "runtime" or networks is None:
+    elif backend is not Backend.TORCH or loop is not Loop.RUNTIME or networks is None:
         return None
-    from personalive_trt.build import DEFAULT_ENGINES_DIR
-
     options = CompileOptions(cache_dir=Path(engines or DEFAULT_ENGINES_DIR) / CACHE_SUBDIR)
-    if mode == "auto" and not compile_is_warm(networks, options):
+    if mode is CompileMode.AUTO and not compile_is_warm(networks, options):
         return None
     return options
-
-
-def warm_cache(weights: str, engines: Path, windows=(4,), vae: str = "full", device: str = "auto",
-               dtype: str = "auto") -> list[dict]:
-    """``build --backend torch --compile``: compile every window's stream once so later starts are warm;
-    returns each window's :meth:`CompiledState.report`."""
-    from personalive_trt.config import StreamConfig
-    from personalive_trt.devices import resolve_device
-    from personalive_trt.runtime.stream import StreamRuntime
-    from personalive_trt.weights import load_models
-
-    torch_device, torch_dtype = resolve_device(device, dtype, backend="torch")
-    require_compiler(torch_device)
-    models = load_models(weights, device=torch_device, dtype=torch_dtype, vae=vae)
-    options = CompileOptions(cache_dir=Path(engines) / CACHE_SUBDIR)
-    reports = []
-    for window in windows:
-        runtime = StreamRuntime.from_models(models, StreamConfig(window=window, vae=vae), compile=options)
-        reports.append(runtime.compile_report())
-        del runtime
-    return reports

@@ -1,6 +1,6 @@
 """The streaming runtime: PersonaLive's online loop on buffers allocated once, replayed as CUDA graphs.
 
-:class:`~personalive_trt.pipeline.Animator` is the readable reference: it keeps its piles in Python
+:class:`~personalive_trt.runtime.reference_loop.Animator` is the readable reference: it keeps its piles in Python
 lists, concatenates them every call and decides on keyframes on the host. :class:`StreamRuntime` does
 the same arithmetic with every piece of state in a device buffer allocated at construction:
 
@@ -42,13 +42,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from personalive_trt import keypoints as kp
+from personalive_trt.models import keypoints as kp
 from personalive_trt.config import COND_SIZE, StreamConfig
 from personalive_trt.devices import canonical_device
-from personalive_trt.keypoints import crop_faces_device
-from personalive_trt.networks import BACKENDS, Networks
-from personalive_trt.pipeline import NonFiniteError, check_frames, encode_reference, write_banks
-from personalive_trt.scheduler import DDIMSchedule
+from personalive_trt.models.keypoints import crop_faces_device
+from personalive_trt.choices import Backend
+from personalive_trt.engines.backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend
+from personalive_trt.engines.folder import read_build
+from personalive_trt.engines.networks import Networks
+from personalive_trt.runtime.open import open_networks
+from personalive_trt.runtime.reference_loop import NonFiniteError, check_frames, encode_reference, write_banks
+from personalive_trt.models.scheduler import DDIMSchedule
 
 NoiseFn = Callable[[torch.Tensor], object]
 
@@ -101,7 +105,7 @@ KEYPOINT_LIMIT = 1e4
 class StreamRuntime:
     """PersonaLive's streaming loop on preallocated buffers (CUDA graphs on GPU).
 
-    Drop-in for :class:`~personalive_trt.pipeline.Animator` (``fuse_reference``, ``swap_reference``,
+    Drop-in for :class:`~personalive_trt.runtime.reference_loop.Animator` (``fuse_reference``, ``swap_reference``,
     ``step``, ``reset``, the in-place ``noise`` hook, ``config``, ``count``) plus the asynchronous
     ``submit``/``collect`` pair.
 
@@ -136,10 +140,10 @@ class StreamRuntime:
         self.backend = _backend_kind(networks)
         cuda = self.device.type == "cuda"
         if graphs is None:
-            graphs = cuda and self.backend in ("torch", "tensorrt")
+            graphs = cuda and self.backend is not None and self.backend.capturable
         if graphs and not cuda:
             raise ValueError("StreamRuntime: CUDA graphs need a CUDA device")
-        if graphs and self.backend == "onnxruntime":
+        if graphs and self.backend is Backend.ONNXRUNTIME:
             raise ValueError("StreamRuntime: ONNX Runtime sessions cannot be captured in CUDA graphs; use graphs=False")
         self.use_graphs = graphs
         self.ring = ring
@@ -162,48 +166,39 @@ class StreamRuntime:
 
     # ---- construction ----------------------------------------------------------------------------
     @classmethod
-    def from_models(cls, models, config: StreamConfig | None = None, backend: str = "torch",
+    def from_models(cls, models, config: StreamConfig | None = None, backend: Backend | str = Backend.TORCH,
                     engines: str | Path | None = None, noise: NoiseFn | None = None, seed: int = 42,
                     graphs: bool | None = None, weights: str | None = None,
                     compile: "bool | CompileOptions" = False) -> "StreamRuntime":  # noqa: A002
-        """A runtime over loaded :class:`~personalive_trt.weights.Models` (``backend="torch"``) or over the
+        """A runtime over loaded :class:`~personalive_trt.models.weights.Models` (``backend="torch"``) or over the
         engines built from them (``"onnxruntime"``/``"tensorrt"``, from ``engines``; ``weights`` is the
         spec they were built from, checked against the build record).
 
         ``compile`` (torch backend): True or :class:`~personalive_trt.runtime.compile.CompileOptions` runs
         compiled copies of the per-step networks (``models`` is left as it was), compiled for every shape
-        of the stream at construction, before the graphs are captured (see :mod:`.compile`)."""
+        of the stream at construction, before the graphs are captured (see :mod:`.compile`). The networks
+        are opened by :func:`~personalive_trt.runtime.open.open_networks`."""
         config = config or StreamConfig()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-        if compile and backend != "torch":
+        backend = Backend.parse(backend, "backend")
+        if compile and backend.runs_engines:
             raise ValueError(f"compile: only the torch backend is compiled, not {backend}")
-        if backend == "torch":
-            networks = Networks.from_models(models, config)
-            if compile:
-                from personalive_trt.runtime.compile import CompileOptions, compile_networks
-
-                networks = compile_networks(networks, compile if isinstance(compile, CompileOptions) else None)
-        else:
-            from personalive_trt.build import DEFAULT_ENGINES_DIR, load_networks
-
-            if weights is None:
-                raise ValueError("StreamRuntime.from_models: pass weights= (the spec the engines were built from)")
-            networks = load_networks(Path(engines or DEFAULT_ENGINES_DIR), backend, weights, config, models.device)
+        if backend.runs_engines and weights is None:
+            raise ValueError("StreamRuntime.from_models: pass weights= (the spec the engines were built from)")
+        networks = open_networks(backend, config=config, models=models, weights=weights, engines=engines,
+                                 compile=compile)
         return cls(networks, config, noise=noise, seed=seed, graphs=graphs)
 
     @classmethod
-    def from_engines(cls, engines_dir: str | Path, config: StreamConfig | None = None, backend: str = "tensorrt",
-                     device: str | torch.device = "cuda", noise: NoiseFn | None = None, seed: int = 42,
-                     graphs: bool | None = None) -> "StreamRuntime":
+    def from_engines(cls, engines_dir: str | Path, config: StreamConfig | None = None,
+                     backend: Backend | str = Backend.TENSORRT, device: str | torch.device = "cuda",
+                     noise: NoiseFn | None = None, seed: int = 42, graphs: bool | None = None) -> "StreamRuntime":
         """A runtime from a ``personalive-trt build`` folder alone: no torch weights are loaded."""
-        from personalive_trt.build import load_networks, read_build
-
-        if backend not in ("onnxruntime", "tensorrt"):
+        if backend not in (Backend.ONNXRUNTIME, Backend.TENSORRT):
             raise ValueError(f"from_engines: backend {backend!r}: expected onnxruntime or tensorrt")
         config = config or StreamConfig()
-        record = read_build(Path(engines_dir))
-        networks = load_networks(Path(engines_dir), backend, record.weights, config, torch.device(device))
+        weights = read_build(Path(engines_dir)).weights
+        networks = open_networks(backend, config=config, device=torch.device(device), weights=weights,
+                                 engines=engines_dir)
         return cls(networks, config, noise=noise, seed=seed, graphs=graphs)
 
     @property
@@ -585,10 +580,10 @@ def _generator_saved(generator: torch.Generator) -> Iterator[None]:
         generator.set_state(state)
 
 
-def _backend_kind(networks: Networks) -> str:
-    from personalive_trt.engines.backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend
-
-    for cls, name in ((TensorRTBackend, "tensorrt"), (OnnxRuntimeBackend, "onnxruntime"), (TorchBackend, "torch")):
+def _backend_kind(networks: Networks) -> Backend | None:
+    """The backend that runs every network (None: a mix, which is never captured by default)."""
+    for cls, backend in ((TensorRTBackend, Backend.TENSORRT), (OnnxRuntimeBackend, Backend.ONNXRUNTIME),
+                         (TorchBackend, Backend.TORCH)):
         if all(isinstance(b, cls) for b in networks.backends.values()):  # compiled torch backends included
-            return name
-    return "mixed"
+            return backend
+    return None

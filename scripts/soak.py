@@ -62,7 +62,7 @@ def driving_jpegs(limit: int = 120) -> list[bytes]:
     import cv2
 
     from personalive_trt.media import VideoReader
-    from personalive_trt.sample import sample_driving
+    from personalive_trt.media.sample import sample_driving
 
     out = []
     with VideoReader(sample_driving(), max_frames=limit) as reader:
@@ -102,7 +102,7 @@ def mib(value):
 def upload_reference(base: str) -> str:
     import httpx
 
-    from personalive_trt.sample import sample_reference
+    from personalive_trt.media.sample import sample_reference
 
     reference = httpx.post(f"{base}/api/reference", files={"file": ("ref.png", sample_reference().read_bytes(),
                                                                      "image/png")}, timeout=60)
@@ -155,6 +155,62 @@ def latency_summary(latencies: list[float]) -> dict:
             for q in (50, 90, 95, 99, 100)}
 
 
+class Receiver:
+    """The session's receiving thread: counts output frames, matches each to the driving frame it animates (its
+    ``frame`` message) for the client's latency and its transport part, and keeps the newest ``stats``."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.sent_at: dict[int, float] = {}  # driving frame index -> when it was sent
+        self.latencies: list[float] = []
+        self.transports: list[float] = []  # latency minus the server's part: both hops between client and server
+        self.frames = 0
+        self.last_stats: dict = {}
+        self.errors: list = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._receive, daemon=True)
+
+    def _receive(self) -> None:
+        meta = None
+        while not self.stop.is_set():
+            try:
+                message = self.ws.recv(timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception as exc:  # connection closed: the main thread reports it
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            now = time.monotonic()
+            if isinstance(message, bytes):
+                self.frames += 1
+                if meta is not None and meta["index"] in self.sent_at:
+                    self.latencies.append(now - self.sent_at.pop(meta["index"]))
+                    self.transports.append(self.latencies[-1] - meta["server_latency_ms"] / 1000)
+                    for key in [k for k in self.sent_at if k < meta["index"]]:  # frames dropped on the way
+                        del self.sent_at[key]
+                meta = None
+                continue
+            data = json.loads(message)
+            if data.get("type") == "frame":
+                meta = data
+            elif data.get("type") == "stats":
+                self.last_stats = data
+            elif data.get("type") == "error":
+                self.errors.append(data.get("message"))
+
+
+def start_session(ws, reference: str, fps: float) -> dict:
+    """``hello``, then ``start``; returns the hello (a refused session ends the script in one line)."""
+    hello = json.loads(ws.recv(timeout=30))
+    ws.send(json.dumps({"type": "start", "reference": reference, "fps": fps}))
+    while True:
+        message = json.loads(ws.recv(timeout=120))
+        if message.get("type") == "started":
+            return hello
+        if message.get("type") == "error":
+            raise SystemExit(f"error: server refused the session: {message.get('message')}")
+
+
 def soak(base: str, duration: float, fps: float, warmup: float, sample_every: float, reference: str | None = None,
          frames: list[bytes] | None = None) -> dict:
     from websockets.sync.client import connect
@@ -163,54 +219,13 @@ def soak(base: str, duration: float, fps: float, warmup: float, sample_every: fl
     frames = frames or driving_jpegs()
     ws_url = base.replace("http://", "ws://", 1) + "/api/ws"
     memory_at_connect = memory(base)
-    sent_at: dict[int, float] = {}
-    latencies: list[float] = []
-    transports: list[float] = []  # latency minus the server's part: both hops between client and server
-    received = {"frames": 0, "last_stats": {}, "errors": []}
     counters = {"sent": 0, "skipped": 0}
-    stop = threading.Event()
     max_frames = int(fps * duration) + 1
 
     with connect(ws_url, max_size=16 * 1024 * 1024, open_timeout=30) as ws:
-        hello = json.loads(ws.recv(timeout=30))
-        ws.send(json.dumps({"type": "start", "reference": reference, "fps": fps}))
-        while True:
-            message = json.loads(ws.recv(timeout=120))
-            if message.get("type") == "started":
-                break
-            if message.get("type") == "error":
-                raise SystemExit(f"error: server refused the session: {message.get('message')}")
-
-        def receive() -> None:
-            meta = None
-            while not stop.is_set():
-                try:
-                    message = ws.recv(timeout=1.0)
-                except TimeoutError:
-                    continue
-                except Exception as exc:  # connection closed: the main thread reports it
-                    received["errors"].append(f"{type(exc).__name__}: {exc}")
-                    return
-                now = time.monotonic()
-                if isinstance(message, bytes):
-                    received["frames"] += 1
-                    if meta is not None and meta["index"] in sent_at:
-                        latencies.append(now - sent_at.pop(meta["index"]))
-                        transports.append(latencies[-1] - meta["server_latency_ms"] / 1000)
-                        for key in [k for k in sent_at if k < meta["index"]]:  # frames dropped on the way
-                            del sent_at[key]
-                    meta = None
-                    continue
-                data = json.loads(message)
-                if data.get("type") == "frame":
-                    meta = data
-                elif data.get("type") == "stats":
-                    received["last_stats"] = data
-                elif data.get("type") == "error":
-                    received["errors"].append(data.get("message"))
-
-        receiver = threading.Thread(target=receive, daemon=True)
-        receiver.start()
+        hello = start_session(ws, reference, fps)
+        receiver = Receiver(ws)
+        receiver.thread.start()
         start = time.monotonic()
         period = 1.0 / fps
         samples: list[dict] = []
@@ -220,10 +235,10 @@ def soak(base: str, duration: float, fps: float, warmup: float, sample_every: fl
         while counters["sent"] < max_frames:
             now = time.monotonic()
             elapsed = now - start
-            if elapsed >= duration or received["errors"]:
+            if elapsed >= duration or receiver.errors:
                 break
             if now >= next_sample:
-                point = {"t": round(elapsed, 1), **memory(base), "received": received["frames"]}
+                point = {"t": round(elapsed, 1), **memory(base), "received": receiver.frames}
                 samples.append(point)
                 memory_start = memory_start or point
                 next_sample += sample_every
@@ -235,29 +250,33 @@ def soak(base: str, duration: float, fps: float, warmup: float, sample_every: fl
                 index += 1
                 counters["skipped"] += 1
                 continue
-            sent_at[counters["sent"]] = time.monotonic()
+            receiver.sent_at[counters["sent"]] = time.monotonic()
             ws.send(frames[index % len(frames)])
             counters["sent"] += 1
             index += 1
         elapsed = time.monotonic() - start
         time.sleep(1.0)  # let the last frames and one stats message arrive
-        memory_end = {"t": round(time.monotonic() - start, 1), **memory(base), "received": received["frames"]}
-        stop.set()
-        receiver.join(5)
+        memory_end = {"t": round(time.monotonic() - start, 1), **memory(base), "received": receiver.frames}
+        receiver.stop.set()
+        receiver.thread.join(5)
         ws.send(json.dumps({"type": "stop"}))
+    return soak_report(hello, receiver, counters, elapsed, fps, memory_start or memory_at_connect,
+                       memory_at_connect, memory_end, samples)
 
-    stats = received["last_stats"]
-    start_mem = memory_start or memory_at_connect
+
+def soak_report(hello: dict, receiver: Receiver, counters: dict, elapsed: float, fps: float, start_mem: dict,
+                memory_at_connect: dict, memory_end: dict, samples: list[dict]) -> dict:
+    stats = receiver.last_stats
     return {
         "server": hello.get("animator"), "resolution": hello.get("resolution"), "replica": hello.get("replica"),
         "duration_s": round(elapsed, 1), "input_fps": fps,
-        "sent": counters["sent"], "client_skipped": counters["skipped"], "received": received["frames"],
-        "output_fps": round(received["frames"] / elapsed, 2) if elapsed else None,
-        "latency_ms": latency_summary(latencies), "_latencies": latencies,
-        "transport_ms": latency_summary(transports), "_transports": transports,
+        "sent": counters["sent"], "client_skipped": counters["skipped"], "received": receiver.frames,
+        "output_fps": round(receiver.frames / elapsed, 2) if elapsed else None,
+        "latency_ms": latency_summary(receiver.latencies), "_latencies": receiver.latencies,
+        "transport_ms": latency_summary(receiver.transports), "_transports": receiver.transports,
         "server_dropped_input": stats.get("dropped_input"), "server_dropped_output": stats.get("dropped_output"),
         "server_malformed": stats.get("malformed"), "server_step_ms_mean": stats.get("step_ms_mean"),
-        "server_errors": stats.get("errors"), "client_errors": received["errors"],
+        "server_errors": stats.get("errors"), "client_errors": receiver.errors,
         "memory_mib": {
             "host_at_connect": mib(memory_at_connect["host_bytes"]),
             "host_start": mib(start_mem["host_bytes"]), "host_end": mib(memory_end["host_bytes"]),

@@ -143,7 +143,7 @@ def golden_driving_frames(stream: dict):
 @pytest.fixture(scope="session")
 def parity_models():
     """Tiny synthetic weights, seed 0 (what ``--weights synthetic`` loads), fp32 on the CPU."""
-    from personalive_trt.weights import synthetic_models
+    from personalive_trt.models.weights import synthetic_models
 
     return synthetic_models("tiny")
 
@@ -175,7 +175,7 @@ def parity_onnx_build(tmp_path_factory) -> Path:
     the ONNX Runtime runtime runs it, the TensorRT glue builds its stand-in engines from a copy of it."""
     pytest.importorskip("onnxruntime")
     import parity
-    from personalive_trt.build import build
+    from personalive_trt.build.driver import build
 
     out = tmp_path_factory.mktemp("parity_onnx_build")
     build("synthetic", out, backend="onnxruntime", resolution=parity.CONFIG.resolution, precision="fp32",

@@ -19,7 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from personalive_trt.config import StreamConfig
-from personalive_trt.pipeline import Animator
+from personalive_trt.runtime.reference_loop import Animator
 
 CONFIG = StreamConfig(resolution=128, keyframe_start=1)
 CALLS_BEFORE_SWAP, CALLS_AFTER_SWAP = 8, 2

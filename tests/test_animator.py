@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from personalive_trt import Animator, NonFiniteError, StreamConfig, synthetic_models
-from personalive_trt.framing import resize_square
-from personalive_trt.sample import sample_reference
+from personalive_trt.media.framing import resize_square
+from personalive_trt.media.sample import sample_reference
 from personalive_trt.media import read_image
 
 CONFIG = StreamConfig(resolution=128)

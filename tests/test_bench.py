@@ -240,7 +240,7 @@ def test_forced_keyframes_are_in_effect(tmp_path):
     assert report["keyframes"] == 1 and report["config"]["max_keyframes"] == 1
 
 
-# ---- the matrix: one schema for every variant (personalive_trt/bench/matrix.py) --------------------------------
+# ---- the matrix: one schema for every variant (benchmarks/matrix.py) --------------------------------
 # Written out here, not read from matrix.VARIANT_FIELDS: dropping a field there must fail this test.
 REQUIRED_FIELDS = {"name", "device", "vae", "compile", "graphs", "keyframes", "fps", "step_ms", "ratio_to_reference",
                    "tflops_achieved", "peak_memory_bytes", "status", "error", "engine", "dtype", "step_clock",

@@ -45,9 +45,9 @@ def write_y4m(path: Path, frames: list[np.ndarray], fps: int) -> None:
 
 @pytest.fixture(scope="module")
 def fake_camera(tmp_path_factory) -> Path:
-    from personalive_trt.framing import resize_square
+    from personalive_trt.media.framing import resize_square
     from personalive_trt.media import VideoReader
-    from personalive_trt.sample import sample_driving
+    from personalive_trt.media.sample import sample_driving
 
     with VideoReader(sample_driving()) as reader:
         frames = [resize_square(frame, 320) for frame in reader]
@@ -60,7 +60,7 @@ def fake_camera(tmp_path_factory) -> Path:
 def server():
     uvicorn = pytest.importorskip("uvicorn")
     pytest.importorskip("websockets")
-    from personalive_trt.animate import open_animator
+    from personalive_trt.runtime.animator import open_animator
     from personalive_trt.config import StreamConfig
     from personalive_trt.web.app import ServeSettings, create_app
 
@@ -125,7 +125,7 @@ def browser_page(server: str, fake_camera: Path):
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    from personalive_trt.sample import sample_reference
+    from personalive_trt.media.sample import sample_reference
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
@@ -153,7 +153,7 @@ def test_page_says_busy_when_every_ray_slot_is_taken(ray_server, fake_camera):
     import httpx
     from websockets.sync.client import connect
 
-    from personalive_trt.sample import sample_reference
+    from personalive_trt.media.sample import sample_reference
 
     upload = httpx.post(f"{ray_server}/api/reference", timeout=30,
                         files={"file": ("ref.png", sample_reference().read_bytes(), "image/png")})

@@ -8,7 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from personalive_trt import StreamConfig
-from personalive_trt.build import BuildError, build, load_networks, read_build
+from personalive_trt.build.driver import build
+from personalive_trt.engines.folder import BuildError, load_networks, read_build
 from personalive_trt.cli import app
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None

@@ -13,12 +13,29 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from personalive_trt import build as build_module  # noqa: E402
-from personalive_trt.build import BuildRecord, build, read_build  # noqa: E402
+from personalive_trt.build import driver as build_module  # noqa: E402
+from personalive_trt.build.driver import build  # noqa: E402
+from personalive_trt.engines.folder import BuildRecord, read_build
 from personalive_trt.export import onnx_export as oe  # noqa: E402
-from personalive_trt.weights import SYNTHETIC_NOTICE, load_models  # noqa: E402
+from personalive_trt.models.weights import SYNTHETIC_NOTICE, load_models  # noqa: E402
 
 RESOLUTION = 128
+
+
+def write_fake_exports(out_dir, precisions, networks, fingerprint) -> None:
+    """What export_all leaves for `build` to read: a manifest naming each network's (empty) files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name in networks:
+        entries[name] = {"precisions": {}}
+        for precision in precisions:
+            (out_dir / f"{name}.{precision}").mkdir(exist_ok=True)
+            (out_dir / f"{name}.{precision}" / "model.onnx").write_bytes(b"")
+            entries[name]["precisions"][precision] = {
+                "onnx": f"{name}.{precision}/model.onnx", "precision": precision, "export_seconds": 1.0,
+                "verify_seconds": 2.0, "verified": True,
+                "memory": {"export_peak_rss_bytes": 2**30, "verify_peak_rss_bytes": 2**31}}
+    (out_dir / oe.MANIFEST).write_text(json.dumps({"weights_fingerprint": fingerprint, "networks": entries}))
 
 
 @pytest.fixture
@@ -28,18 +45,7 @@ def fake_export(monkeypatch):
 
     def export_all(models, shapes_list, out_dir, precisions, networks, fingerprint=None, log=None, **_):
         calls.append(fingerprint)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        entries = {}
-        for name in networks:
-            entries[name] = {"precisions": {}}
-            for precision in precisions:
-                (out_dir / f"{name}.{precision}").mkdir(exist_ok=True)
-                (out_dir / f"{name}.{precision}" / "model.onnx").write_bytes(b"")
-                entries[name]["precisions"][precision] = {
-                    "onnx": f"{name}.{precision}/model.onnx", "precision": precision, "export_seconds": 1.0,
-                    "verify_seconds": 2.0, "verified": True,
-                    "memory": {"export_peak_rss_bytes": 2**30, "verify_peak_rss_bytes": 2**31}}
-        (out_dir / oe.MANIFEST).write_text(json.dumps({"weights_fingerprint": fingerprint, "networks": entries}))
+        write_fake_exports(out_dir, precisions, networks, fingerprint)
         return {}
 
     monkeypatch.setattr(oe, "export_all", export_all)
@@ -106,8 +112,9 @@ def test_base_precision_is_recorded_and_used(fake_export, tmp_path, monkeypatch)
         return {spec.name: cache_dir / spec.name for spec in specs}
 
     import personalive_trt.engines as engines
+    from personalive_trt.engines import builder
 
-    monkeypatch.setattr(engines, "build_engines", build_engines)
+    monkeypatch.setattr(builder, "build_engines", build_engines)
     monkeypatch.setattr(engines, "require_tensorrt", lambda: None)
     build("synthetic", tmp_path, backend="tensorrt", resolution=RESOLUTION, precision="fp32",
           precision_overrides={"pose_encoder": "fp16"}, log=lambda line: None)

@@ -1,6 +1,6 @@
 """`build` refuses, before it starts, a build that would not fit in memory (issue 11 item 4).
 
-The estimate (:mod:`personalive_trt.buildmem`) is checked on a known configuration, the limit reader
+The estimate (:mod:`personalive_trt.build.memory`) is checked on a known configuration, the limit reader
 on fake /proc and cgroup files, and the CLI path with a monkeypatched limit. Nothing here exports:
 `load_models` is replaced by a sentinel that fails the test if the build gets that far unexpectedly.
 """
@@ -11,9 +11,9 @@ import resource
 import pytest
 from typer.testing import CliRunner
 
-from personalive_trt import build as build_module
-from personalive_trt import buildmem
-from personalive_trt.buildmem import GIB, MemoryLimit
+from personalive_trt.build import driver as build_module
+from personalive_trt.build import memory as buildmem
+from personalive_trt.build.memory import GIB, MemoryLimit
 from personalive_trt.cli import app
 
 MiB = 2**20

@@ -7,10 +7,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from personalive_trt import StreamConfig
-from personalive_trt.animate import chunked, stream_video
+from personalive_trt.filemode.animate import chunked, stream_video
 from personalive_trt.cli import app
 from personalive_trt.media import VideoReader, probe_video
-from personalive_trt.sample import sample_driving
+from personalive_trt.media.sample import sample_driving
 
 
 def invoke(*args: str):
@@ -47,7 +47,8 @@ def test_sample_run_output_i_is_the_animation_of_driving_frame_i(tmp_path, monke
     test double (output = 3/4 driving + 1/4 reference, same stream timing as the model) each written frame is
     nearest to the echo of its own driving frame among all the driving frames (H.264 at default quality:
     mean error of a few levels, against tens between neighbouring frames of the sample)."""
-    from personalive_trt import animate, framing
+    from personalive_trt.runtime import animator as animate
+    from personalive_trt.media import framing
     from personalive_trt.live.testing import EchoAnimator
 
     opened = []

@@ -15,7 +15,7 @@ import torch
 
 from parity import (CALLS_AFTER_SWAP, CALLS_BEFORE_SWAP, CONFIG, RUNTIME_KEYFRAMES, TORCH_TOLERANCE, call_errors,
                     drive, seeded_noise)
-from personalive_trt.networks import Networks
+from personalive_trt.engines.networks import Networks
 from personalive_trt.runtime import StreamRuntime
 from personalive_trt.runtime.compile import (COMPILED_ROLES, CompileError, CompileOptions, CompiledBackend,
                                              compile_is_warm, compiled_module, require_compiler, resolve_compile)
@@ -135,7 +135,7 @@ def test_compile_option_errors(parity_models, monkeypatch, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compiled_graphs_match_eager_fp16_on_gpu(parity_inputs, tmp_path):
     """On a GPU: compiled networks inside the runtime's CUDA graphs vs the eager runtime, fp16 (<= 2e-2)."""
-    from personalive_trt.weights import synthetic_models
+    from personalive_trt.models.weights import synthetic_models
 
     require_compiler(torch.device("cuda"))
     models = synthetic_models("tiny", device=torch.device("cuda"), dtype=torch.float16)

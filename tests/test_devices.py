@@ -40,7 +40,7 @@ def test_cuda_and_cuda0_are_one_device(monkeypatch):
 
 def test_keypoint_tables_are_cached_under_the_indexed_device(monkeypatch):
     """``prepare_device_tables("cuda")`` must fill the cache the calls read with ``cuda:0`` tensors."""
-    from personalive_trt import keypoints
+    from personalive_trt.models import keypoints
 
     seen = []
     monkeypatch.setattr(keypoints, "_constant", lambda name, device, size=0: seen.append(device))
@@ -80,7 +80,7 @@ def test_run_with_tensorrt_on_the_cpu_is_refused_in_one_line(tmp_path):
 
 
 def test_open_animator_says_where_it_runs(capsys):
-    from personalive_trt.animate import open_animator
+    from personalive_trt.runtime.animator import open_animator
     from personalive_trt.config import StreamConfig
 
     animator = open_animator("synthetic", device="cpu", dtype=torch.float32, config=StreamConfig(resolution=128))

@@ -41,9 +41,9 @@ from personalive_trt.engines import (
     require_tensorrt,
 )
 from personalive_trt.engines.backends import trt_logger
-from personalive_trt.export.spec import NetworkSpec, TensorSpec
+from personalive_trt.export.interface import NetworkSpec, TensorSpec
 from personalive_trt.shapes import StreamShapes, safe_name
-from personalive_trt.synthetic import CONFIGS
+from personalive_trt.models.synthetic import CONFIGS
 
 STUB_DIR = Path(__file__).parent / "tensorrt_stub"
 GPU = GpuInfo("Stand-in GPU", (9, 0))

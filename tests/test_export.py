@@ -29,10 +29,10 @@ ort = pytest.importorskip("onnxruntime")
 from personalive_trt.config import StreamConfig  # noqa: E402
 from personalive_trt.export import fp16 as fp16_graph  # noqa: E402
 from personalive_trt.export import onnx_export as oe  # noqa: E402
-from personalive_trt.export.spec import NetworkSpec, TensorSpec, Tolerance  # noqa: E402
+from personalive_trt.export.interface import NetworkSpec, TensorSpec, Tolerance  # noqa: E402
 from personalive_trt.export.specs import network_specs, sample_inputs  # noqa: E402
 from personalive_trt.shapes import StreamShapes, kv_names, safe_name  # noqa: E402
-from personalive_trt.weights import synthetic_models  # noqa: E402
+from personalive_trt.models.weights import synthetic_models  # noqa: E402
 
 CONFIG = StreamConfig(window=2, steps=2, resolution=128)
 NETWORKS = ("reference_unet", "denoising_unet_w2", "bank_projector", "motion_encoder", "pose_guider", "pose_encoder",

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_REFERENCE
-from personalive_trt.framing import (
+from personalive_trt.media.framing import (
     DEFAULT_FACE_Y,
     DEFAULT_MARGIN,
     DrivingFramer,
@@ -19,7 +19,7 @@ from personalive_trt.framing import (
     resize_square,
 )
 from personalive_trt.media import MediaError, VideoReader, read_image
-from personalive_trt.sample import sample_driving, sample_reference
+from personalive_trt.media.sample import sample_driving, sample_reference
 
 DEMO_REFERENCE = SHARED_REFERENCE / "media" / "ref_image.png"
 

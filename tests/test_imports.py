@@ -29,11 +29,12 @@ CHILD = textwrap.dedent(f"""
             return None
 
     sys.meta_path.insert(0, Refuse())
-    for module in ("personalive_trt", "personalive_trt.networks", "personalive_trt.runtime",
+    for module in ("personalive_trt", "personalive_trt.engines.networks", "personalive_trt.runtime",
                    "personalive_trt.engines", "personalive_trt.bench", "personalive_trt.media",
-                   "personalive_trt.framing", "personalive_trt.sample", "personalive_trt.cli"):
+                   "personalive_trt.media.framing", "personalive_trt.media.sample", "personalive_trt.cli"):
         importlib.import_module(module)
-    from personalive_trt import media, sample
+    from personalive_trt import media
+    from personalive_trt.media import sample
     from personalive_trt.bench.session import sample_inputs
 
     reference, chunks = sample_inputs(64, 4)
@@ -60,7 +61,8 @@ def test_core_and_benchmark_inputs_need_no_av_mediapipe_fastapi():
 @pytest.mark.skipif(not has_module("av"), reason="PyAV not installed (the comparison needs both decoders)")
 def test_opencv_decodes_the_sample_like_pyav():
     """The benchmark's OpenCV decode of the sample clip matches PyAV's (what `run` uses) within 2 levels."""
-    from personalive_trt import media, sample
+    from personalive_trt import media
+    from personalive_trt.media import sample
     from personalive_trt.bench.session import sample_frames
 
     _, ours = sample_frames(512)

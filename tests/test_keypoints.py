@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import relative_error
-from personalive_trt import keypoints as K
+from personalive_trt.models import keypoints as K
 from personalive_trt.models.motion_extractor import MotionExtractor
 
 FLOAT_TOL = 1e-4

@@ -399,7 +399,7 @@ class LostCamera(FrameSource):
 def test_camera_lost_mid_run_finalises_the_output_and_exits_non_zero(tmp_path, monkeypatch):
     """The frames shown before the loss are kept in a finalised file; the command fails in one line with the
     cause (before: it exited 0 as if the source had ended)."""
-    from personalive_trt import animate
+    from personalive_trt.runtime import animator as animate
     from personalive_trt.live import sources
 
     monkeypatch.setattr(sources, "open_source", lambda value, **_: LostCamera(40))
@@ -431,7 +431,7 @@ def test_run_live_animates_with_the_real_pipeline(tmp_path):
 
 def test_cli_live_reference_loop_reaches_the_animator(tmp_path, monkeypatch):
     """`run --reference-loop` in live mode opens the reference loop (before: the flag was dropped in live mode)."""
-    from personalive_trt import animate
+    from personalive_trt.runtime import animator as animate
 
     loops = []
 
@@ -440,7 +440,7 @@ def test_cli_live_reference_loop_reaches_the_animator(tmp_path, monkeypatch):
         return EchoAnimator(config)
 
     from personalive_trt.live import sources
-    from personalive_trt.sample import sample_driving
+    from personalive_trt.media.sample import sample_driving
 
     monkeypatch.setattr(animate, "open_animator", open_animator)
     monkeypatch.setattr(sources, "open_source", lambda value, **_: sources.FileSource(sample_driving(), loop=True))

@@ -18,7 +18,7 @@ from personalive_trt.media import (
     probe_video,
     read_image,
 )
-from personalive_trt.sample import resolve_media, sample_driving, sample_reference
+from personalive_trt.media.sample import resolve_media, sample_driving, sample_reference
 
 av = pytest.importorskip("av")  # the GPU machine has no PyAV: these tests skip there
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import frame_stats, golden_driving_frames, relative_error
 from personalive_trt import Animator, StreamConfig
-from personalive_trt.pipeline import clip_pixels
+from personalive_trt.runtime.reference_loop import clip_pixels
 
 UNIT = 1e-4
 

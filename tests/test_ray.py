@@ -30,7 +30,7 @@ from websockets.sync.client import connect  # noqa: E402
 
 from personalive_trt.config import StreamConfig  # noqa: E402
 from personalive_trt.live.testing import EchoAnimator  # noqa: E402
-from personalive_trt.sample import sample_reference  # noqa: E402
+from personalive_trt.media.sample import sample_reference  # noqa: E402
 from personalive_trt.web import cluster, ray_app  # noqa: E402
 from personalive_trt.web.cluster import ClusterOptions, animator_deployment_options  # noqa: E402
 from personalive_trt.web.settings import ServeSettings  # noqa: E402

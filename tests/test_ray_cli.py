@@ -116,7 +116,7 @@ def animated_frame(port: int) -> bytes:
     import numpy as np
     from websockets.sync.client import connect
 
-    from personalive_trt.sample import sample_reference
+    from personalive_trt.media.sample import sample_reference
 
     upload = httpx.post(f"http://127.0.0.1:{port}/api/reference", timeout=30,
                         files={"file": ("ref.png", sample_reference().read_bytes(), "image/png")})

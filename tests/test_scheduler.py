@@ -1,7 +1,7 @@
 """DDIM per-frame schedule against the original's scheduler outputs (golden unit 5.6)."""
 import torch
 
-from personalive_trt.scheduler import DDIMSchedule
+from personalive_trt.models.scheduler import DDIMSchedule
 
 
 def test_alphas_and_step_are_bit_exact(golden):

@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
 from personalive_trt.config import StreamConfig  # noqa: E402
-from personalive_trt.framing import resize_square  # noqa: E402
+from personalive_trt.media.framing import resize_square  # noqa: E402
 from personalive_trt.live.testing import EchoAnimator  # noqa: E402
-from personalive_trt.sample import sample_reference  # noqa: E402
+from personalive_trt.media.sample import sample_reference  # noqa: E402
 from personalive_trt.web.app import ServeSettings, create_app  # noqa: E402
 
 RES = 64
@@ -334,7 +334,7 @@ def wait_idle(client) -> None:
 
 @pytest.mark.parametrize("failure", ["exception", "non_finite"])
 def test_animator_failure_sends_the_error_then_closes_1011_and_frees_the_animator(failure):
-    from personalive_trt.pipeline import NonFiniteError
+    from personalive_trt.runtime.reference_loop import NonFiniteError
 
     class Failing(EchoAnimator):
         fail = True
@@ -369,18 +369,18 @@ def test_animator_failure_sends_the_error_then_closes_1011_and_frees_the_animato
 def test_a_pool_that_does_not_reuse_failed_animators_leases_only_live_ones():
     """The Ray app's pool (``reuse_failed=False``): a failed animator is never leased again; Ray replaces the
     replica (its health check raises on ``failures``)."""
-    from personalive_trt.web.pool import EnginePool
+    from personalive_trt.web.pool import AnimatorPool
     from personalive_trt.web.session import Session
 
     settings = ServeSettings(max_sessions=2)
     for reuse_failed, leased in ((False, [1]), (True, [0, 1])):
-        pool = EnginePool.create(lambda: EchoAnimator(StreamConfig(resolution=64)), settings, reuse_failed)
+        pool = AnimatorPool.create(lambda: EchoAnimator(StreamConfig(resolution=64)), settings, reuse_failed)
         try:
-            pool.engines[0].worker.animator_failure = RuntimeError("boom")
+            pool.slots[0].worker.animator_failure = RuntimeError("boom")
             assert pool.failures == ["RuntimeError: boom"]
             sessions = [Session(i, loop=None, capacity=8) for i in range(2)]
             got = [pool.acquire(s) for s in sessions]
-            assert [pool.engines.index(e) for e in got if e is not None] == leased
+            assert [pool.slots.index(e) for e in got if e is not None] == leased
         finally:
             pool.close()
 

@@ -4,8 +4,8 @@ import torch
 
 from personalive_trt import StreamConfig
 from personalive_trt.shapes import StreamShapes, safe_name
-from personalive_trt.synthetic import CONFIGS
-from personalive_trt.weights import build_module
+from personalive_trt.models.synthetic import CONFIGS
+from personalive_trt.models.weights import build_module
 
 
 @pytest.mark.parametrize("size", ["full", "small", "tiny"])

@@ -13,9 +13,9 @@ import textwrap
 import pytest
 import torch
 
-from personalive_trt.build import weights_fingerprint
-from personalive_trt.synthetic import CONFIGS, fill_module_, hash_fill_
-from personalive_trt.weights import build_module, load_models, synthetic_models
+from personalive_trt.engines.folder import weights_fingerprint
+from personalive_trt.models.synthetic import CONFIGS, fill_module_, hash_fill_
+from personalive_trt.models.weights import build_module, load_models, synthetic_models
 
 @pytest.fixture(scope="module")
 def tiny_device():
@@ -79,7 +79,7 @@ def test_non_persistent_buffers_are_recomputed(tiny_device):
 
 def test_device_weights_magnitudes_match_the_host_synthesizer(tiny_device):
     """Same value rules: every learned tensor's spread is within a few % of the host synthesizer's."""
-    from personalive_trt.synthetic import synth_tensor
+    from personalive_trt.models.synthetic import synth_tensor
 
     checked = 0
     for name in ("pose_guider", "vae", "motion_extractor"):
@@ -93,7 +93,7 @@ def test_device_weights_magnitudes_match_the_host_synthesizer(tiny_device):
 
 
 def test_load_models_takes_the_spec():
-    from personalive_trt.weights import parse_weights_spec
+    from personalive_trt.models.weights import parse_weights_spec
 
     assert parse_weights_spec("synthetic:full:device") == ("synthetic", "full:device")
     with pytest.raises(ValueError, match="unknown synthetic size"):
@@ -109,8 +109,8 @@ def test_the_fingerprint_differs_from_the_host_synthesizer():
 
 FILL_PEAK = textwrap.dedent("""
     import resource, torch
-    from personalive_trt.synthetic import CONFIGS, fill_module_
-    from personalive_trt.weights import build_module
+    from personalive_trt.models.synthetic import CONFIGS, fill_module_
+    from personalive_trt.models.weights import build_module
     with torch.device("meta"):
         module = build_module("motion_extractor", CONFIGS["full"])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -17,10 +17,10 @@ from conftest import symlink_tree
 
 from personalive_trt.cli import app
 from personalive_trt.config import StreamConfig
-from personalive_trt.networks import Networks, specs_by_role
+from personalive_trt.engines.networks import Networks, specs_by_role
 from personalive_trt.shapes import StreamShapes
-from personalive_trt.synthetic import CONFIGS, TAESD_FULL, synth_state_dict, synth_tensor
-from personalive_trt.weights import (
+from personalive_trt.models.synthetic import CONFIGS, TAESD_FULL, synth_state_dict, synth_tensor
+from personalive_trt.models.weights import (
     BASE,
     COMPONENTS,
     PERSONALIVE,
@@ -182,7 +182,7 @@ def test_weights_check_taesd_present_absent_broken(folder_copy):
 
 
 def test_download_fetches_taesd_into_its_folder(tmp_path, monkeypatch):
-    from personalive_trt.hub import WEIGHT_FILES
+    from personalive_trt.build.download import WEIGHT_FILES
 
     assert [(remote, local) for repo, remote, local in WEIGHT_FILES if repo == "madebyollin/taesd"] == [
         ("config.json", "taesd/config.json"),
@@ -231,7 +231,8 @@ def test_tiny_decoder_exports_and_verifies(tiny_models, tmp_path):
 # ---- build records ---------------------------------------------------------------------------------------
 def old_build_record(engines: Path, unet_config) -> None:
     """A build.json as written before --vae existed: no "vae" in the record nor in its configs."""
-    from personalive_trt.build import BUILD_FILE, _plain
+    from personalive_trt.build.driver import _plain
+    from personalive_trt.engines.folder import BUILD_FILE
 
     config = {k: v for k, v in dataclasses.asdict(StreamConfig(resolution=64, window=2)).items() if k != "vae"}
     engines.mkdir(parents=True, exist_ok=True)
@@ -241,7 +242,8 @@ def old_build_record(engines: Path, unet_config) -> None:
 
 
 def test_build_record_without_vae_means_full_and_the_other_decoder_is_refused(tiny_models, tmp_path):
-    from personalive_trt.build import BuildError, build, load_networks, read_build
+    from personalive_trt.build.driver import build
+    from personalive_trt.engines.folder import BuildError, load_networks, read_build
 
     engines = tmp_path / "engines"
     old_build_record(engines, tiny_models.denoising_unet.config)
@@ -266,7 +268,7 @@ def test_build_record_without_vae_means_full_and_the_other_decoder_is_refused(ti
 
 
 def test_taesd_counts_in_the_fingerprint_only_for_the_tiny_decoder(folder_copy):
-    from personalive_trt.build import weights_fingerprint
+    from personalive_trt.engines.folder import weights_fingerprint
 
     full, tiny = weights_fingerprint(str(folder_copy)), weights_fingerprint(str(folder_copy), vae="tiny")
     assert full != tiny
@@ -289,8 +291,10 @@ def test_stream_runs_the_tiny_decoder(tiny_models):
     from conftest import relative_error
     from parity import CONFIG, TORCH_TOLERANCE, HostSyncGuard, seeded_noise
 
-    from personalive_trt import framing, media, sample
-    from personalive_trt.pipeline import Animator
+    from personalive_trt import media
+    from personalive_trt.media import framing
+    from personalive_trt.media import sample
+    from personalive_trt.runtime.reference_loop import Animator
     from personalive_trt.runtime import StreamRuntime
 
     size, calls = CONFIG.resolution, 4
@@ -328,7 +332,7 @@ def test_bench_follows_the_decoder(tmp_path):
     """--vae tiny: the report says so (top level, config, options) and counts TAESD's FLOPs, not the full decoder's."""
     from personalive_trt import bench
     from personalive_trt.bench.flops import tiny_decoder_flops
-    from personalive_trt.synthetic import SD_UNET_FULL
+    from personalive_trt.models.synthetic import SD_UNET_FULL
 
     out = tmp_path / "report.json"
     result = CliRunner().invoke(bench.standalone_app(), ["--weights", "synthetic", "--resolution", "64", "--warmup",
@@ -353,7 +357,7 @@ def test_full_size_flops_with_the_tiny_decoder():
 
     from personalive_trt.bench.flops import flops_report, reference_flops
     from personalive_trt.bench.options import BenchOptions
-    from personalive_trt.synthetic import SD_UNET_FULL
+    from personalive_trt.models.synthetic import SD_UNET_FULL
 
     table = reference_flops(0)
     reports = {}

@@ -23,14 +23,16 @@ import sys
 import pytest
 import torch
 
-from personalive_trt.build import BuildError, build, load_networks, read_build
+from personalive_trt.build.driver import build
+
+from personalive_trt.engines.folder import BuildError, load_networks, read_build
 from personalive_trt.engines import EngineError, TensorRTBackend
-from personalive_trt.networks import ROLES, Networks
-from personalive_trt.pipeline import Animator
+from personalive_trt.engines.networks import ROLES, Networks
+from personalive_trt.runtime.reference_loop import Animator
 from personalive_trt.runtime import StreamRuntime
 from conftest import relative_error
 from parity import CALLS_AFTER_SWAP, CALLS_BEFORE_SWAP, CONFIG, drive, seeded_noise
-from personalive_trt.weights import load_models
+from personalive_trt.models.weights import load_models
 from test_engines import load_stub
 
 # fp32 engines (the stand-in runs the fp32 ONNX in ONNX Runtime) against the fp32 torch runtime, max error

@@ -26,7 +26,7 @@ def test_vae_decoder_module_matches_golden(golden, small_models):
 
 def test_vae_decoder_network_matches_golden(golden, small_models):
     """The loop's decoder network: takes the pile's scaled latents, returns (x/2+0.5).clamp(0,1)."""
-    from personalive_trt.networks import Networks
+    from personalive_trt.engines.networks import Networks
 
     gold = golden("unit_vae")
     config = StreamConfig()

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from conftest import SINUSOID_KEYS, assert_sinusoid_table, symlink_tree
 
 from personalive_trt.cli import app
-from personalive_trt.synthetic import CONFIGS, tensor_digest
-from personalive_trt.weights import (
+from personalive_trt.models.synthetic import CONFIGS, tensor_digest
+from personalive_trt.models.weights import (
     COMPONENTS,
     WeightsError,
     build_module,

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personalive_trt.animate import SessionOptions
 from personalive_trt.live.slots import FrameRing, PlayoutClock
 from personalive_trt.live.worker import AnimationWorker, OutputFrame, percentile
+from personalive_trt.runtime.animator import SessionOptions
 
 log = logging.getLogger("personalive_trt.live")
 
@@ -33,8 +33,14 @@ class LiveOptions(SessionOptions):
     virtual_camera: bool = False
     fps: float | None = None  # requested camera rate / file playback rate (default: the source's own)
     loop: bool = False  # replay a file source until stopped
-    resolution: int = 512
-    reference_loop: bool = False  # animate with the plain-PyTorch reference loop (Animator), not the runtime
+
+    def check(self):
+        """The session's validate-first step (:meth:`SessionOptions.check`), then what only live mode has."""
+        if not (self.output or self.preview or self.virtual_camera):
+            raise ValueError("live mode needs at least one sink: --output FILE.mp4, --preview or --virtual-camera")
+        if self.fps is not None and not 0 < self.fps <= 240:
+            raise ValueError(f"--fps {self.fps}: expected a rate in (0, 240]")
+        return super().check()
 
 
 @dataclass
@@ -81,68 +87,18 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
 
     ``_animator`` (tests) replaces the loaded animator; it must have the animator interface.
     """
-    from personalive_trt import framing, media, sample
-    from personalive_trt.animate import open_animator, resolve_weights
-    from personalive_trt.config import StreamConfig
-    from personalive_trt.devices import resolve_device
-    from personalive_trt.live.sinks import FileSink, PreviewSink, VirtualCameraSink
-    from personalive_trt.live.sources import SourceError, open_source
+    from personalive_trt.live.sources import SourceError
 
     status = status or (lambda message: print(message, file=sys.stderr))
-    if not (options.output or options.preview or options.virtual_camera):
-        raise ValueError("live mode needs at least one sink: --output FILE.mp4, --preview or --virtual-camera")
-    if options.max_frames is not None and options.max_frames < 1:
-        raise ValueError(f"--max-frames {options.max_frames}: expected a positive number of frames")
-    if options.fps is not None and not 0 < options.fps <= 240:
-        raise ValueError(f"--fps {options.fps}: expected a rate in (0, 240]")
-    config = _animator.config if _animator is not None else StreamConfig(window=options.window,
-                                                                         resolution=options.resolution,
-                                                                         vae=options.vae)
-    resolution = config.resolution
-    device, dtype = resolve_device(options.device, options.dtype, options.backend)
-    weights = resolve_weights(options.weights)
-    if options.output is not None:
-        media.check_output_path(options.output)
-
-    # Cheap checks first: reference, source, sinks; the model loads last.
-    reference_path = sample.resolve_media(options.reference, "reference")
-    image = media.read_image(reference_path)
-    if options.crop:
-        try:
-            reference = framing.frame_reference(image, size=resolution)
-        except framing.NoFaceError as exc:
-            raise framing.NoFaceError(f"{reference_path}: {exc} (use --no-crop to skip face framing)") from exc
-        framer = framing.DrivingFramer(size=resolution)
-    else:
-        reference = framing.resize_square(image, resolution)
-        framer = lambda frame: framing.resize_square(frame, resolution)  # noqa: E731
-    source = open_source(options.driving, fps=options.fps, loop=options.loop)
-    sinks: list = []
-    try:
-        if options.preview:
-            sinks.append(PreviewSink())
-        if options.virtual_camera:
-            sinks.append(VirtualCameraSink(resolution, source.fps))
-            status(f"virtual camera: {sinks[-1].device}")
-        if options.output is not None:
-            sinks.append(FileSink(options.output, source.fps, resolution))
-        animator = _animator
-        if animator is None:
-            animator = open_animator(weights, backend=options.backend, engines=options.engines, device=device,
-                                     dtype=dtype, seed=options.seed, config=config,
-                                     loop="reference" if options.reference_loop else "runtime",
-                                     compile=options.compile)
-    except BaseException:
-        source.close()
-        for sink in sinks:
-            sink.abort()
-        raise
+    animation = options.check()
+    config = _animator.config if _animator is not None else animation.config
+    reference, framer, source, sinks, animator = _open(options, animation, config.resolution, status, _animator)
 
     ring: FrameRing[OutputFrame] = FrameRing(capacity=2 * config.window)
     errors: list[BaseException] = []
     worker = AnimationWorker(animator, emit=ring.put, on_error=lambda exc: (errors.append(exc), ring.close()))
     source.slot = worker.inbox  # the capture thread feeds the worker directly, newest frame wins
-    stats = LiveStats(backend=getattr(animator, "description", ""), weights=weights)
+    stats = LiveStats(backend=getattr(animator, "description", ""), weights=animation.weights)
     start = time.monotonic()
     finished = False
     stop = _StopRequest()
@@ -180,6 +136,40 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
                 if options.output is not None and stats.frames else "")
         raise SourceError(f"{source.error}{kept}")
     return stats
+
+
+def _open(options: LiveOptions, animation, resolution: int, status: Callable[[str], None], animator=None):
+    """The framed reference, a framer for the driving frames, the source, the sinks and the animator, cheap
+    checks first and the model last; whatever was opened is closed again when a later step fails."""
+    from personalive_trt import media
+    from personalive_trt.live.sinks import FileSink, PreviewSink, VirtualCameraSink
+    from personalive_trt.live.sources import open_source
+    from personalive_trt.media import sample
+    from personalive_trt.media.framing import Framing
+
+    if options.output is not None:
+        media.check_output_path(options.output)
+    reference_path = sample.resolve_media(options.reference, "reference")
+    framing = Framing(resolution, options.crop)
+    reference = framing.reference(media.read_image(reference_path), source=reference_path)
+    source = open_source(options.driving, fps=options.fps, loop=options.loop)
+    sinks: list = []
+    try:
+        if options.preview:
+            sinks.append(PreviewSink())
+        if options.virtual_camera:
+            sinks.append(VirtualCameraSink(resolution, source.fps))
+            status(f"virtual camera: {sinks[-1].device}")
+        if options.output is not None:
+            sinks.append(FileSink(options.output, source.fps, resolution))
+        if animator is None:
+            animator = animation.open()
+    except BaseException:
+        source.close()
+        for sink in sinks:
+            sink.abort()
+        raise
+    return reference, framing.driving(), source, sinks, animator
 
 
 class _StopRequest:

@@ -54,7 +54,7 @@ class SourceSpec:
 
 def parse_source(value: str) -> SourceSpec:
     """Classify a ``--driving`` value; files are resolved (and must exist) here."""
-    from personalive_trt.sample import resolve_media
+    from personalive_trt.media.sample import resolve_media
 
     text = value.strip()
     match = _WEBCAM.match(text)

@@ -1,6 +1,10 @@
-"""PersonaLive's networks, checkpoint-compatible with the released weights.
+"""PersonaLive's networks, checkpoint-compatible with the released weights, and what surrounds them in torch.
 
-Imported lazily so that loading one network does not import every other one.
+The network classes below are imported lazily, so that loading one network does not import every other one.
+Beside them: :mod:`.weights` (strict loading of a weights folder, ``Models``, ``load_models``, the synthetic
+weights' entry points), :mod:`.synthetic` (deterministic random weights, the reference data's convention),
+:mod:`.keypoints` (the motion extractor's keypoints -> keypoint maps, face boxes and crops, on the device) and
+:mod:`.scheduler` (the DDIM schedule).
 """
 from importlib import import_module
 

@@ -3,7 +3,7 @@
 From a 256x256 face image in [0, 1] it predicts, per image, head-pose bin logits (pitch, yaw,
 roll; 66 bins of 3 degrees), a translation, a scale and 21 canonical 3-D keypoints. The
 geometry that turns these raw head outputs into posed keypoints lives in
-:mod:`personalive_trt.keypoints` (pure tensor functions), so this module is only the network.
+:mod:`personalive_trt.models.keypoints` (pure tensor functions), so this module is only the network.
 
 State-dict layout (213 keys) equals the released ``personalive/motion_extractor.pth``:
 ``idx_tensor`` (the bin centres 0..65, a persistent buffer) and ``detector.*``. The released
@@ -156,7 +156,7 @@ class MotionExtractor(nn.Module):
     """PersonaLive's pose encoder: LivePortrait ``MotionExtractor(num_kp=21)`` with ConvNeXtV2-tiny.
 
     ``forward`` returns the raw head outputs (the original ``detector`` call); turn them into
-    keypoints with :func:`personalive_trt.keypoints.detector_keypoints` and friends.
+    keypoints with :func:`personalive_trt.models.keypoints.detector_keypoints` and friends.
 
     Args:
         num_kp (`int`, defaults to 21): number of implicit keypoints.

@@ -204,7 +204,7 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
     """
 
     @register_to_config
-    def __init__(
+    def __init__(  # the signature is the released config.json's keys (diffusers' register_to_config), hence its length
         self,
         sample_size: int | None = None,
         in_channels: int = 4,
@@ -261,32 +261,17 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim)
 
-        self.down_blocks = nn.ModuleList()
-        output_channel = block_out_channels[0]
-        for i, block_type in enumerate(down_block_types):
-            input_channel, output_channel = output_channel, block_out_channels[i]
-            in_resolution = (2 ** i) in motion_module_resolutions and not motion_module_decoder_only
-            self.down_blocks.append(DownBlock3D(
-                input_channel, output_channel, layers_per_block, with_attention=block_type.startswith("CrossAttn"),
-                heads=heads[i], add_downsample=i < levels - 1, downsample_padding=downsample_padding,
-                use_motion=use_motion_module and in_resolution, use_temporal=use_temporal_module and in_resolution,
-                **common))
-
+        # Which levels carry motion / temporal modules (by their downsampling factor).
+        down_motion = [(2 ** i) in motion_module_resolutions and not motion_module_decoder_only for i in range(levels)]
+        up_motion = [(2 ** (levels - 1 - i)) in motion_module_resolutions for i in range(levels)]
+        self.down_blocks = self._down_blocks(down_block_types, block_out_channels, heads, layers_per_block,
+                                             downsample_padding, [use_motion_module and m for m in down_motion],
+                                             [use_temporal_module and m for m in down_motion], common)
         # up_blocks are registered before mid_block, like diffusers' and the original UNet: this fixes
         # the DFS order of the bank blocks (= bank_names) to the reference UNet's.
-        self.up_blocks = nn.ModuleList()
-        reversed_channels = list(reversed(block_out_channels))
-        reversed_heads = list(reversed(heads))
-        output_channel = reversed_channels[0]
-        for i, block_type in enumerate(up_block_types):
-            prev_output_channel, output_channel = output_channel, reversed_channels[i]
-            input_channel = reversed_channels[min(i + 1, levels - 1)]
-            in_resolution = (2 ** (levels - 1 - i)) in motion_module_resolutions
-            self.up_blocks.append(UpBlock3D(
-                input_channel, prev_output_channel, output_channel, layers_per_block + 1,
-                with_attention=block_type.startswith("CrossAttn"), heads=reversed_heads[i],
-                add_upsample=i < levels - 1, use_motion=use_motion_module and in_resolution,
-                use_temporal=use_temporal_module and in_resolution, **common))
+        self.up_blocks = self._up_blocks(up_block_types, block_out_channels, heads, layers_per_block,
+                                         [use_motion_module and m for m in up_motion],
+                                         [use_temporal_module and m for m in up_motion], common)
 
         self.mid_block = MidBlock3D(
             block_out_channels[-1], output_scale_factor=mid_block_scale_factor, heads=heads[-1],
@@ -300,6 +285,36 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
 
         self.bank_names: list[str] = bank_block_names(self)
         self._readers = install_processors(self, self.bank_names, ReferenceReaderProcessor)
+
+    @staticmethod
+    def _down_blocks(block_types: Sequence[str], channels: Sequence[int], heads: list[int], layers: int,
+                     downsample_padding: int, motion: list[bool], temporal: list[bool], common: dict) -> nn.ModuleList:
+        blocks = nn.ModuleList()
+        output_channel = channels[0]
+        for i, block_type in enumerate(block_types):
+            input_channel, output_channel = output_channel, channels[i]
+            blocks.append(DownBlock3D(
+                input_channel, output_channel, layers, with_attention=block_type.startswith("CrossAttn"),
+                heads=heads[i], add_downsample=i < len(channels) - 1, downsample_padding=downsample_padding,
+                use_motion=motion[i], use_temporal=temporal[i], **common))
+        return blocks
+
+    @staticmethod
+    def _up_blocks(block_types: Sequence[str], channels: Sequence[int], heads: list[int], layers: int,
+                   motion: list[bool], temporal: list[bool], common: dict) -> nn.ModuleList:
+        blocks = nn.ModuleList()
+        levels = len(channels)
+        reversed_channels = list(reversed(channels))
+        reversed_heads = list(reversed(heads))
+        output_channel = reversed_channels[0]
+        for i, block_type in enumerate(block_types):
+            prev_output_channel, output_channel = output_channel, reversed_channels[i]
+            input_channel = reversed_channels[min(i + 1, levels - 1)]
+            blocks.append(UpBlock3D(
+                input_channel, prev_output_channel, output_channel, layers + 1,
+                with_attention=block_type.startswith("CrossAttn"), heads=reversed_heads[i],
+                add_upsample=i < levels - 1, use_motion=motion[i], use_temporal=temporal[i], **common))
+        return blocks
 
     @staticmethod
     def _check_supported(center_input_sample, only_cross_attention, resnet_time_scale_shift,

@@ -6,7 +6,8 @@ EchoAnimator` (sleeps ``--echo-step-ms`` per step, blends input with the referen
 its timings and memory say how the server path behaves. Use ``personalive-trt serve`` for the real thing.
 
 ``--ray`` (with ``--replicas``, ``--min-replicas``/``--max-replicas``, ``--cpus-per-replica``,
-``--gpus-per-replica``, ``--address``, ``--drain-timeout``) serves it as the Ray Serve app of ``serve --ray``.
+``--gpus-per-replica``, ``--address``, ``--drain-timeout``) serves it as the Ray Serve app of ``serve --ray``;
+both start through :func:`personalive_trt.web.launch.run_server`.
 """
 from __future__ import annotations
 
@@ -37,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: this entry point only serves the echo test double (--echo); use `personalive-trt serve`",
               file=sys.stderr)
         return 2
-    import uvicorn
-
     from personalive_trt.config import StreamConfig
     from personalive_trt.live.testing import EchoAnimator
-    from personalive_trt.web.app import ServeSettings, create_app
+    from personalive_trt.web.cluster import DeployError
+    from personalive_trt.web.launch import cluster_options, run_server
+    from personalive_trt.web.settings import ServeSettings
 
     settings = ServeSettings(crop=not args.no_crop, max_sessions=args.max_sessions, idle_timeout=args.idle_timeout)
     resolution, step_s = args.resolution, args.echo_step_ms / 1000
@@ -49,27 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     def animator():
         return EchoAnimator(StreamConfig(resolution=resolution), step_s)
 
-    if args.ray:
-        from personalive_trt.web.cluster import ClusterOptions
-        from personalive_trt.web.ray_app import DeployError, serve_forever
-
-        try:
-            options = ClusterOptions(replicas=args.replicas, min_replicas=args.min_replicas,
-                                     max_replicas=args.max_replicas, gpus_per_replica=args.gpus_per_replica,
-                                     cpus_per_replica=args.cpus_per_replica, address=args.address,
-                                     drain_timeout=args.drain_timeout)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        try:
-            serve_forever(animator, settings, options, resolution, args.host, args.port,
-                          status=lambda message: print(message, file=sys.stderr))
-        except DeployError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    app = create_app(animator, settings)
-    uvicorn.run(app, host=args.host, port=args.port, ws_max_size=settings.max_message_bytes, log_level="warning")
+    try:
+        cluster = cluster_options(args.ray, replicas=args.replicas, min_replicas=args.min_replicas,
+                                  max_replicas=args.max_replicas, gpus_per_replica=args.gpus_per_replica,
+                                  cpus_per_replica=args.cpus_per_replica, address=args.address,
+                                  drain_timeout=args.drain_timeout)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_server(animator, settings, resolution, host=args.host, port=args.port, cluster=cluster, log_level="warning",
+                   status=lambda message: print(message, file=sys.stderr))
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,11 +10,10 @@ of waiting in Ray's queue for a live session to end. The router (:class:`~person
 LeastLoadedRouter`) sends each socket to the least loaded replica, counting the sockets being routed at the
 same moment, so a session meets a full replica only when every replica is full. Sockets wait in the proxy's
 queue only while they are routed or while every replica's spare slot holds a socket being told ``busy``
-(milliseconds each): 20 sockets at once on 2 replicas x 2 were 4 sessions and 16 ``busy`` within 0.6 s
-(2-core CPU, 2026-12-06). The queue is bounded by :data:`HANDSHAKE_QUEUE` sockets per proxy; over it Ray sheds
-the socket (its proxy answers the handshake with HTTP 500), which a browser sees as a refused connection. A
-queue of 1 (Ray's smallest) refused sockets that arrived together although slots were free: Ray counts a
-socket as queued while it is being routed (4 at once on 2 x 2: 2 or 3 shed, 4 rounds of 4).
+(milliseconds each; measured in benchmarks/RESULTS.md, "serve --ray admission"). The queue is bounded by
+:data:`HANDSHAKE_QUEUE` sockets per proxy; over it Ray sheds the socket (its proxy answers the handshake with
+HTTP 500), which a browser sees as a refused connection. A queue of 1 (Ray's smallest) refused sockets that
+arrived together although slots were free: Ray counts a socket as queued while it is being routed.
 
 Health: Ray calls each replica's ``check_health`` every ``health_check_period`` s; it raises when one of the
 replica's animators has failed, and after 3 failed checks in a row (Ray's threshold) Ray stops the replica the
@@ -30,6 +29,11 @@ then those on the node with the fewest replicas, newest first), so it may be one
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+class DeployError(RuntimeError):
+    """``serve --ray`` could not start: the cluster could not be joined, or the animator replicas failed to start
+    (bad weights, engines, device...). One line with the cause."""
+
 
 #: Sockets one Ray proxy may hold while they are routed to a replica (``max_queued_requests``; module docstring).
 HANDSHAKE_QUEUE = 64

@@ -27,9 +27,9 @@ def make_frame_decoder(resolution: int, settings: ServeSettings) -> Callable[[by
     """
     import cv2
 
-    from personalive_trt import framing
+    from personalive_trt.media.framing import Framing
 
-    framer = framing.DrivingFramer(size=resolution) if settings.crop else None
+    frame = Framing(resolution, settings.crop).driving()
 
     def decode(data: bytes) -> np.ndarray:
         try:
@@ -42,7 +42,6 @@ def make_frame_decoder(resolution: int, settings: ServeSettings) -> Callable[[by
         h, w = bgr.shape[:2]
         if min(h, w) < 16 or max(h, w) > settings.max_frame_side:
             raise MalformedFrameError(f"frame is {w}x{h}; expected sides within 16..{settings.max_frame_side}")
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-        return framer(rgb) if framer is not None else framing.resize_square(rgb, resolution)
+        return frame(np.ascontiguousarray(bgr[:, :, ::-1]))
 
     return decode

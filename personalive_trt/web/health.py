@@ -22,7 +22,7 @@ log = logging.getLogger("personalive_trt.web")
 def replica_report(state: ServerState) -> dict:
     """This process's animators: sessions, per-worker stats, memory, counters."""
     pool = state.pool
-    workers = [e.worker.stats.snapshot() | {"dropped_input": e.worker.inbox.dropped} for e in pool.engines]
+    workers = [s.worker.stats.snapshot() | {"dropped_input": s.worker.inbox.dropped} for s in pool.slots]
     live = [w for w in workers if w["fps"]]
     return {
         "pid": os.getpid(),

@@ -5,7 +5,7 @@ Ray routes, back-pressures, scales and replaces; what is ours is unchanged: ever
 (:mod:`.references`) as the single-process ``serve``. Three deployments:
 
 * ``Animators`` (application ``personalive-animate``, route prefix ``/api/ws``): the replicas that own the GPU
-  work. Each loads its animators and captures its graphs once, at start (``EnginePool.create``), and serves the
+  work. Each loads its animators and captures its graphs once, at start (``AnimatorPool.create``), and serves the
   WebSocket session protocol. An open socket is one of Ray's ongoing requests on the replica that accepted
   it, for its whole life: a session never moves. Admission, autoscaling and draining follow from that
   (:mod:`.cluster` says how). A replica whose animator fails leases it to no new session and fails Ray's
@@ -33,19 +33,17 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from contextlib import asynccontextmanager
 
 import ray
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.request_router import RequestRouter
-from starlette.concurrency import run_in_threadpool
 
-from personalive_trt.web.cluster import ClusterOptions, animator_deployment_options
+from personalive_trt.web.cluster import ClusterOptions, DeployError, animator_deployment_options
 from personalive_trt.web.health import aggregate, replica_report
-from personalive_trt.web.pool import EnginePool
+from personalive_trt.web.pool import AnimatorPool
 from personalive_trt.web.references import ReferenceStore
-from personalive_trt.web.routes import mount
+from personalive_trt.web.app import build_app
 from personalive_trt.web.settings import ServeSettings
 from personalive_trt.web.state import MjpegBroadcast, ServerState, mjpeg_frames
 
@@ -65,9 +63,9 @@ class LeastLoadedRouter(RequestRouter):
 
     Ray's default router samples two replicas at random, so with three or more a session could meet two full
     replicas while a third has a free slot. Asking every replica its load is not enough either: sockets that
-    arrive together are routed concurrently, all probe the same idle loads and all pick the same replica. (4
-    sessions at once on 2 replicas x 2 put 3 on one in 3 rounds of 4, and the third was told ``busy`` while the
-    other replica had a free slot: measured 2026-12-06.) So this router (one per Ray proxy, run in its event
+    arrive together are routed concurrently, all probe the same idle loads and all pick the same replica, and a
+    session is told ``busy`` while another replica has a free slot (benchmarks/RESULTS.md, "serve --ray
+    admission"). So this router (one per Ray proxy, run in its event
     loop) counts per replica the sockets it routed that are still open, and those it chose a replica for but
     has not sent yet (a reservation, dropped when Ray sends one to that replica or asks again for the same
     request, and after ``RESERVATION_TTL`` s at most). It takes the larger of its count and Ray's cached load
@@ -193,9 +191,7 @@ class Front:
                                  health=lambda: registry.health.remote(), mjpeg_feed=RemoteMjpeg(registry))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        app = FastAPI(title="personalive-trt", docs_url=None, redoc_url=None)
-        mount(app, self.state, websocket_path=None)
-        return app
+        return build_app(self.state, websocket_path=None)
 
 
 @serve.ingress()
@@ -205,11 +201,11 @@ class Animators:
     def __init__(self, animator_factory: Callable[[], object], settings: ServeSettings) -> None:
         self.registry = serve.get_deployment_handle("Registry", app_name=APP)
         self.replica = serve.get_replica_context().replica_id.unique_id
-        pool = EnginePool.create(animator_factory, settings, reuse_failed=False)  # Ray replaces the replica
+        pool = AnimatorPool.create(animator_factory, settings, reuse_failed=False)  # Ray replaces the replica
         context = ray.get_runtime_context()
         resources = {name: round(amount, 4) for name, amount in context.get_assigned_resources().items()}
         self.state = ServerState(settings=settings, references=RemoteReferences(self.registry),
-                                 resolution=pool.engines[0].resolution, pool=pool, resources=resources,
+                                 resolution=pool.slots[0].resolution, pool=pool, resources=resources,
                                  node=f"{socket.gethostname()}/{context.get_node_id()[:8]}")
 
     def record_routing_stats(self) -> dict:
@@ -221,7 +217,7 @@ class Animators:
         """Ray's health check: raises while an animator of this replica has failed (Ray then replaces it)."""
         failures = self.state.pool.failures
         if failures:
-            raise AnimatorFailedError(f"{len(failures)} of {len(self.state.pool.engines)} animator(s) failed; "
+            raise AnimatorFailedError(f"{len(failures)} of {len(self.state.pool.slots)} animator(s) failed; "
                                       f"first: {failures[0]}")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -240,19 +236,11 @@ class Animators:
                     version = newer[0]
                     await registry.publish.remote(newer[1])
 
-        @asynccontextmanager
-        async def lifespan(app):
-            state.reset_mjpeg()
-            tasks = [asyncio.create_task(report_loop()), asyncio.create_task(forward_mjpeg())]
-            yield
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        async def forget():
             await registry.forget.remote(replica)
-            await run_in_threadpool(state.pool.close)
 
-        app = FastAPI(title="personalive-trt animators", lifespan=lifespan, docs_url=None, redoc_url=None)
-        mount(app, state, http=False, websocket_path=WEBSOCKET_PATH)
+        app = build_app(state, title="personalive-trt animators", http=False, websocket_path=WEBSOCKET_PATH,
+                        background=(report_loop, forward_mjpeg), on_exit=(forget,))
         app.add_middleware(FullPath)
         return app
 
@@ -306,11 +294,6 @@ def deploy_animators(animator_factory: Callable[[], object], settings: ServeSett
         detail = status.deployments["Animators"].message if status and "Animators" in status.deployments else ""
         lines = [line.strip() for line in detail.splitlines() if line.strip()]
         raise DeployError(f"the animator replicas failed to start: {lines[-1] if lines else exc}") from exc
-
-
-class DeployError(RuntimeError):
-    """``serve --ray`` could not start: the cluster could not be joined, or the animator replicas failed to start
-    (bad weights, engines, device...). One line with the cause."""
 
 
 def serve_forever(animator_factory: Callable[[], object], settings: ServeSettings, options: ClusterOptions,

@@ -53,7 +53,8 @@ def decode_reference(data: bytes, resolution: int, settings: ServeSettings) -> n
     """
     from PIL import Image, UnidentifiedImageError
 
-    from personalive_trt import framing, media
+    from personalive_trt import media
+    from personalive_trt.media.framing import Framing, NoFaceError
 
     try:
         with Image.open(io.BytesIO(data)) as probe:
@@ -73,9 +74,7 @@ def decode_reference(data: bytes, resolution: int, settings: ServeSettings) -> n
             raise UploadRejected(415, str(exc).replace(name, "upload"))
     finally:
         os.unlink(name)
-    if not settings.crop:
-        return framing.resize_square(image, resolution)
     try:
-        return framing.frame_reference(image, size=resolution)
-    except framing.NoFaceError:
+        return Framing(resolution, settings.crop).reference(image)
+    except NoFaceError:
         raise UploadRejected(422, "no face found in the image; use a portrait with the face clearly visible")

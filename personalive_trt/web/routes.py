@@ -77,7 +77,7 @@ async def health(request: Request):
 
 @router.get("/api/sample-reference", include_in_schema=False)
 async def sample_reference():
-    from personalive_trt.sample import sample_reference as path
+    from personalive_trt.media.sample import sample_reference as path
 
     return FileResponse(path(), media_type="image/png")
 

@@ -15,7 +15,7 @@
   moment it grabbed that camera frame: that is the glass-to-glass latency the page shows.
 
 Threads: the event loop only moves bytes. Decoding and face framing of driving frames, the animator step and
-JPEG encoding run on the leased engine's :class:`~personalive_trt.live.worker.AnimationWorker` thread.
+JPEG encoding run on the leased slot's :class:`~personalive_trt.live.worker.AnimationWorker` thread.
 Driving frames reach the worker through a latest-frame-wins slot (frames that arrive during a step are
 dropped and counted, never queued); outputs come back through a small ring per session that evicts its
 oldest frame when the client reads too slowly. Unlike the original app's unbounded queues, nothing can build
@@ -70,7 +70,7 @@ def close_reason(text: str) -> str:
 
 
 class Session:
-    """One client's animation: an engine leased from the pool, and the outputs waiting to be sent."""
+    """One client's animation: an animator slot leased from the pool, and the outputs waiting to be sent."""
 
     def __init__(self, session_id: int, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
         self.id = session_id
@@ -80,7 +80,7 @@ class Session:
         self.dropped_output = 0
         self.ready = asyncio.Event()
         self.failure: BaseException | None = None  # why the worker ended the stream
-        self.engine = None  # personalive_trt.web.pool.Engine while leased
+        self.slot = None  # personalive_trt.web.pool.AnimatorSlot while leased
 
     def deliver(self, item: tuple[bytes, OutputFrame]) -> None:
         """Event-loop side of the hand-over; evicts the oldest output when the client lags."""
@@ -171,11 +171,11 @@ class WebSocketSession:
     async def send_stats(self) -> None:
         while True:
             await asyncio.sleep(self.settings.stats_interval)
-            engine = self.session.engine
-            if engine is None:
+            slot = self.session.slot
+            if slot is None:
                 continue
-            await self.send_json({"type": "stats", **engine.worker.stats.snapshot(), "received": self.received,
-                                  "dropped_input": engine.worker.inbox.dropped,
+            await self.send_json({"type": "stats", **slot.worker.stats.snapshot(), "received": self.received,
+                                  "dropped_input": slot.worker.inbox.dropped,
                                   "dropped_output": self.session.dropped_output})
 
     async def watch_idle(self) -> None:
@@ -199,13 +199,13 @@ class WebSocketSession:
             await self.error("no_reference", "upload a reference image first (POST /api/reference)")
             return
         if swap:
-            if session.engine is None:
+            if session.slot is None:
                 await self.error("not_started", "start before swapping")
                 return
-            session.engine.worker.swap_reference(image)
+            session.slot.worker.swap_reference(image)
             await self.send_json({"type": "swapped"})
             return
-        if session.engine is None and self.pool.acquire(session) is None:
+        if session.slot is None and self.pool.acquire(session) is None:
             self.state.counters["busy_refusals"] += 1
             message = (f"busy: {settings.max_sessions} animation session(s) already running; try again when it ends"
                        if not settings.close_when_busy else
@@ -215,7 +215,7 @@ class WebSocketSession:
                 await self.close(CLOSE_TRY_AGAIN, message)
             return
         session.outputs.clear()
-        session.engine.worker.start(image, make_frame_decoder(self.state.resolution, settings), tag=session)
+        session.slot.worker.start(image, make_frame_decoder(self.state.resolution, settings), tag=session)
         await self.send_json({"type": "started", "resolution": self.state.resolution})
 
     async def command(self, text: str | None) -> None:
@@ -259,8 +259,8 @@ class WebSocketSession:
             if data is not None:
                 index, self.received = self.received, self.received + 1
                 self.last_frame_at = time.monotonic()
-                if session.engine is not None:
-                    session.engine.worker.inbox.put(StampedFrame(data, time.monotonic(), index))
+                if session.slot is not None:
+                    session.slot.worker.inbox.put(StampedFrame(data, time.monotonic(), index))
                 continue
             await self.command(text)
 

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from personalive_trt.web.pool import EnginePool
+from personalive_trt.web.pool import AnimatorPool
 from personalive_trt.web.settings import ServeSettings
 
 COUNTERS = ("sessions", "connections", "busy_refusals", "refused_connections", "oversize_messages", "bad_messages",
@@ -71,7 +71,7 @@ class ServerState:
     settings: ServeSettings
     references: object  # async add(image) -> id, async get(id) -> image | None (ReferenceStore or a remote one)
     resolution: int
-    pool: EnginePool | None = None  # None in a process whose animators run elsewhere (the Ray app's front)
+    pool: AnimatorPool | None = None  # None in a process whose animators run elsewhere (the Ray app's front)
     health: Callable[[], Awaitable[dict]] | None = None  # default: this process's own report
     node: str | None = None  # where this process runs (default: the host name)
     resources: dict | None = None  # what the cluster granted this replica (Ray: num_cpus, num_gpus)
@@ -85,5 +85,7 @@ class ServerState:
         return self.mjpeg_feed
 
     def reset_mjpeg(self) -> None:
-        """A fresh broadcast for a (re)started app: its events belong to the event loop now running."""
-        self.mjpeg_feed = MjpegBroadcast()
+        """A fresh local broadcast for a (re)started app: its events belong to the event loop now running. A feed
+        from elsewhere (the Ray app's front reads the registry's) is kept."""
+        if self.mjpeg_feed is None or isinstance(self.mjpeg_feed, MjpegBroadcast):
+            self.mjpeg_feed = MjpegBroadcast()

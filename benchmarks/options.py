@@ -1,0 +1,83 @@
+"""What ``personalive-trt bench`` measures: its options, their checks, and the stream config they imply."""
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from personalive_trt.choices import Backend, CompileMode, Decoder
+
+MAX_KEYFRAMES = 3
+
+
+class BenchError(ValueError):
+    """A bad option or an impossible combination (printed as one line)."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to benchmark. ``device``/``dtype`` ``"auto"``: CUDA + fp16 when a GPU is present, else CPU + fp32."""
+
+    backend: str = "torch"
+    graphs: bool = True
+    weights: str = "auto"
+    engines: Optional[Path] = None
+    device: str = "auto"
+    dtype: str = "auto"
+    window: int = 4
+    resolution: int = 512
+    keyframes: int = 0
+    warmup: int = 8
+    calls: int = 30
+    capture_fps: Optional[float] = None
+    compare: bool = False
+    seed: int = 42
+    json: Optional[Path] = None
+    vae: str = "full"
+    compile: str = "off"  # torch.compile: auto, on, off (personalive_trt.runtime.compile.resolve_compile)
+    command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
+
+    def validate(self) -> None:
+        if self.backend not in tuple(Backend):
+            raise BenchError(f"--backend {self.backend!r}: expected one of {Backend.names()}")
+        if not 0 <= self.keyframes <= MAX_KEYFRAMES:
+            raise BenchError(f"--keyframes {self.keyframes}: expected 0..{MAX_KEYFRAMES}")
+        if self.window < 1:
+            raise BenchError(f"--window {self.window}: expected a positive number of frames")
+        if self.resolution < 64 or self.resolution % 64:
+            raise BenchError(f"--resolution {self.resolution}: expected a positive multiple of 64")
+        if self.calls < 1:
+            raise BenchError(f"--calls {self.calls}: expected at least 1 measured call")
+        if self.warmup < 0:
+            raise BenchError(f"--warmup {self.warmup}: expected 0 or more calls")
+        if self.capture_fps is not None and not self.capture_fps > 0:
+            raise BenchError(f"--capture-fps {self.capture_fps}: expected a positive frame rate")
+        if self.dtype not in ("auto", "fp32", "fp16"):
+            raise BenchError(f"--dtype {self.dtype!r}: expected auto, fp32 or fp16")
+        if self.vae not in tuple(Decoder):
+            raise BenchError(f"--vae {self.vae!r}: expected one of {Decoder.names()}")
+        if self.compile not in tuple(CompileMode):
+            raise BenchError(f"--compile {self.compile!r}: expected {CompileMode.names(' or ')}")
+        if self.compile == CompileMode.ON and self.backend != Backend.TORCH:
+            raise BenchError(f"--compile on: only the torch backend is compiled, not --backend {self.backend}")
+        if self.engines is not None and self.backend == Backend.TORCH:
+            raise BenchError("--engines is for --backend onnxruntime or tensorrt")
+
+
+def resolve_device_dtype(options: BenchOptions):
+    from personalive_trt.devices import resolve_device
+
+    # The backend decides what `auto` may resolve to: TensorRT never runs on the CPU.
+    return resolve_device(options.device, options.dtype, backend=options.backend)
+
+
+def stream_config(options: BenchOptions):
+    from personalive_trt.config import StreamConfig
+
+    k = options.keyframes
+    if k == 0:
+        return StreamConfig(window=options.window, resolution=options.resolution, max_keyframes=0, vae=options.vae)
+    return StreamConfig(window=options.window, resolution=options.resolution, keyframe_threshold=-1.0,
+                        keyframe_start=0, max_keyframes=k, vae=options.vae)
