@@ -30,12 +30,18 @@ import torch
 
 from conftest import SHARED_REFERENCE, frame_stats, relative_error
 from personalive_trt.config import LATENT_SCALE
-from personalive_trt.facemesh import FaceMesh, frame_ranges
+from personalive_trt.engines.networks import Networks
+from personalive_trt.filemode.offline import animate_offline, offline_frame_count, prepare_driving, prepare_reference
 from personalive_trt.media import MediaError
-from personalive_trt.networks import Networks
-from personalive_trt.offline import OfflineAnimator, max_keyframe_banks, min_frames, offline_config, window_frames
-from personalive_trt.offline_file import animate_offline, offline_frame_count, prepare_driving, prepare_reference
-from personalive_trt.pipeline import to_uint8, unit_range, write_banks
+from personalive_trt.media.facemesh import FaceMesh, frame_ranges
+from personalive_trt.runtime.offline_loop import (
+    OfflineAnimator,
+    max_keyframe_banks,
+    min_frames,
+    offline_config,
+    window_frames,
+)
+from personalive_trt.runtime.reference_loop import to_uint8, unit_range, write_banks
 
 GOLDEN_OFFLINE = SHARED_REFERENCE / "golden_offline"
 UNIT = 1e-4

@@ -12,7 +12,7 @@ decisions downstream. So the arithmetic follows the original step for step: land
 image), the square is computed in doubles, clipped to ``width - 1`` / ``height - 1`` (so the last row and
 column are never part of a crop) and its corners truncated with ``int()`` to cut the crop.
 
-This is not :mod:`personalive_trt.framing` (BlazeFace boxes, steady crops of a whole head-and-shoulders
+This is not :mod:`personalive_trt.media.framing` (BlazeFace boxes, steady crops of a whole head-and-shoulders
 square for the online path): each module reproduces the framing of one of the original's two paths.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from personalive_trt.framing import NoFaceError, mediapipe_process, native_stderr_silenced
+from personalive_trt.media.framing import NoFaceError, mediapipe_process, native_stderr_silenced
 
 __all__ = ["FaceMesh", "FaceMeshCrop", "faceless_frames_error", "frame_ranges", "landmark_box", "square_box"]
 

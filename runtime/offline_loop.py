@@ -1,12 +1,12 @@
 """The original's offline algorithm (``inference_offline.py``) on the reference loop's networks.
 
 The original ships two ways to animate a video file. Its web demo runs the online loop
-(:class:`~personalive_trt.pipeline.Animator`); its offline script runs a variant of the same pile
+(:class:`~personalive_trt.runtime.reference_loop.Animator`); its offline script runs a variant of the same pile
 (``Pose2VideoPipeline_Stream.__call__``) that a user comparing outputs would see differ. This module
 reproduces the variant exactly, as a subclass of the reference loop: the pile, the UNet call, the DDIM step,
 the keyframe bank write and the decode are the reference loop's own. What differs:
 
-* inputs (prepared by :mod:`personalive_trt.offline_file`): whole driving frames for the pose path,
+* inputs (prepared by :mod:`personalive_trt.filemode.offline`): whole driving frames for the pose path,
   FaceMesh crops for the motion path, the whole reference image, PIL resizes;
 * first window: the pose encoder also runs on the first frame alone (the anchor of the driving
   translation), and the reference motion comes from the reference's FaceMesh crop (encoded with the
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from personalive_trt.config import COND_SIZE, FACE_SIZE, StreamConfig
-from personalive_trt.facemesh import FaceMeshCrop
-from personalive_trt.networks import Networks
-from personalive_trt.pipeline import Animator, NoiseFn, Reference, encode_prepared_reference, unit_range
-from personalive_trt.weights import Models
+from personalive_trt.engines.networks import Networks
+from personalive_trt.media.facemesh import FaceMeshCrop
+from personalive_trt.models.weights import Models
+from personalive_trt.runtime.reference_loop import Animator, NoiseFn, Reference, encode_prepared_reference, unit_range
 
 __all__ = ["DEFAULT_KEYFRAME_LIMIT", "OfflineAnimator", "OfflineReference", "OfflineWindow", "PreparedReference",
            "max_keyframe_banks", "min_frames", "offline_config", "window_frames"]
@@ -100,7 +100,7 @@ class OfflineWindow:
 
 @dataclass(frozen=True)
 class PreparedReference:
-    """The reference portrait, prepared once (:func:`personalive_trt.offline_file.prepare_reference`).
+    """The reference portrait, prepared once (:func:`personalive_trt.filemode.offline.prepare_reference`).
 
     Args:
         clip_pixels: (1, 3, 224, 224) float32, CLIP-normalised.
@@ -119,7 +119,7 @@ class PreparedReference:
 
 @dataclass
 class OfflineReference(Reference):
-    """A :class:`~personalive_trt.pipeline.Reference` with the reference's face crop, (1, 3, 224, 224) in
+    """A :class:`~personalive_trt.runtime.reference_loop.Reference` with the reference's face crop, (1, 3, 224, 224) in
     [-1, 1]: the motion the warm-up starts from."""
 
     face: torch.Tensor
@@ -129,14 +129,14 @@ class OfflineAnimator(Animator):
     """The original's offline loop (reference implementation); see the module docstring.
 
     Args:
-        models (`Models` or `Networks`): as for :class:`~personalive_trt.pipeline.Animator`; networks must
+        models (`Models` or `Networks`): as for :class:`~personalive_trt.runtime.reference_loop.Animator`; networks must
             be built for ``config``.
         config (`StreamConfig`, *optional*): defaults to :func:`offline_config` (bank limit 20).
-        noise, seed, trace: as for :class:`~personalive_trt.pipeline.Animator`.
+        noise, seed, trace: as for :class:`~personalive_trt.runtime.reference_loop.Animator`.
 
     :meth:`fuse_reference` takes a :class:`PreparedReference` and :meth:`step` / ``step_float`` /
     ``step_conditions`` an :class:`OfflineWindow` (a step returns the decoded x0 of the pile's oldest chunk; the
-    first ``steps - 1`` windows' are warm-up frames); :func:`personalive_trt.offline_file.animate_offline` runs
+    first ``steps - 1`` windows' are warm-up frames); :func:`personalive_trt.filemode.offline.animate_offline` runs
     a whole prepared clip.
     """
 
@@ -167,7 +167,7 @@ class OfflineAnimator(Animator):
 
     def _driving_images(self, window: OfflineWindow, what: str) -> OfflineWindow:
         """What :meth:`step` (and ``step_float``, ``step_conditions``) take here: one window's prepared
-        inputs (:meth:`personalive_trt.offline_file.PreparedClip.window`), not 512 frames."""
+        inputs (:meth:`personalive_trt.filemode.offline.PreparedClip.window`), not 512 frames."""
         if not isinstance(window, OfflineWindow):
             raise TypeError(f"{what}: the offline loop takes an OfflineWindow (PreparedClip.window), "
                             f"got {type(window).__name__}")

@@ -1,15 +1,15 @@
 """The offline mode's file side: its inputs prepared as the original's offline script prepares them, and the
-driver that runs a prepared clip through the loop (:class:`~personalive_trt.offline.OfflineAnimator`).
+driver that runs a prepared clip through the loop (:class:`~personalive_trt.runtime.offline_loop.OfflineAnimator`).
 
 The original's ``inference_offline.py`` (its streaming pipeline ``Pose2VideoPipeline_Stream``) differs from
 the online loop before any network runs, and every difference changes the numbers:
 
 * **Frames.** Every frame of the driving video at its own size; N = the frame count rounded down to a
   multiple of the window (4) (:func:`offline_frame_count`; the schedule with the mirrored tail is
-  :func:`personalive_trt.offline.window_frames`). A clip needs at least 16 frames: with fewer than 13 the
+  :func:`personalive_trt.runtime.offline_loop.window_frames`). A clip needs at least 16 frames: with fewer than 13 the
   tail would run short (the original then fails mid-run).
 * **Pose input.** The whole driving frame, resized (PIL Lanczos, aspect not kept) to 256x256.
-* **Motion input.** The FaceMesh crop of each frame (:mod:`personalive_trt.facemesh`), resized (PIL
+* **Motion input.** The FaceMesh crop of each frame (:mod:`personalive_trt.media.facemesh`), resized (PIL
   Lanczos, aspect not kept) to 224x224; not the keypoint boxes of the online loop.
 * **Reference.** The whole image, not a crop: CLIP input resized to 224x224 (PIL bicubic, then the CLIP
   processor's defaults, which leave a 224 image as it is), VAE input resized to the canvas (Lanczos),
@@ -30,11 +30,17 @@ import torch
 from PIL import Image
 
 from personalive_trt.config import CLIP_SIZE, COND_SIZE, FACE_SIZE, StreamConfig
-from personalive_trt.facemesh import FaceMesh, FaceMeshCrop, faceless_frames_error
-from personalive_trt.framing import NoFaceError
 from personalive_trt.media import MediaError
-from personalive_trt.offline import OfflineAnimator, OfflineWindow, PreparedReference, min_frames, window_frames
-from personalive_trt.pipeline import clip_pixels, frames_to_tensor
+from personalive_trt.media.facemesh import FaceMesh, FaceMeshCrop, faceless_frames_error
+from personalive_trt.media.framing import NoFaceError
+from personalive_trt.runtime.offline_loop import (
+    OfflineAnimator,
+    OfflineWindow,
+    PreparedReference,
+    min_frames,
+    window_frames,
+)
+from personalive_trt.runtime.reference_loop import clip_pixels, frames_to_tensor
 
 __all__ = ["PreparedClip", "animate_offline", "offline_frame_count", "prepare_driving", "prepare_reference"]
 
