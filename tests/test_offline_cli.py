@@ -28,13 +28,23 @@ def read_all(path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
-    """One run: the sample's first 18 frames -> N = 16 (a multiple of 4), 7 windows on tiny weights. The canvas
-    is 128 (the CLI has no option for it; at 512 the run costs ~300 CPU-s instead of ~110): everything the command
-    does around the loop (inputs, frame count, writers, panels) is the same at any canvas."""
+    """One run: the sample's first 18 frames -> N = 16 (a multiple of 4), 7 windows on tiny weights. What this
+    checks is the command around the loop (inputs, frame count, writers, panels; the loop's numbers are
+    tests/test_offline.py's), so it runs cheaply: a 128 canvas (the CLI has no option for it), and the pose and
+    motion encoders, full size even in the tiny weights, answer zeros (test_offline's stand-ins). At 512 with
+    the real encoders the run costs ~300 CPU-s."""
+    from personalive_trt.runtime import animator
+    from test_offline import with_stand_ins
+
+    def open_with_stand_ins(*args, **kwargs):
+        return with_stand_ins(opened(*args, **kwargs), ("pose_encoder", "motion_encoder"))[0]
+
     folder = tmp_path_factory.mktemp("offline")
     out, side = folder / "out.mp4", folder / "side.mp4"
+    opened = animator.open_session_networks
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(OfflineOptions.__init__.__kwdefaults__, "resolution", CANVAS)  # the default canvas
+        patch.setattr(animator, "open_session_networks", open_with_stand_ins)
         result = invoke(*OFFLINE, "--output", str(out), "--reference-loop", "--max-frames", "18",
                         "--side-by-side", str(side))
     assert result.exit_code == 0, result.output
