@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from test_cli import assert_one_line_error
 from personalive_trt.cli import app
 from personalive_trt.filemode.offline_run import OfflineOptions
 from personalive_trt.filemode.panels import PADDING, PANEL, panel_grid
@@ -124,10 +125,3 @@ def test_offline_only_options_and_live_sources_are_refused_in_one_line(tmp_path)
                           "--mode 'online': expected one of stream, offline")
     assert list(tmp_path.iterdir()) == []
 
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
