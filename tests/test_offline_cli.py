@@ -102,7 +102,7 @@ def test_side_by_side_video_shows_reference_face_crop_driving_and_generated_fram
     ((), ("not supported yet in --mode offline", "streaming runtime", "use --reference-loop")),
     (("--reference-loop", "--compile", "on"), ("--compile on",)),
     (("--reference-loop", "--keyframe-limit", "-1"), ("--keyframe-limit -1",)),
-    (("--reference-loop", "--max-frames", "14"), ("sample_driving.mp4: 14 frames", "at least 16")),
+    (("--reference-loop", "--max-frames", "14"), ("sample_driving.mp4: 14 frames (capped at --max-frames 14)", "at least 16")),
 ])
 def test_offline_mode_refuses_in_one_line_and_writes_nothing(tmp_path, args, fragments):
     out = tmp_path / "out.mp4"

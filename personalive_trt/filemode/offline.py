@@ -106,8 +106,10 @@ def prepare_driving(frames: Iterable[np.ndarray], mesh: FaceMesh, config: Stream
     every one of the N frames (all faceless frames listed in one :class:`NoFaceError`), so that a bad clip
     fails before any network loads."""
     cond, faces, crops, faceless = [], [], [], []
+    more = False  # the clip goes on past max_frames (the error for too few frames says it was capped)
     for index, frame in enumerate(frames):
         if max_frames is not None and index >= max_frames:
+            more = True
             break
         crop = mesh.find(frame)
         if crop is None:
@@ -116,7 +118,7 @@ def prepare_driving(frames: Iterable[np.ndarray], mesh: FaceMesh, config: Stream
             faces.append(lanczos(crop.cut(frame), FACE_SIZE))
         cond.append(lanczos(frame, COND_SIZE))
         crops.append(crop)
-    count = offline_frame_count(len(crops), max_frames, config, what)
+    count = offline_frame_count(len(crops) + more, max_frames, config, what)
     faceless = [index for index in faceless if index < count]  # the frames past N are never used
     if faceless:
         raise faceless_frames_error(faceless, count, what)

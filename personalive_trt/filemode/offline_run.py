@@ -96,7 +96,7 @@ def animate_offline_file(options: OfflineOptions, progress: bool = True) -> RunS
     reference_image = media.read_image(reference_path, like_original=True)
     with FaceMesh() as mesh:
         reference = prepare_reference(reference_image, mesh, config, str(reference_path))
-        with media.VideoReader(driving_path, max_frames=options.max_frames) as reader:
+        with media.VideoReader(driving_path) as reader:  # prepare_driving stops at --max-frames
             clip = prepare_driving(reader, mesh, config, str(driving_path), max_frames=options.max_frames)
 
     o = animation.options
