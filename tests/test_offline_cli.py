@@ -125,3 +125,14 @@ def test_offline_only_options_and_live_sources_are_refused_in_one_line(tmp_path)
                           "--mode 'online': expected one of stream, offline")
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_keyframe_limit_sizes_the_bank_and_the_options_resolve_before_anything_loads():
+    """``--keyframe-limit`` is the bank limit of the run's configuration (default 20); the other fields are the
+    original's (window 4, the 512 canvas), and nothing but the choices is resolved by the check."""
+    given = OfflineOptions(reference="sample", driving="sample", output="o.mp4", reference_loop=True,
+                           weights="synthetic", device="cpu", keyframe_limit=5).check()
+    default = OfflineOptions(reference="sample", driving="sample", output="o.mp4", reference_loop=True,
+                             weights="synthetic", device="cpu").check()
+    assert given.config.max_keyframes == 5 and default.config.max_keyframes == 20
+    assert default.config.window == 4 and default.config.resolution == 512 and str(default.device) == "cpu"
