@@ -81,4 +81,11 @@ class Loop(Choice):
     REFERENCE = "reference"
 
 
-__all__ = ["Backend", "Choice", "CompileMode", "Decoder", "GraphsMode", "Loop"]
+class Mode(Choice):
+    """``run --mode``: which of the original's two algorithms animates a driving file (docs/offline-mode.md)."""
+
+    STREAM = "stream"  # the online loop, as the original's web demo runs it
+    OFFLINE = "offline"  # the original's offline script, inference_offline.py
+
+
+__all__ = ["Backend", "Choice", "CompileMode", "Decoder", "GraphsMode", "Loop", "Mode"]

@@ -6,6 +6,8 @@
   what ``run`` and ``serve`` animate with;
 * :mod:`.reference_loop` -- :class:`~.reference_loop.Animator`, the readable reference loop every faster path
   is held to (``--reference-loop``);
+* :mod:`.offline_loop` -- :class:`~.offline_loop.OfflineAnimator`, the original's offline script's loop on the
+  reference loop (``run --mode offline``);
 * :mod:`.compile` -- torch.compile for the torch backend, inside the runtime's graphs;
 * :mod:`.animator` -- the options a session animates with, their validate-first check, ``open_animator``.
 """

@@ -23,6 +23,7 @@ from personalive_trt.config import StreamConfig
 from personalive_trt.devices import canonical_device, describe, resolve_device
 from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR
 from personalive_trt.engines.known_answers import read_record
+from personalive_trt.engines.networks import Networks
 from personalive_trt.models.weights import SYNTHETIC_NOTICE, parse_weights_spec, resolve_weights, validate_weights_folder
 from personalive_trt.runtime.compile import require_compiler, resolve_compile
 from personalive_trt.runtime.open import compile_logged, open_networks
@@ -108,12 +109,23 @@ class SessionOptions(AnimatorOptions):
     driving: str  # a video file or "sample" (file mode), or a live source (live mode)
     max_frames: int | None = None  # file mode: the first N driving frames; live mode: N output frames
     crop: bool = True  # frame the face (--no-crop: resize whole frames)
+    side_by_side: Path | None = None  # --mode offline only (filemode/offline_run.py); refused here
+    keyframe_limit: int | None = None  # --mode offline only; refused here
 
     def check(self) -> Animation:
+        self.check_mode()
         animation = super().check()
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"--max-frames {self.max_frames}: expected a positive number of frames")
         return animation
+
+    def check_mode(self) -> None:
+        """What this mode refuses, before anything else is looked at: here the options of ``--mode offline``
+        (the offline mode's options override this)."""
+        given = [option for option, value in (("--side-by-side", self.side_by_side),
+                                              ("--keyframe-limit", self.keyframe_limit)) if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)}: only with --mode offline (the original's offline script)")
 
 
 @dataclass(frozen=True)
@@ -166,21 +178,12 @@ def open_animator(
     cuda_graphs = GraphsMode.parse(cuda_graphs, "--cuda-graphs")
     compile = CompileMode.parse(compile, "--compile")  # noqa: A001
     config = config or StreamConfig()
-    device = canonical_device(device)
-    print(f"running on {describe(device, dtype)}, {backend} backend", file=sys.stderr)
-    kind, location = parse_weights_spec(weights)
-    if kind == "synthetic":
-        print(SYNTHETIC_NOTICE.format(spec=f"{weights}"), file=sys.stderr)
-    else:
-        validate_weights_folder(Path(location))
-    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     if loop is Loop.REFERENCE:
-        networks = open_networks(backend, config=config, device=device, dtype=dtype, weights=weights,
-                                 engines=engines, compile=compile, loop=loop, log=say)
-        return Animator(networks, config, seed=seed)
+        return Animator(open_session_networks(weights, backend, engines, device, dtype, config, loop, compile), config,
+                        seed=seed)
     # The self-check compares the compiled networks with the eager ones: open those, and compile in the check.
-    networks = open_networks(backend, config=config, device=device, dtype=dtype, weights=weights, engines=engines,
-                             compile=CompileMode.OFF, loop=loop)
+    networks = open_session_networks(weights, backend, engines, device, dtype, config, loop, CompileMode.OFF)
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     options = resolve_compile(compile, backend, engines, None if backend.runs_engines else networks, loop)
     explicit = {feature: option for feature, option, mode in (("compile", "--compile on", compile),
                                                               ("graphs", "--cuda-graphs on", cuda_graphs))
@@ -196,4 +199,29 @@ def open_animator(
     return started.runtime
 
 
-__all__ = ["Animation", "AnimatorOptions", "SessionOptions", "open_animator", "open_replica_animator"]
+def open_session_networks(
+    weights: str,
+    backend: Backend | str,
+    engines: Path | None,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    config: StreamConfig,
+    loop: Loop | str,
+    compile: CompileMode | str,  # noqa: A002
+) -> Networks:
+    """The networks of :func:`open_animator` (for a loop it does not wrap, e.g. the offline mode's): prints
+    where they run and the synthetic-weights notice, checks a weights folder, then opens them."""
+    backend = Backend.parse(backend, "--backend")
+    device = canonical_device(device)
+    print(f"running on {describe(device, dtype)}, {backend} backend", file=sys.stderr)
+    kind, location = parse_weights_spec(weights)
+    if kind == "synthetic":
+        print(SYNTHETIC_NOTICE.format(spec=f"{weights}"), file=sys.stderr)
+    else:
+        validate_weights_folder(Path(location))
+    return open_networks(backend, config=config, device=device, dtype=dtype, weights=weights, engines=engines,
+                         compile=compile, loop=loop, log=lambda line: print(line, file=sys.stderr))
+
+
+__all__ = ["Animation", "AnimatorOptions", "SessionOptions", "open_animator", "open_replica_animator",
+           "open_session_networks"]

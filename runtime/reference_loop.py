@@ -123,13 +123,22 @@ def encode_reference(nets: Networks, config: StreamConfig, image: np.ndarray,
     random-weight VAE encoder is the most rounding-sensitive block).
     """
     check_image(image, config.resolution)
+    return encode_prepared_reference(nets, clip_pixels(image), unit_range(image, config.resolution),
+                                     unit_range(image, COND_SIZE) / 2 + 0.5, latent)
+
+
+@torch.no_grad()
+def encode_prepared_reference(nets: Networks, pixels: torch.Tensor, image: torch.Tensor, cond: torch.Tensor,
+                              latent: torch.Tensor | None = None) -> Reference:
+    """:func:`encode_reference` from the network inputs a caller prepared: CLIP ``pixels`` (1,3,224,224),
+    ``image`` (1,3,R,R) in [-1,1] (VAE input), ``cond`` (1,3,256,256) in [0,1] (motion-extractor input)."""
     dev, dt = nets.device, nets.dtype
-    clip_embeds = nets.image_encoder(clip_pixels(image).to(dev, dt))
-    image_tensor = unit_range(image, config.resolution).to(dev, dt)
+    clip_embeds = nets.image_encoder(pixels.to(dev, dt))
+    image_tensor = image.to(dev, dt)
     if latent is None:
         latent = nets.vae_encoder(image_tensor)
     latent = latent.to(dev, dt)
-    cond = (unit_range(image, COND_SIZE) / 2 + 0.5).to(dev, dt)
+    cond = cond.to(dev, dt)
     banks = write_banks(nets, latent, clip_embeds)
     return Reference(
         clip_embeds=clip_embeds,
@@ -311,24 +320,41 @@ class Animator:
 
     def _advance_conditions(self, images: torch.Tensor, trace: dict | None) -> None:
         """Keypoints, pose features and motion states of the new frames; fills the piles."""
-        cfg, nets, ref = self.config, self.nets, self.reference
+        cfg, ref = self.config, self.reference
         first = self.count == 0
         cond = F.interpolate(images, size=(COND_SIZE, COND_SIZE), mode="bilinear", align_corners=False) / 2 + 0.5
-        detector = nets.pose_encoder(cond)
+        detector = self.nets.pose_encoder(cond)
         if first:
             self.frame0_detector = {k: v[:1] for k, v in detector.items()}
+        kp_draw, kps_dri = self._keypoints(detector)
+        boxes = kp.face_boxes(kps_dri, size=cfg.resolution)
+        faces = kp.crop_faces(images, boxes)
+        if first:
+            ref_box = kp.face_boxes(kp_draw[:1], size=cfg.resolution)
+            faces = torch.cat([kp.crop_faces(ref.image.unsqueeze(0), ref_box), faces])
+        self._fill_piles(kp_draw, faces, trace)
+        if trace is not None:
+            trace.update(kps_dri=kps_dri, boxes=boxes)
+
+    def _keypoints(self, detector: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``kp_draw`` (the warm-up glide on the first call) and ``kps_dri`` of the new frames' detector output."""
+        cfg, ref = self.config, self.reference
+        if self.count == 0:
             kp_draw, kps_dri = kp.warmup_keypoints(ref.detector, self.frame0_detector, detector,
                                                    num_interp=cfg.warmup_frames + 1)
         else:
             kp_draw, kps_dri = kp.transfer_keypoints(ref.detector, self.frame0_detector, detector)
         if not bool(torch.isfinite(kp_draw).all() & torch.isfinite(kps_dri).all()):  # a host read: the reference loop
             raise NonFiniteError(f"step {self.count}: the pose encoder's keypoints contain NaN/Inf (dtype {self.dtype})")
+        return kp_draw, kps_dri
+
+    def _fill_piles(self, kp_draw: torch.Tensor, faces: torch.Tensor, trace: dict | None) -> None:
+        """Pose features of the drawn keypoints and motion states of the face crops (on the first call the
+        reference face first, then the warm-up glide from its motion) join their piles; a fresh t=999
+        latent chunk joins the latent pile."""
+        cfg, nets, ref = self.config, self.nets, self.reference
+        first = self.count == 0
         maps = kp.draw_keypoints(kp_draw, size=cfg.resolution)
-        boxes = kp.face_boxes(kps_dri, size=cfg.resolution)
-        faces = kp.crop_faces(images, boxes)
-        if first:
-            ref_box = kp.face_boxes(kp_draw[:1], size=cfg.resolution)
-            faces = torch.cat([kp.crop_faces(ref.image.unsqueeze(0), ref_box), faces])
         motion = nets.motion_encoder(faces.transpose(0, 1).unsqueeze(0))  # (1, F, 32, 16)
         pose = nets.pose_guider(maps.to(self.dtype).transpose(0, 1).unsqueeze(0))  # (1, 320, F, h, w)
         if first:
@@ -346,8 +372,7 @@ class Animator:
         fresh = self.schedule.add_noise(fresh, self._noise_like(fresh), self.pile_timesteps[-1:])
         self.latent_pile.append(fresh.to(self.dtype))
         if trace is not None:
-            trace.update(kp_draw=kp_draw, kps_dri=kps_dri, boxes=boxes, maps=maps, faces=faces,
-                         motion_encoder_out=motion, pose_fea=pose)
+            trace.update(kp_draw=kp_draw, maps=maps, faces=faces, motion_encoder_out=motion, pose_fea=pose)
 
     def _keyframe_wanted(self, motion_states: torch.Tensor, trace: dict | None) -> bool:
         """Is the pile's first frame a new history keyframe? (host decision, once per call)."""

@@ -159,6 +159,20 @@ def test_read_applies_exif_orientation(tmp_path):
     assert np.abs(out.astype(int) - expected).mean() < 3.0
 
 
+def test_read_like_original_drops_alpha_and_keeps_stored_orientation(tmp_path):
+    """The offline mode reads the reference as the original's script does: PIL convert("RGB")."""
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, :4] = (200, 10, 20, 255)
+    rgba[:, 4:] = (30, 40, 50, 0)  # transparent: its stored colour shows, no white compositing
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png", like_original=True), rgba[:, :, :3])
+    image = gradient_image(48, 64)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(image).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    assert read_image(tmp_path / "r.jpg", like_original=True).shape == (48, 64, 3)  # not rotated
+
+
 @pytest.mark.parametrize("content", [b"hello, this is not an image\n", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b""])
 def test_read_image_rejects_non_images(tmp_path, content):
     path = tmp_path / "bad.png"

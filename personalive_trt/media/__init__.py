@@ -3,6 +3,7 @@
 * :mod:`.io` -- images and video files (``HxWx3`` uint8 RGB), :class:`MediaError`; its names are re-exported here,
   so ``personalive_trt.media.read_image`` works as it did when this was one module;
 * :mod:`.framing` -- face detection and the square crop around the face (references and driving frames);
+* :mod:`.facemesh` -- the original offline script's FaceMesh crops (every frame on its own);
 * :mod:`.sample` -- the built-in sample portrait and driving clip.
 """
 from personalive_trt.media.io import (

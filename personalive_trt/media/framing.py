@@ -98,13 +98,13 @@ class FaceDetector:
 
     def _model(self, selection: int):
         if selection not in self._models:
-            with _native_stderr_silenced():  # TF Lite / absl start-up chatter on the first process() call
+            with native_stderr_silenced():  # TF Lite / absl start-up chatter on the first process() call
                 import mediapipe as mp  # heavy import, only when framing is actually used
 
                 model = mp.solutions.face_detection.FaceDetection(
                     model_selection=selection, min_detection_confidence=self.min_confidence
                 )
-                _process(model, np.zeros((64, 64, 3), np.uint8))
+                mediapipe_process(model, np.zeros((64, 64, 3), np.uint8))
             self._models[selection] = model
         return self._models[selection]
 
@@ -156,7 +156,7 @@ class FaceDetector:
         height, width = image.shape[:2]
         with self._lock:
             for selection in models:
-                result = _process(self._model(selection), image)
+                result = mediapipe_process(self._model(selection), image)
                 boxes = [_to_face_box(d, width, height, selection) for d in (result.detections or ())]
                 boxes = [b for b in boxes if b.side >= 4]
                 if boxes:
@@ -170,7 +170,7 @@ class FaceDetector:
             self._models.clear()
 
 
-def _process(model, image: np.ndarray):
+def mediapipe_process(model, image: np.ndarray):
     """model.process(image) without the protobuf deprecation warning mediapipe 0.10.14 triggers on every call."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated",
@@ -179,7 +179,7 @@ def _process(model, image: np.ndarray):
 
 
 @contextlib.contextmanager
-def _native_stderr_silenced():
+def native_stderr_silenced():
     """Send file descriptor 2 to /dev/null for a moment (C++ logging bypasses Python's sys.stderr).
 
     Only wraps the detector's one-off start-up; if the descriptors cannot be juggled, nothing is silenced.

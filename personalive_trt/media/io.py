@@ -57,7 +57,7 @@ class MediaError(ValueError):
 # --------------------------------------------------------------------------------------------------- images
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, *, like_original: bool = False) -> np.ndarray:
     """Read an image file as an ``HxWx3`` uint8 RGB array, upright.
 
     * EXIF orientation is applied (phone photos are stored sideways with an orientation tag).
@@ -66,14 +66,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
       like a black background to the face detector and the model.
     * 16-bit greyscale is scaled to 8 bits instead of being clipped; grey, palette and CMYK become RGB.
     * Animated images (GIF, APNG, WebP) give their first frame.
+
+    ``like_original``: read as the original's offline script does (``Image.open(path).convert("RGB")``), which
+    the offline mode reproduces: no EXIF rotation, and the alpha channel dropped, not composited.
     """
     path = Path(path)
     _require_file(path, "an image (PNG, JPEG, WebP, ...)")
     try:
         with Image.open(path) as image:
             image.load()
-            image = ImageOps.exif_transpose(image)
-            array = _pil_to_rgb(image)
+            if like_original:
+                array = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+            else:
+                array = _pil_to_rgb(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise MediaError(f"{path}: not a readable image ({_short(exc)}); expected PNG, JPEG, WebP, ...") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data surfaces as any of these
