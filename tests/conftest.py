@@ -41,15 +41,32 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             return "ray" if path in RAY_FILES else path
 
+        def _reschedule(self, node) -> None:
+            # xdist queues the next unit on a worker once 2 of its tests are pending; a worker holds its last test
+            # until it knows the next one, so 1 is the least that keeps it going. With 1, a worker in one of the
+            # LONG_TESTS (never the last of its file) takes no other file behind it while the other worker drains
+            # the queue.
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+
     return FilesAndRay(config, log)
 
 
-def pytest_collection_modifyitems(config, items):
-    def rank(item) -> int:
-        path = item.nodeid.split("::", 1)[0]
-        return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)
+# Tests of many minutes each run first in their file (see FilesAndRay._reschedule).
+LONG_TESTS = ("tests/test_pipeline.py::test_golden_stream_conditioning_warmup_and_keyframes",)
 
-    items.sort(key=rank)  # stable: within a file and among the rest, collection order is kept
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> tuple[int, int]:
+        path = item.nodeid.split("::", 1)[0]
+        return (SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST), item.nodeid not in LONG_TESTS)
+
+    items.sort(key=rank)  # stable: otherwise collection order is kept, within a file and among the rest
 
 # A local Ray started in a test process (tests/test_ray.py's fixtures) keeps its node, and so its daemons, on
 # 127.0.0.1 as `serve --ray` does (personalive_trt.web.launch.keep_local_ray_on_loopback). Ray reads this when it is
