@@ -57,8 +57,23 @@ def pytest_xdist_make_scheduler(config, log):
     return FilesAndRay(config, log)
 
 
-# Tests of many minutes each run first in their file (see FilesAndRay._reschedule).
+# Tests of many minutes each run first in their file (see FilesAndRay._reschedule) and with 2 torch threads: they
+# are the suite's critical path, and the other worker drains the queue while they run (the golden stream test
+# held 2 threads before the suite ran on two workers, so its numbers are those of that set-up).
 LONG_TESTS = ("tests/test_pipeline.py::test_golden_stream_conditioning_warmup_and_keyframes",)
+
+
+@pytest.fixture(autouse=True)
+def _long_tests_take_both_cores(request):
+    if request.node.nodeid not in LONG_TESTS or _WORKERS == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):
