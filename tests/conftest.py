@@ -61,11 +61,12 @@ def pytest_xdist_make_scheduler(config, log):
 # are the suite's critical path, and the other worker drains the queue while they run (the golden stream test
 # held 2 threads before the suite ran on two workers, so its numbers are those of that set-up).
 LONG_TESTS = ("tests/test_pipeline.py::test_golden_stream_conditioning_warmup_and_keyframes",)
+BOTH_CORES = LONG_TESTS + ("tests/test_pipeline.py::test_reference_encoding",)  # the reference UNet at 512²
 
 
 @pytest.fixture(autouse=True)
 def _long_tests_take_both_cores(request):
-    if request.node.nodeid not in LONG_TESTS or _WORKERS == 1:
+    if request.node.nodeid not in BOTH_CORES or _WORKERS == 1:
         yield
         return
     threads = torch.get_num_threads()
