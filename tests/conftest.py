@@ -23,23 +23,28 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // _WORKERS))
 
 # The longest files first, so that the workers start on them at once instead of leaving one for the end (each
 # takes minutes; the rest of the suite is many short files).
-SLOW_FIRST = ("tests/test_pipeline.py", "tests/test_compile.py", "tests/test_offline.py", "tests/test_doctor.py",
+SLOW_FIRST = ("tests/test_pipeline.py", "tests/test_compile.py", "tests/test_runtime.py", "tests/test_tensorrt_glue.py",
+              "tests/test_build.py", "tests/test_offline.py", "tests/test_doctor.py",
               "tests/test_self_check.py", "tests/test_export.py", "tests/test_bench.py", "tests/test_ray.py",
               "tests/test_ray_cli.py", "tests/test_browser.py", "tests/test_ray_listening.py")
 # The files that start a Ray on this machine run one after another on one worker: tests/test_ray_cli.py ends with
 # `ray stop`, which stops every Ray here, and two local clusters at once would only compete for the 2 cores.
 RAY_FILES = ("tests/test_ray.py", "tests/test_ray_cli.py", "tests/test_browser.py", "tests/test_ray_listening.py")
+# The files that compare against the parity stream's session fixtures (conftest's parity_torch_stream,
+# parity_animator_stream, parity_onnx_build: minutes each) run on one worker too, so that each fixture is
+# computed once, not once per worker (the rehearsal of 2026-12-07 computed them on both: ~5 min twice).
+PARITY_FILES = ("tests/test_runtime.py", "tests/test_tensorrt_glue.py", "tests/test_build.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's work units: a test file (its module fixtures are built once), except that the Ray files are
-    one unit. The rest is xdist's ``--dist loadscope`` scheduler."""
+    one unit and the parity-stream files another. The rest is xdist's ``--dist loadscope`` scheduler."""
     from xdist.scheduler import LoadScopeScheduling
 
     class FilesAndRay(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return "ray" if path in RAY_FILES else path
+            return "ray" if path in RAY_FILES else "parity" if path in PARITY_FILES else path
 
         def _reschedule(self, node) -> None:
             # xdist queues the next unit on a worker once 2 of its tests are pending; a worker holds its last test
