@@ -264,14 +264,21 @@ def parity_onnx_build(tmp_path_factory) -> Path:
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """``slowest test files``: where a CI run's time goes, a line per file (the per-test list is ``--durations``)."""
     per_file: dict[str, float] = {}
+    per_worker: dict[str, float] = {}
     for reports in terminalreporter.stats.values():
         for report in reports:
             if isinstance(report, pytest.TestReport):
                 path = report.nodeid.split("::", 1)[0]
                 per_file[path] = per_file.get(path, 0.0) + report.duration
+                worker = getattr(getattr(report, "node", None), "gateway", None)
+                if worker is not None:
+                    per_worker[worker.id] = per_worker.get(worker.id, 0.0) + report.duration
     if not per_file:
         return
     terminalreporter.section("slowest test files")
     for path, seconds in sorted(per_file.items(), key=lambda item: -item[1])[:10]:
         terminalreporter.write_line(f"{seconds:8.1f}s  {path}")
     terminalreporter.write_line(f"{sum(per_file.values()):8.1f}s  in all ({len(per_file)} files)")
+    if per_worker:  # under pytest-xdist: how evenly the workers were loaded (their busy time, not the wall time)
+        terminalreporter.write_line("busy per worker: " + ", ".join(
+            f"{worker} {seconds:.0f}s" for worker, seconds in sorted(per_worker.items())))
