@@ -12,8 +12,8 @@ Ray routes, back-pressures, scales and replaces; what is ours is unchanged: ever
   health check (``check_health``), so Ray replaces it (the failed session was closed with 1011 at once). A
   replica whose start-up self-check stops its animators (:class:`~personalive_trt.runtime.self_check.
   SelfCheckError`: a path asked for explicitly computes something else on this GPU) fails it the same way, with the
-  self-check's line as the reason, and admits no session; its first health check runs before Ray counts it
-  started, so the deployment fails to start with that line (``deploy_animators``).
+  self-check's line as the reason, and admits no session; Ray (2.60) runs the first health check before it counts
+  a replica started, so such a replica counts as failed to start (``deploy_animators`` reports it).
 * ``Front`` (application ``personalive``, route prefix ``/``): the page, static files, uploads, MJPEG and
   ``/api/health``. Kept off the animator replicas so that the page and uploads never wait behind sessions
   holding every request slot of a full cluster.
