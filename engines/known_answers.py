@@ -1,22 +1,25 @@
 """Known answers: small inputs and the torch outputs for them, stored per network in an engines folder.
 
 An engine built elsewhere (another GPU, another TensorRT, a driver that miscompiles a kernel) can compute
-something else without raising. So `build` keeps, for every network it builds, one set of inputs at the
-network's smallest shapes (:func:`~personalive_trt.export.specs.sample_inputs`: realistic values, never zeros)
-and the outputs of the torch fp32 module for them; the start-up self-check and ``personalive-trt doctor`` run
-the loaded backend on those inputs and compare with the network's export tolerance (the one its ONNX export
-had to meet against the same torch module). One call per network at its smallest shapes: less than one
-streaming step.
+something else without raising. So `build` keeps, for every network of every configuration it exports, one set of
+inputs at the network's smallest shapes (:func:`~personalive_trt.export.specs.sample_inputs`: realistic values,
+never zeros) and the outputs of the torch fp32 module for them (:func:`record_build_answers`, one extra forward per
+network while the export has the modules loaded); the start-up self-check and ``personalive-trt doctor`` run the
+loaded backend on those inputs and compare with the network's export tolerance (the one its ONNX export had to
+meet against the same torch module). One call per network at its smallest shapes: less than one streaming step.
 
-Layout and record::
+Layout and record (the record is kept beside the answers, not in ``build.json``, whose format is pinned by
+tests/test_stored_records.py: a folder built before keeps loading as it did)::
 
     engines_dir/self_check/<network>.<input shapes digest>.safetensors     "input.<name>", "output.<name>"
-    build.json "self_check": {"format": 1, "seed": 0, "files": {file name: {"network", "sha256", "inputs"}}}
+    engines_dir/self_check/answers.json     {"format": 1, "seed": 0, "files": {file name: {"network", "sha256",
+                                                                                           "inputs"}}}
 
 ``inputs`` (name -> shape) lets a folder built for several windows keep one file per shape set of a network
-(the VAE decoder's smallest input follows the window). A folder without them (every folder today: `build` does not
-store them yet; :func:`record_known_answers` is what it will call) has no record: :func:`check_known_answers` returns
-None and the caller prints :data:`NO_ANSWERS_LINE`.
+(the VAE decoder's smallest input follows the window). A folder whose exports `build` reuses keeps its answers
+(they are recorded, and :func:`forget_answers` drops them, only when the networks are exported again). A folder
+built before `build` stored them has no record: :func:`check_known_answers` returns None and the caller prints
+:data:`NO_ANSWERS_LINE`.
 """
 from __future__ import annotations
 
@@ -32,11 +35,12 @@ from personalive_trt.engines.cache import EngineError, atomic_write
 from personalive_trt.engines.checks import Comparison, one_line, psnr, relative_error
 
 FOLDER = "self_check"
+RECORD_FILE = "answers.json"  # in FOLDER
 FORMAT = 1
-# `build` does not store known answers yet (issue 26 leaves it open): every engines folder has none today, so the line
-# says what happens, not that a rebuild would help
-NO_ANSWERS_LINE = ("{folder}: no known answers are stored with these engines (build does not store them yet); they "
-                   "start unchecked")
+# A folder built before `build` stored known answers. Its exports are current, so a plain `build` reuses them and
+# records nothing: only --force exports (and records) again.
+NO_ANSWERS_LINE = ("{folder}: its engines have no known answers (built before build stored them), so they start "
+                   "unchecked; rebuild to enable the self-check (personalive-trt build --force)")
 
 
 def _digest(data: bytes) -> str:
@@ -49,7 +53,7 @@ def _shapes(spec) -> dict[str, list[int]]:
 
 def record_known_answers(networks, engines_dir: str | Path, seed: int = 0) -> dict:
     """Write the known answers of every network of ``networks`` (torch fp32 backends: the reference) into
-    ``engines_dir/self_check`` and return the record for ``build.json`` (see the module docstring).
+    ``engines_dir/self_check`` and return their record (see the module docstring; :func:`write_record` keeps it).
 
     Call once per stream configuration of a build and merge the records with :func:`merge_records`."""
     from safetensors.torch import save
@@ -75,6 +79,28 @@ def record_known_answers(networks, engines_dir: str | Path, seed: int = 0) -> di
         atomic_write(folder / name, data)
         files[name] = {"network": spec.name, "sha256": _digest(data), "inputs": shapes}
     return {"format": FORMAT, "seed": seed, "files": files}
+
+
+def record_build_answers(models, configs, engines_dir: str | Path, seed: int = 0) -> dict:
+    """What `build` stores: the known answers of every network of every configuration in ``configs``, computed
+    with ``models`` (fp32 torch modules, all still loaded), and their record written beside them."""
+    from personalive_trt.engines.networks import Networks
+
+    record = merge_records(*(record_known_answers(Networks.from_models(models, config), engines_dir, seed)
+                             for config in configs))
+    write_record(engines_dir, record)
+    return record
+
+
+def forget_answers(engines_dir: str | Path) -> None:
+    """Drop the stored answers (before the networks are exported again: they belong to the old exports)."""
+    import shutil
+
+    shutil.rmtree(Path(engines_dir) / FOLDER, ignore_errors=True)
+
+
+def write_record(engines_dir: str | Path, record: Mapping) -> None:
+    atomic_write(Path(engines_dir) / FOLDER / RECORD_FILE, (json.dumps(record, indent=2) + "\n").encode())
 
 
 def merge_records(*records: Mapping) -> dict:
@@ -109,7 +135,7 @@ def load_answer(path: Path, sha256: str) -> tuple[dict[str, torch.Tensor], dict[
     except OSError as exc:
         raise EngineError(f"{path}: known answer unreadable ({exc}); rebuild to enable the self-check") from exc
     if _digest(data) != sha256:
-        raise EngineError(f"{path}: known answer does not match its record in build.json (sha256); rebuild")
+        raise EngineError(f"{path}: known answer does not match its record in {RECORD_FILE} (sha256); rebuild")
     tensors = load(data)
     inputs = {k.removeprefix("input."): v for k, v in tensors.items() if k.startswith("input.")}
     outputs = {k.removeprefix("output."): v for k, v in tensors.items() if k.startswith("output.")}
@@ -153,15 +179,17 @@ def check_known_answers(networks, engines_dir: str | Path, record: Mapping | Non
 
 
 def read_record(engines_dir: str | Path) -> dict | None:
-    """The ``self_check`` record of ``engines_dir/build.json`` (None when the build stored none)."""
-    from personalive_trt.engines.folder import BUILD_FILE
-
-    path = Path(engines_dir) / BUILD_FILE
+    """The known answers' record of ``engines_dir`` (None when the build stored none: a folder built before)."""
+    path = Path(engines_dir) / FOLDER / RECORD_FILE
+    if not path.is_file():
+        return None
     try:
-        return json.loads(path.read_text()).get("self_check")
+        return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise EngineError(f"{path}: unreadable build record ({exc}); rebuild with --force") from exc
+        raise EngineError(f"{path}: unreadable known answers ({exc}); rebuild to enable the self-check "
+                          "(personalive-trt build --force)") from exc
 
 
-__all__ = ["FOLDER", "NO_ANSWERS_LINE", "check_known_answers", "load_answer", "merge_records", "precision_of",
-           "read_record", "record_known_answers"]
+__all__ = ["FOLDER", "NO_ANSWERS_LINE", "RECORD_FILE", "check_known_answers", "forget_answers", "load_answer",
+           "merge_records", "precision_of", "read_record", "record_build_answers", "record_known_answers",
+           "write_record"]

@@ -536,7 +536,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
                precisions: Sequence[str] = PRECISIONS, networks: Iterable[str] | None = None, verify: bool = True,
                *, opset: int = DEFAULT_OPSET, external_data_bytes: int = EXTERNAL_DATA_BYTES,
                fingerprint: str | None = None, release_components: bool = False,
-               log: Callable[[str], None] | None = None) -> dict:
+               log: Callable[[str], None] | None = None, on_loaded: Callable[[object], None] | None = None) -> dict:
     """Export every network (or ``networks``) of one or several configurations; writes ``manifest.json``.
 
     ``shapes``: a :class:`StreamShapes`, a window size (default :class:`StreamConfig` otherwise), or a
@@ -553,6 +553,9 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     so the largest (the denoising UNet, 6.7 GB at the released size) is exported with little else
     resident and verified without itself; and glibc returns freed blocks to the system
     (:func:`personalive_trt.export.memory.return_freed_memory`).
+
+    ``on_loaded(models)`` runs once, after the arguments are checked and before the first network is exported,
+    while every component is still loaded (``build`` records the engines' known answers there).
     """
     out_dir = Path(out_dir)
     items = [shapes] if isinstance(shapes, (StreamShapes, int)) else list(shapes)
@@ -570,6 +573,8 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
     if manifest.get("weights_fingerprint") != fingerprint:
         manifest = {}  # exports of other weights: none of them may be reused
     entries = manifest.get("networks", {})
+    if on_loaded is not None:
+        on_loaded(models)
     if release_components:
         return_freed_memory()
     for index, name in enumerate(names):

@@ -11,8 +11,8 @@ What is compared (each on the same state and the same noise, so only the path di
 * **CUDA graphs**: one captured call replayed against the same call run eagerly (``graphs``);
 * **torch.compile**: the same call through the compiled networks against the eager networks (``compile``);
 * **ONNX Runtime / TensorRT**: every network against the known answers `build` stored in the engines folder
-  (:mod:`personalive_trt.engines.known_answers`); a folder without them (every folder until `build` stores them)
-  gets one line saying so, and runs unchecked.
+  (:mod:`personalive_trt.engines.known_answers`); a folder built before `build` stored them gets one line saying
+  so ("rebuild to enable the self-check"), and runs unchecked.
 
 Fallback order: compile + graphs -> graphs -> eager (:func:`start_checked`). A check that fails names the
 features it may blame, most likely first (a compiled call that differs from the eager call: compile; a
@@ -353,7 +353,8 @@ def open_checked(networks, config, *, backend: str = "torch", compile: Callable 
         graphs (`bool`, *optional*): CUDA graphs; None: on CUDA with the torch or TensorRT backend.
         explicit (`Mapping[str, str]`, *optional*): the features asked for explicitly, with the option as given
             (``{"compile": "--compile on", "graphs": "--cuda-graphs on"}``): their failure stops the start.
-        engines_dir, known_answers: the engines folder and its ``build.json`` ``self_check`` record.
+        engines_dir, known_answers: the engines folder and its known answers' record
+            (:func:`~personalive_trt.engines.known_answers.read_record`; None: a folder built before).
         check (`bool`, defaults to True): False (``--no-self-check``) opens the path as asked, unchecked.
         say: where the fallback and "rebuild" lines go.
         runtime_options: passed on to ``StreamRuntime`` (``noise``, ``seed``, ``ring``).

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from personalive_trt import StreamConfig
 from personalive_trt.build.driver import build
 from personalive_trt.engines.folder import BuildError, load_networks, read_build
+from personalive_trt.engines.known_answers import check_known_answers, read_record
 from personalive_trt.cli import app
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -28,9 +29,27 @@ def test_build_record_and_up_to_date(engines_dir):
     assert record.configs == [{"window": 4, "steps": 4, "step_length": 333, "resolution": 128,
                                "keyframe_threshold": 17.0, "keyframe_start": 8, "max_keyframes": 3, "vae": "full"}]
     assert record.vae == "full"
+    answers = read_record(engines_dir)
     lines: list[str] = []
     build("synthetic", engines_dir, backend="onnxruntime", resolution=128, log=lines.append)  # nothing to redo
     assert any("up to date" in line for line in lines) and not any(line.startswith("exporting") for line in lines)
+    assert read_record(engines_dir) == answers  # reused exports keep their known answers
+    assert not any("known answers" in line for line in lines), lines
+
+
+def test_build_stores_known_answers_that_its_engines_pass(engines_dir):
+    """One known answer per network at its smallest shapes, with the torch fp32 outputs; the ONNX Runtime
+    networks of the build meet each within its export tolerance (the start-up self-check's numbers)."""
+    record = read_record(engines_dir)
+    assert record is not None and record["format"] == 1 and record["seed"] == 0
+    networks = load_networks(engines_dir, "onnxruntime", "synthetic", StreamConfig(resolution=128), "cpu")
+    assert sorted(entry["network"] for entry in record["files"].values()) == sorted(
+        backend.spec.name for backend in networks.backends.values())
+    for name, entry in record["files"].items():
+        spec = next(b.spec for b in networks.backends.values() if b.spec.name == entry["network"])
+        assert entry["inputs"] == {t.name: list(t.min_shape) for t in spec.inputs}, name
+    checks = check_known_answers(networks, engines_dir, record, what="onnxruntime")
+    assert len(checks) == 9 and all(c.ok and c.error is not None for c in checks), [c.describe() for c in checks]
 
 
 def test_mismatching_engines_are_refused(engines_dir, tmp_path):

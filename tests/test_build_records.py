@@ -85,6 +85,16 @@ def test_same_weights_reuse_and_print_measured_figures(fake_export, tmp_path):
                for line in lines), lines
 
 
+def test_reused_exports_without_known_answers_say_how_to_store_them(fake_export, tmp_path):
+    """The fake export stores no known answers (as a folder built before build stored them): a build that reuses
+    its exports says, in one line, that the self-check cannot check them and how to store them."""
+    build("synthetic", tmp_path, backend="onnxruntime", resolution=RESOLUTION, log=lambda line: None)
+    lines: list[str] = []
+    build("synthetic", tmp_path, backend="onnxruntime", resolution=RESOLUTION, log=lines.append)
+    assert f"{tmp_path}: no known answers stored (exported before build stored them): the self-check cannot " \
+           "check these engines; build --force to store them" in lines, lines
+
+
 def test_manifest_without_fingerprint_is_not_reused(fake_export, tmp_path):
     """An export manifest written before manifests carried the weights fingerprint is re-exported."""
     build("synthetic", tmp_path, backend="onnxruntime", resolution=RESOLUTION, log=lambda line: None)

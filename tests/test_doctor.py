@@ -180,8 +180,8 @@ def test_engines_built_here_and_onnx_builds(tmp_path, trt_stub):
     here = ("host (tensorrt stand-in)", "0.0", trt_stub.__version__)
     verdict, _ = engines_verdict(write_build(tmp_path / "e", engines={"vae_decoder": here}))
     assert verdict.status == "info" and "built for this GPU" in verdict.text
-    assert verdict.text.endswith("no known answers are stored with these engines (build does not store them yet); "
-                                 "they start unchecked")
+    assert verdict.text.endswith("its engines have no known answers (built before build stored them), so they "
+                                 "start unchecked; rebuild to enable the self-check (personalive-trt build --force)")
     verdict, _ = engines_verdict(write_build(tmp_path / "o", backend="onnxruntime"))
     assert verdict.text.startswith("onnxruntime build (fp16; window 4, 512², --vae full)")
     verdict, _ = engines_verdict(tmp_path / "none")
@@ -285,7 +285,8 @@ def test_engines_path_checks_each_network_on_its_known_answer(parity_models, tmp
                                  "onnxruntime") and failed.fix.endswith("`, or --backend torch")
     skipped = engines_path(folder, record, None, cuda=False)
     assert skipped.status == "skipped" and skipped.detail.endswith(
-        "no known answers are stored with these engines (build does not store them yet); they start unchecked")
+        "its engines have no known answers (built before build stored them), so they start unchecked; rebuild to "
+        "enable the self-check (personalive-trt build --force)")
 
 
 # ---- the command ----------------------------------------------------------------------------------------------

@@ -241,6 +241,40 @@ def test_router_spreads_requests_routed_together_and_skips_a_replica_whose_anima
     assert choose(fake_router(), [failed], "z") == [[failed]]
 
 
+def test_a_replica_whose_self_check_stops_fails_its_health_check_with_the_line_and_admits_no_session(monkeypatch):
+    """Without Ray: the deployment's own class, its constructor given a factory whose self-check stops (what
+    open_animator raises for an explicit path that computes something else), then Ray's calls on it."""
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from personalive_trt.runtime.self_check import SelfCheckError
+
+    line = ("self-check failed: tensorrt pose_guider (fp16): max relative error 5.0e-01 > 1e-02 against the torch "
+            "outputs stored by build; not starting, since --backend tensorrt was asked for (run with --backend torch)")
+    calls = []
+
+    def factory():
+        calls.append(1)
+        raise SelfCheckError(line)
+
+    monkeypatch.setattr(ray_app.serve, "get_deployment_handle", lambda *args, **kwargs: "registry")
+    monkeypatch.setattr(ray_app.serve, "get_replica_context",
+                        lambda: type("Context", (), {"replica_id": type("Id", (), {"unique_id": "r1"})()})())
+    user_class = ray_app.Animators.__mro__[1]  # serve.ingress wraps it; Ray constructs the wrapper
+    replica = user_class.__new__(user_class)
+    user_class.__init__(replica, factory, dataclasses.replace(SETTINGS, max_sessions=2))
+    assert calls == [1]  # the first animator's self-check stopped the replica: no second one was opened
+    with pytest.raises(ray_app.AnimatorFailedError) as failed:
+        replica.check_health()
+    assert str(failed.value) == line
+    assert replica.record_routing_stats() == {ray_app.FAILED_ANIMATORS: 1}  # the router offers it no session
+    with TestClient(replica.__serve_build_asgi_app__()) as client:
+        with client.websocket_connect(ray_app.WEBSOCKET_PATH) as socket_:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                socket_.receive_text()
+    assert closed.value.code == 1011 and closed.value.reason and line.startswith(closed.value.reason), closed.value
+
+
 def test_the_registry_keeps_each_replica_s_session_keys_and_ends_their_feeds_when_they_go(monkeypatch):
     """The Registry's logic without a cluster: keys come and go with the replicas' announcements, a replica that
     stops announcing has died (its sessions' feeds end), viewers are admitted per key."""

@@ -233,8 +233,8 @@ def test_a_folder_without_known_answers_runs_with_one_line(with_stub_engine):
     lines: list[str] = []
     start = open_checked(mixed, CONFIG, backend="tensorrt", engines_dir=folder, known_answers=None,
                          say=lines.append)
-    assert lines == [f"{folder}: no known answers are stored with these engines (build does not store them yet); "
-                     "they start unchecked"]
+    assert lines == [f"{folder}: its engines have no known answers (built before build stored them), so they start "
+                     "unchecked; rebuild to enable the self-check (personalive-trt build --force)"]
     assert start.path == FastPath() and start.checks == []  # on the CPU: no graphs, nothing else to check
 
 
@@ -249,7 +249,7 @@ def test_a_tampered_known_answer_is_refused(with_stub_engine, tmp_path):
     shutil.copytree(folder / "self_check", copy / "self_check")
     name = next(iter(answers["files"]))
     (copy / "self_check" / name).write_bytes((copy / "self_check" / name).read_bytes()[:-8] + b"\0" * 8)
-    with pytest.raises(EngineError, match=f"{name}: known answer does not match its record in build.json"):
+    with pytest.raises(EngineError, match=f"{name}: known answer does not match its record in answers.json"):
         check_known_answers(mixed, copy, answers)
 
 

@@ -223,3 +223,25 @@ def test_graph_captured_tensorrt_runtime_equals_eager(tmp_path, parity_inputs):
     assert eager_kf == graph_kf
     errors = [float((g - e).abs().max() / e.abs().max()) for g, e in zip(graph, eager)]
     assert max(errors) <= 1e-3, errors
+
+
+def test_engines_that_compute_something_else_stop_the_start_in_one_line(engines, trt, monkeypatch):
+    """The engines folder kept the known answers `build` stored (the copied ONNX Runtime build's exports were reused;
+    tests/test_build.py checks that its networks pass them); a stand-in that returns its outputs doubled makes the
+    open path of `run` and `serve` with the explicit `--backend tensorrt` stop before its first frame, in one line
+    (SelfCheckError: a user error, exit 1, tests/test_self_check.py). Opened directly: `run` refuses TensorRT on
+    a CPU device before anything loads, and streams at 512², not these engines' 128²."""
+    from personalive_trt.engines.known_answers import read_record
+    from personalive_trt.runtime.animator import open_animator
+    from personalive_trt.runtime.self_check import SelfCheckError
+
+    out, *_ = engines
+    assert read_record(out) is not None
+    monkeypatch.setattr(trt, "stub_wrong_outputs", 2.0)  # every output twice what it is: relative error 1.0
+    with pytest.raises(SelfCheckError) as stopped:
+        open_animator("synthetic", backend="tensorrt", engines=out, device="cpu", config=CONFIG)
+    message = str(stopped.value)
+    assert "\n" not in message and message.startswith("self-check failed: tensorrt "), message
+    assert message.endswith("(fp32): max relative error 1.0e+00 > 1e-04 against the torch outputs stored by build; "
+                            "not starting, since --backend tensorrt was asked for (run with --backend torch (or "
+                            "rebuild the engines on this machine))"), message

@@ -24,6 +24,7 @@ from personalive_trt.engines.folder import (
     weights_fingerprint,
     write_build,
 )
+from personalive_trt.engines.known_answers import forget_answers, read_record, record_build_answers
 from personalive_trt.engines.networks import specs_by_role
 from personalive_trt.models.weights import SYNTHETIC_NOTICE, load_models, parse_weights_spec, require_taesd
 from personalive_trt.shapes import StreamShapes
@@ -114,9 +115,13 @@ def build(
             raise BuildError(str(exc)) from exc
     engines_dir.mkdir(parents=True, exist_ok=True)
     if export:
-        _export(weights, seed, vae, shapes_list, onnx_dir, precisions, names, fingerprint, log)
+        forget_answers(engines_dir)  # they belong to the exports being replaced
+        _export(weights, seed, vae, configs, shapes_list, engines_dir, precisions, names, fingerprint, log)
     else:
         _report_current_exports(onnx_dir, names, precisions, log)
+        if read_record(engines_dir) is None:
+            log(f"{engines_dir}: no known answers stored (exported before build stored them): the self-check "
+                "cannot check these engines; build --force to store them")
 
     record = BuildRecord(weights=str(weights), fingerprint=fingerprint, unet_config=_plain(unet_config),
                          configs=[dataclasses.asdict(c) for c in configs], precisions=precisions, backend=backend,
@@ -157,15 +162,18 @@ def _check_memory(meta, shapes_list: Sequence[StreamShapes], names: Sequence[str
         f"process may use {limit.bytes / buildmem.GIB:.1f} GiB ({limit.source})")
 
 
-def _export(weights: str, seed: int, vae: Decoder, shapes_list: Sequence[StreamShapes], onnx_dir: Path,
-            precisions: Sequence[str], names: Sequence[str], fingerprint: str, log: Callable[[str], None]) -> None:
-    """Load the weights and export (and verify) every network; the models are dropped when this returns, before
-    any engine is built."""
+def _export(weights: str, seed: int, vae: Decoder, configs: Sequence[StreamConfig],
+            shapes_list: Sequence[StreamShapes], engines_dir: Path, precisions: Sequence[str], names: Sequence[str],
+            fingerprint: str, log: Callable[[str], None]) -> None:
+    """Load the weights, store the known answers of the self-check (:mod:`personalive_trt.engines.known_answers`:
+    one forward per network at its smallest shapes, before the export releases any module) and export (and
+    verify) every network; the models are dropped when this returns, before any engine is built."""
     from personalive_trt.export.onnx_export import export_all
 
     models = load_models(weights, seed=seed, vae=vae)
-    export_all(models, shapes_list, onnx_dir, precisions=precisions, networks=names, fingerprint=fingerprint,
-               release_components=True, log=log)
+    export_all(models, shapes_list, engines_dir / "onnx", precisions=precisions, networks=names,
+               fingerprint=fingerprint, release_components=True, log=log,
+               on_loaded=lambda loaded: record_build_answers(loaded, configs, engines_dir))
 
 
 def _report_current_exports(onnx_dir: Path, names: Sequence[str], precisions: Sequence[str],

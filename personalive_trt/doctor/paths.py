@@ -18,6 +18,8 @@ is its check), kept in ``work_dir`` when one is given so a second doctor run reu
 """
 from __future__ import annotations
 
+import json
+
 import math
 import statistics
 import time
@@ -36,6 +38,7 @@ CALLS = 3
 #: recurrence, shared README section 8); fp16 against the fp32 reference: 5e-2, the fp16 export tolerance of
 #: the UNet (export/specs.py) -- not yet measured for a whole stream on a GPU.
 TOLERANCE = {"torch fp32": 1e-3, "onnxruntime fp32": 1e-2, "fp16": 5e-2}
+TINY_WEIGHTS = "synthetic:tiny"  # what Shared.models_on builds (seed 0)
 SEED = 7
 
 
@@ -190,12 +193,12 @@ def _torch_runtime(device: torch.device, dtype: torch.dtype, graphs: bool, compi
 
 def _onnx_runtime(device: torch.device):
     def open_runtime(shared: Shared, noise: StagedNoise):
-        from personalive_trt.engines.folder import onnx_paths
-        from personalive_trt.engines.networks import Networks
         from personalive_trt.runtime import StreamRuntime
+        from personalive_trt.runtime.open import open_networks
 
-        shapes = export_tiny(shared)
-        networks = Networks.from_onnx(onnx_paths(shared.work_dir, shapes, "fp32"), shapes, torch.float32, device)
+        export_tiny(shared)
+        networks = open_networks("onnxruntime", config=shared.config, device=device, dtype=torch.float32,
+                                 weights=TINY_WEIGHTS, engines=shared.work_dir)
         return StreamRuntime(networks, shared.config, noise=noise)
     return open_runtime
 
@@ -218,22 +221,33 @@ def source_digest() -> str:
 
 
 def export_tiny(shared: Shared):
-    """The tiny networks' fp32 ONNX export in ``shared.work_dir/onnx`` (reused when current)."""
-    from personalive_trt.engines.folder import BuildError, onnx_paths
+    """The tiny networks' fp32 ONNX export in ``shared.work_dir/onnx`` (reused when current), with the
+    ``build.json`` that makes ``shared.work_dir`` an engines folder of :data:`TINY_WEIGHTS`, which
+    :func:`~personalive_trt.runtime.open.open_networks` opens as `run --backend onnxruntime` would. Unverified:
+    the doctor compares the whole stream instead (the tiny UNet's export misses its own tolerance at 64²)."""
+    import dataclasses
+
+    from personalive_trt.engines.folder import BuildError, BuildRecord, onnx_paths, weights_fingerprint, write_build
     from personalive_trt.export.onnx_export import export_all, read_manifest, versions
     from personalive_trt.shapes import StreamShapes
 
     models = shared.models_on(torch.device("cpu"), torch.float32)
     shapes = StreamShapes.from_unet_config(shared.config, models.denoising_unet.config)
+    record = BuildRecord(weights=TINY_WEIGHTS, fingerprint=weights_fingerprint(TINY_WEIGHTS, 0, vae=shared.config.vae),
+                         unet_config=json.loads(json.dumps(dict(models.denoising_unet.config), default=list)),
+                         configs=[dataclasses.asdict(shared.config)], precisions=["fp32"], backend="onnxruntime",
+                         vae=shared.config.vae, precision="fp32")
     fingerprint = f"doctor:synthetic:tiny:seed0:{sorted(versions().items())}:{source_digest()}"
     onnx_dir = shared.work_dir / "onnx"
     if (onnx_dir / "manifest.json").is_file() and read_manifest(onnx_dir).get("weights_fingerprint") == fingerprint:
         try:
             if all(p.is_file() for p in onnx_paths(shared.work_dir, shapes, "fp32").values()):
+                write_build(shared.work_dir, record)
                 return shapes
         except BuildError:
             pass  # an earlier export that stopped before every network: export again (this is the check)
     export_all(models, [shapes], onnx_dir, precisions=["fp32"], verify=False, fingerprint=fingerprint)
+    write_build(shared.work_dir, record)
     return shapes
 
 

@@ -9,7 +9,11 @@ Ray routes, back-pressures, scales and replaces; what is ours is unchanged: ever
   WebSocket session protocol. An open socket is one of Ray's ongoing requests on the replica that accepted
   it, for its whole life: a session never moves. Admission, autoscaling and draining follow from that
   (:mod:`.cluster` says how). A replica whose animator fails leases it to no new session and fails Ray's
-  health check (``check_health``), so Ray replaces it (the failed session was closed with 1011 at once).
+  health check (``check_health``), so Ray replaces it (the failed session was closed with 1011 at once). A
+  replica whose start-up self-check stops its animators (:class:`~personalive_trt.runtime.self_check.
+  SelfCheckError`: a path asked for explicitly computes something else on this GPU) fails it the same way, with the
+  self-check's line as the reason, and admits no session; Ray (2.60) runs the first health check before it counts
+  a replica started, so such a replica counts as failed to start (``deploy_animators`` reports it).
 * ``Front`` (application ``personalive``, route prefix ``/``): the page, static files, uploads, MJPEG and
   ``/api/health``. Kept off the animator replicas so that the page and uploads never wait behind sessions
   holding every request slot of a full cluster.
@@ -35,10 +39,11 @@ import time
 from collections.abc import Callable
 
 import ray
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 from ray import serve
 from ray.serve.request_router import RequestRouter
 
+from personalive_trt.runtime.self_check import SelfCheckError
 from personalive_trt.web.app import build_app
 from personalive_trt.web.cluster import ClusterOptions, DeployError, animator_deployment_options
 from personalive_trt.web.health import replica_report
@@ -146,7 +151,12 @@ class Animators:
     def __init__(self, animator_factory: Callable[[], object], settings: ServeSettings) -> None:
         self.registry = serve.get_deployment_handle("Registry", app_name=APP)
         self.replica = serve.get_replica_context().replica_id.unique_id
-        pool = AnimatorPool.create(animator_factory, settings, reuse_failed=False)  # Ray replaces the replica
+        self.not_started: str | None = None  # the self-check's line when it stopped this replica's animators
+        try:
+            pool = AnimatorPool.create(animator_factory, settings, reuse_failed=False)  # Ray replaces the replica
+        except SelfCheckError as exc:  # recorded for check_health, which Ray runs before it counts us started
+            self.not_started, self.state = str(exc), None
+            return
         context = ray.get_runtime_context()
         resources = {name: round(amount, 4) for name, amount in context.get_assigned_resources().items()}
         self.state = ServerState(settings=settings, references=RemoteReferences(self.registry),
@@ -156,16 +166,21 @@ class Animators:
     def record_routing_stats(self) -> dict:
         """Polled by Ray every ``ROUTING_STATS_PERIOD`` s for the router: a replica whose animator failed gets
         no new session while Ray's health checks (``check_health``) take it out."""
-        return {FAILED_ANIMATORS: len(self.state.pool.failures)}
+        return {FAILED_ANIMATORS: 1 if self.state is None else len(self.state.pool.failures)}
 
     def check_health(self) -> None:
-        """Ray's health check: raises while an animator of this replica has failed (Ray then replaces it)."""
+        """Ray's health check: raises while an animator of this replica has failed, or when its self-check stopped
+        them at start (the reason is the self-check's line); Ray then replaces the replica."""
+        if self.not_started is not None:
+            raise AnimatorFailedError(self.not_started)
         failures = self.state.pool.failures
         if failures:
             raise AnimatorFailedError(f"{len(failures)} of {len(self.state.pool.slots)} animator(s) failed; "
                                       f"first: {failures[0]}")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
+        if self.state is None:
+            return refusing_app(self.not_started)
         state, registry, replica = self.state, self.registry, self.replica
 
         async def report():
@@ -194,7 +209,22 @@ class Animators:
 
 
 class AnimatorFailedError(RuntimeError):
-    """An animator replica's health check: one of its animators failed (Ray replaces the replica)."""
+    """An animator replica's health check: one of its animators failed, or its self-check stopped them at start
+    (Ray replaces the replica)."""
+
+
+def refusing_app(reason: str) -> FastAPI:
+    """The app of a replica whose animators did not start: every socket is closed at once with 1011 and the reason
+    (cut to the 123 bytes a close frame carries); no session is admitted."""
+    app = FastAPI(title="personalive-trt animators (not started)")
+
+    @app.websocket(WEBSOCKET_PATH)
+    async def refuse(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.close(code=1011, reason=reason.encode()[:123].decode(errors="ignore"))
+
+    app.add_middleware(FullPath)
+    return app
 
 
 class FullPath:
