@@ -64,15 +64,20 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from personalive_trt.bench.flops import flops_report
 from personalive_trt.choices import Backend, Mode
-from personalive_trt.bench.options import BenchError, BenchOptions, resolve_device_dtype, stream_config
+from personalive_trt.bench.options import (
+    BenchError,
+    BenchOptions,
+    report_identity,
+    resolve_device_dtype,
+    stream_config,
+)
 from personalive_trt.bench.offline import run_offline_benchmark
 from personalive_trt.bench.session import Session, fuse_timed, run_session, sample_inputs
-from personalive_trt.bench.timing import Clock, StageProbe, device_name, memory_report, percentiles
+from personalive_trt.bench.timing import Clock, StageProbe, memory_report, percentiles
 
 
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = None) -> dict:
@@ -110,16 +115,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
 
     session, memory, probe, breakdown = measure(runtime, options, config, device, reference, chunks, clock, log)
     report = {
-        "schema": 1,
-        "mode": "stream",
-        "command": options.command,
-        "options": {key: (str(value) if isinstance(value, Path) else value)
-                    for key, value in asdict(options).items() if key != "command"},
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "backend": options.backend,
-        "runtime": runtime.description,
+        **report_identity(options, "stream", device, runtime.description),
         "graphs": runtime.use_graphs,
         "compile": runtime.compile_report(),  # null: eager modules; else cache cold/warm and seconds per network
         "weights": weights,

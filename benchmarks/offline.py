@@ -35,11 +35,10 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
-from personalive_trt.bench.options import BenchError, BenchOptions, resolve_device_dtype
-from personalive_trt.bench.timing import Clock, device_name, memory_report, percentiles
+from personalive_trt.bench.options import BenchError, BenchOptions, report_identity, resolve_device_dtype
+from personalive_trt.bench.timing import Clock, memory_report, percentiles
 
 #: The FaceMesh boxes of the sample portrait and of every frame of the sample clip (OpenCV decode).
 CROPS_JSON = Path(__file__).with_name("sample_facemesh.json")
@@ -156,16 +155,7 @@ def run_offline_benchmark(options: BenchOptions, log: Callable[[str], None]) -> 
     with torch.no_grad():
         figures = measure_offline(animator, reference, clip, options.warmup, options.calls, clock, log)
     return {
-        "schema": 1,
-        "mode": "offline",
-        "command": options.command,
-        "options": {key: (str(value) if isinstance(value, Path) else value)
-                    for key, value in asdict(options).items() if key != "command"},
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "backend": options.backend,
-        "runtime": animator.description,
+        **report_identity(options, "offline", device, animator.description),
         "graphs": False,  # the reference loop runs eagerly
         "compile": None,
         "weights": weights,

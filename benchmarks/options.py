@@ -1,9 +1,10 @@
-"""What ``personalive-trt bench`` measures: its options, their checks, and the stream config they imply."""
+"""What ``personalive-trt bench`` measures: its options, their checks, the stream config they imply, and the
+fields that open every report (which options, where)."""
 from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -112,3 +113,24 @@ def stream_config(options: BenchOptions):
         return StreamConfig(window=options.window, resolution=options.resolution, max_keyframes=0, vae=options.vae)
     return StreamConfig(window=options.window, resolution=options.resolution, keyframe_threshold=-1.0,
                         keyframe_start=0, max_keyframes=k, vae=options.vae)
+
+
+def report_identity(options: BenchOptions, mode: str, device, description: str) -> dict:
+    """The fields that open both modes' reports: the schema, the mode, the command and options, where it ran
+    and what ran (``description``)."""
+    import torch
+
+    from personalive_trt.bench.timing import device_name
+
+    return {
+        "schema": 1,
+        "mode": mode,
+        "command": options.command,
+        "options": {key: (str(value) if isinstance(value, Path) else value)
+                    for key, value in asdict(options).items() if key != "command"},
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "backend": options.backend,
+        "runtime": description,
+    }
