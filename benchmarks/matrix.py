@@ -142,7 +142,7 @@ def run_matrix(out: Path, variants: tuple[Variant, ...], *, device: str = "auto"
                 log(f"matrix: {variant.name}")
                 if variant.engine == "offline":
                     measured = _measure_offline(models, torch_device, resolution, vae, warmup, seed)
-                    record = variant_record(variant, **{**common, "window": 4}, status="ok", **measured)
+                    record = variant_record(variant, **{**common, "window": 4, **measured}, status="ok")
                 else:
                     measured = _measure(variant, models, config, torch_device, reference, chunks, calls, warmup,
                                         seed, counted, weights)

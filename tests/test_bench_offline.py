@@ -4,7 +4,8 @@ recorded FaceMesh boxes, the options it refuses, and the matrix's offline varian
 CI checks the report's fields and their arithmetic, never its speed. The run is about the plumbing (inputs,
 passes, figures), so it takes the cheap road of tests/test_offline_cli.py: tiny synthetic weights at 64 px, the
 clip's first 16 frames (7 windows), and the pose and motion encoders (full size even in the tiny weights) and
-the denoising UNet answering zeros (tests/test_offline.py's stand-ins).
+the denoising UNet answering zeros (tests/test_offline.py's stand-ins), over the session's tiny weights
+(``parity_models``, what ``--weights synthetic`` loads; loading them costs more than the whole pass).
 """
 from __future__ import annotations
 
@@ -28,11 +29,19 @@ def open_with_stand_ins(models, config, seed):
     return OfflineAnimator(networks, config, seed=seed)
 
 
+def cheaply(patch: pytest.MonkeyPatch, models) -> None:
+    """The loaded tiny weights and the stand-ins instead of loading the weights and running every network."""
+    from personalive_trt.models import weights
+
+    patch.setattr(weights, "load_models", lambda *args, **kwargs: models)
+    patch.setattr(offline, "open_animator", open_with_stand_ins)
+
+
 @pytest.fixture(scope="module")
-def offline_report(tmp_path_factory):
+def offline_report(tmp_path_factory, parity_models):
     out = tmp_path_factory.mktemp("bench_offline") / "report.json"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(offline, "open_animator", open_with_stand_ins)
+        cheaply(patch, parity_models)
         result = invoke("--mode", "offline", "--weights", "synthetic", "--resolution", "64", "--max-frames", "18",
                         "--warmup", "1", "--json", str(out), "--device", "cpu")
     assert result.exit_code == 0, result.output
@@ -119,6 +128,26 @@ def test_matrix_offline_variant_ratio_is_per_frame():
     matrix._derive([reference, record], {})
     assert reference["ratio_to_reference"] == 1.0
     assert record["ratio_to_reference"] == 0.8 and record["flops_per_step"] is None
+
+
+def test_matrix_offline_variant_on_cpu(tmp_path, monkeypatch, parity_models):
+    """The variant the device check runs, end to end on the CPU: the sample's first 16 frames, stand-ins."""
+    prepare = offline.sample_offline_inputs
+    monkeypatch.setattr(offline, "sample_offline_inputs", lambda config, max_frames: prepare(config, 16))
+    cheaply(monkeypatch, parity_models)
+    out = tmp_path / "matrix.json"
+    assert matrix.main(["--out", str(out), "--cpu", "--variants", "offline_reference", "--resolution", "64",
+                        "--window", "1", "--warmup", "0"]) == 0
+    doc = json.loads(out.read_text())
+    (record,) = doc["variants"]
+    assert set(record) >= set(matrix.VARIANT_FIELDS) and doc["failed"] == []
+    assert record["status"] == "ok" and record["engine"] == "offline" and record["window"] == 4  # not --window
+    assert (record["frames"], record["windows"], record["calls"], record["keyframe_banks"]) == (16, 7, 7, 0)
+    check_percentiles(record["step_ms"], "step_ms")
+    assert record["per_frame_ms"] == pytest.approx(record["step_ms"]["mean"] * 7 / 16, rel=1e-3)
+    assert record["fps"] == pytest.approx(1e3 / record["per_frame_ms"], rel=1e-3)
+    assert record["ratio_to_reference"] is None  # no reference_k0 in this run
+    assert record["peak_memory_kind"] == "host_peak_rss_process" and positive(record["peak_memory_bytes"])
 
 
 def test_device_check_measures_the_offline_variant():
