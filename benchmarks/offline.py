@@ -172,8 +172,10 @@ def run_offline_benchmark(options: BenchOptions, log: Callable[[str], None]) -> 
 
 
 def measure_offline(animator, reference, clip, warmup: int, passes: int, clock: Clock,
-                    log: Callable[[str], None]) -> dict:
-    """The cold pass and ``passes`` measured passes over ``clip`` (module docstring); the report's figures."""
+                    log: Callable[[str], None], between: Callable[[], None] | None = None) -> dict:
+    """The cold pass and ``passes`` measured passes over ``clip`` (module docstring); the report's figures.
+    ``between``, when given, runs after each measured window, untimed (``benchmarks/offline_ratio.py``
+    interleaves the stream mode's calls there)."""
     from personalive_trt.bench.session import fuse_timed
     from personalive_trt.runtime.offline_loop import window_frames
 
@@ -195,6 +197,8 @@ def measure_offline(animator, reference, clip, warmup: int, passes: int, clock: 
             begin = clock.mark()
             run_window(frames)
             pass_steps.append(clock.ms(begin, clock.mark()))
+            if between is not None:
+                between()
         step_ms += pass_steps
         pass_ms.append(sum(pass_steps))
     per_frame = sum(pass_ms) / len(pass_ms) / clip.frames
