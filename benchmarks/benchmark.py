@@ -1,4 +1,5 @@
 """Streaming benchmark: how fast and how late the runtime animates, measured the way a live session runs.
+(``--mode offline``, the original's offline loop per frame on the same clip: :mod:`.offline`.)
 
 ``personalive-trt bench`` (and ``python benchmarks/bench_stream.py``) drives
 :class:`~personalive_trt.runtime.StreamRuntime` with the built-in sample portrait and driving clip and reports
@@ -16,6 +17,7 @@ Protocol (all warm-up excluded from every figure):
    device time of each call's work (CUDA events on the runtime's stream from where ``submit`` enqueues its
    first copy to after its output copy; ``perf_counter`` on CPU); ``host_staging_ms`` is ``submit``'s host
    part before that (frame checks, ring-slot wait, ``np.copyto`` into the pinned ring), reported apart.
+   ``per_frame_ms`` = step mean / window, the offline mode's figure of the same name (``mode``: ``stream``).
 4. **per-stage breakdown** (eager): a CUDA graph replays a whole call, so the per-network split needs calls
    without graphs. Each backend's ``infer`` is wrapped (on the instance) with CUDA events (``perf_counter``
    on CPU); what is left of the call is ``glue`` (input copy, resize, keypoint transfer and drawing, face
@@ -62,14 +64,20 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from personalive_trt.bench.flops import flops_report
-from personalive_trt.choices import Backend
-from personalive_trt.bench.options import BenchError, BenchOptions, resolve_device_dtype, stream_config
+from personalive_trt.choices import Backend, Mode
+from personalive_trt.bench.options import (
+    BenchError,
+    BenchOptions,
+    report_identity,
+    resolve_device_dtype,
+    stream_config,
+)
+from personalive_trt.bench.offline import run_offline_benchmark
 from personalive_trt.bench.session import Session, fuse_timed, run_session, sample_inputs
-from personalive_trt.bench.timing import Clock, StageProbe, device_name, memory_report, percentiles
+from personalive_trt.bench.timing import Clock, StageProbe, memory_report, percentiles
 
 
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = None) -> dict:
@@ -85,6 +93,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
         from personalive_trt.engines.backends import require_tensorrt
 
         require_tensorrt()  # one line, before any work
+    if options.mode == Mode.OFFLINE:
+        return _write_report(run_offline_benchmark(options, log), options)
     config = stream_config(options)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -105,15 +115,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
 
     session, memory, probe, breakdown = measure(runtime, options, config, device, reference, chunks, clock, log)
     report = {
-        "schema": 1,
-        "command": options.command,
-        "options": {key: (str(value) if isinstance(value, Path) else value)
-                    for key, value in asdict(options).items() if key != "command"},
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "backend": options.backend,
-        "runtime": runtime.description,
+        **report_identity(options, "stream", device, runtime.description),
         "graphs": runtime.use_graphs,
         "compile": runtime.compile_report(),  # null: eager modules; else cache cold/warm and seconds per network
         "weights": weights,
@@ -136,6 +138,10 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] | None = Non
     if options.compare:
         report["compare"] = compare_reference(options, models, config, device, dtype, reference, chunks, runtime,
                                               report["step_ms"]["p50"], log)
+    return _write_report(report, options)
+
+
+def _write_report(report: dict, options: BenchOptions) -> dict:
     if options.json is not None:
         Path(options.json).parent.mkdir(parents=True, exist_ok=True)
         Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -209,6 +215,8 @@ def session_figures(session: Session, options: BenchOptions, config, device) -> 
         "step_clock": "cuda_events" if device.type == "cuda" else "perf_counter",
         "host_staging_ms": percentiles(session.host_staging_ms),
         "fps": round(fps, 6),
+        # the device time per frame: comparable with the offline mode's (personalive_trt.bench.offline)
+        "per_frame_ms": round(percentiles(session.step_ms)["mean"] / options.window, 3),
         "throughput_mode": "pipelined" if session.fps is not None else "sequential",
         "chunk_latency_ms": percentiles(session.chunk_latency_ms),
     }

@@ -8,7 +8,10 @@ measured kind), then ``--calls`` timed calls (and, for the runtime on CUDA, ``--
 issue's figures are read the same way:
 
 * ``name``, ``engine`` (``reference``: the eager :class:`~personalive_trt.runtime.reference_loop.Animator`; ``runtime``:
-  :class:`~personalive_trt.runtime.StreamRuntime`), ``device``, ``dtype``, ``backend``, ``vae``, ``compile``
+  :class:`~personalive_trt.runtime.StreamRuntime`; ``offline``: the original's offline loop,
+  :class:`~personalive_trt.runtime.offline_loop.OfflineAnimator`, one pass over the whole sample clip as
+  ``bench --mode offline`` runs it (:mod:`.offline`; window 4 whatever ``--window``; ``calls``: its windows;
+  ``frames``, ``windows`` and ``keyframe_banks`` added)), ``device``, ``dtype``, ``backend``, ``vae``, ``compile``
   (torch.compile of the per-step networks, :mod:`personalive_trt.runtime.compile`), ``graphs``, ``keyframes``,
   ``resolution``, ``window``, ``weights``, ``calls``;
 * ``status``: ``ok``, ``failed`` (``error`` says why; the matrix goes on) or ``skipped`` (``error`` says why,
@@ -18,8 +21,11 @@ issue's figures are read the same way:
   and for the reference, which is synchronous); ``host_staging_ms``: ``submit``'s host part before its work
   (runtime only, else null); ``chunk_latency_ms``: submit to frames on the host, one call in flight;
 * ``fps``: pipelined throughput (runtime on CUDA, ``throughput_mode: pipelined``) or ``window / mean step``;
+  ``per_frame_ms``: step mean / window (offline: the pass's summed window times / its frames);
 * ``ratio_to_reference``: the reference variant's step p50 / this variant's step p50, the reference with the
-  same keyframes measured in the same process (> 1: faster than the reference; null without one);
+  same keyframes measured in the same process (> 1: faster than the reference; null without one); for the
+  offline variant ``reference_k0``'s ``per_frame_ms`` / its ``per_frame_ms`` (< 1: the offline mode costs more
+  per frame; its inverse is the offline / stream ratio of benchmarks/RESULTS.md);
 * ``flops_per_step`` (``flops_source``): the full-size table at 512 / window 4, else counted once per keyframe
   count by the eager runtime (FlopCounterMode); ``tflops_achieved`` = FLOPs / step p50;
 * ``peak_memory_bytes``: CUDA: ``max_memory_allocated`` since the variant started (the resident weights
@@ -54,14 +60,14 @@ VARIANT_FIELDS = (
     "name", "engine", "device", "dtype", "backend", "vae", "compile", "graphs", "keyframes", "resolution", "window",
     "weights", "calls", "status", "error", "fps", "throughput_mode", "step_ms", "step_clock", "host_staging_ms",
     "chunk_latency_ms", "ratio_to_reference", "flops_per_step", "flops_source", "tflops_achieved",
-    "peak_memory_bytes", "peak_memory_kind", "stages_ms", "setup_s", "wall_s", "compile_s",
+    "peak_memory_bytes", "peak_memory_kind", "stages_ms", "setup_s", "wall_s", "compile_s", "per_frame_ms",
 )
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    engine: str  # "reference" (eager Animator) or "runtime" (StreamRuntime)
+    engine: str  # "reference" (eager Animator), "runtime" (StreamRuntime) or "offline" (OfflineAnimator)
     graphs: bool = False
     keyframes: int = 0
     compile: bool = False
@@ -72,6 +78,7 @@ VARIANTS = (
     Variant("reference_k0", "reference", keyframes=0),
     Variant("runtime_eager_k0", "runtime", graphs=False, keyframes=0),
     Variant("runtime_graphs_k0", "runtime", graphs=True, keyframes=0),
+    Variant("offline_reference", "offline"),
     Variant("reference_k3", "reference", keyframes=3),
     Variant("runtime_eager_k3", "runtime", graphs=False, keyframes=3),
     Variant("runtime_graphs_k3", "runtime", graphs=True, keyframes=3),
@@ -133,9 +140,13 @@ def run_matrix(out: Path, variants: tuple[Variant, ...], *, device: str = "auto"
                                                 vae=vae))
             try:
                 log(f"matrix: {variant.name}")
-                measured = _measure(variant, models, config, torch_device, reference, chunks, calls, warmup, seed,
-                                    counted, weights)
-                record = variant_record(variant, **common, status="ok", **measured)
+                if variant.engine == "offline":
+                    measured = _measure_offline(models, torch_device, resolution, vae, warmup, seed)
+                    record = variant_record(variant, **{**common, "window": 4, **measured}, status="ok")
+                else:
+                    measured = _measure(variant, models, config, torch_device, reference, chunks, calls, warmup,
+                                        seed, counted, weights)
+                    record = variant_record(variant, **common, status="ok", **measured)
             except Exception as exc:  # noqa: BLE001 -- recorded, and the next variant runs (module docstring)
                 traceback.print_exc(file=sys.stderr)
                 record = variant_record(variant, **common, status="failed",
@@ -163,7 +174,7 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
     from personalive_trt.bench.benchmark import stage_breakdown
     from personalive_trt.bench.flops import is_full_size
     from personalive_trt.bench.session import fuse_timed, run_session
-    from personalive_trt.bench.timing import host_peak_rss_mb, percentiles
+    from personalive_trt.bench.timing import percentiles
     from personalive_trt.shapes import StreamShapes
 
     cuda = device.type == "cuda"
@@ -193,10 +204,7 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
         counted[variant.keyframes] = (sum(probe.flops.values()),
                                       "counted (FlopCounterMode, one eager runtime call of the measured kind)")
     step = percentiles(session.step_ms)
-    if cuda:
-        peak, kind = torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
-    else:
-        peak, kind = int((host_peak_rss_mb() or 0) * 2**20), "host_peak_rss_process"
+    peak, kind = _peak_memory(device)
     stages = None
     if probe is not None:
         stages = stage_breakdown(probe, session)
@@ -209,6 +217,7 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
         "fps": round(session.fps if session.fps is not None else config.window * 1e3 / step["mean"], 6),
         "throughput_mode": "pipelined" if session.fps is not None else "sequential",
         "step_ms": step,
+        "per_frame_ms": round(step["mean"] / config.window, 3),
         "step_clock": "cuda_events" if cuda and variant.engine == "runtime" else
                       ("cuda_events_around_step" if cuda else "perf_counter"),
         "host_staging_ms": percentiles(session.host_staging_ms) if session.host_staging_ms else None,
@@ -220,6 +229,45 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
         "measured_keyframes": session.keyframes,
         "full_size_table": full_table,
     }
+
+
+def _measure_offline(models, device, resolution: int, vae: str, warmup: int, seed: int) -> dict:
+    """The offline variant: one pass over the whole sample clip after ``warmup`` discarded windows."""
+    import torch
+
+    from personalive_trt.bench.offline import measure_offline, open_animator, sample_offline_inputs
+    from personalive_trt.bench.timing import Clock
+    from personalive_trt.runtime.offline_loop import offline_config
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    config = offline_config(resolution=resolution, vae=vae)
+    reference, clip = sample_offline_inputs(config, None)
+    setup = time.perf_counter()
+    clock = Clock(device)
+    with torch.no_grad():
+        animator = open_animator(models, config, seed)
+        clock.sync()
+        setup_s = time.perf_counter() - setup
+        figures = measure_offline(animator, reference, clip, warmup, 1, clock, lambda line: None)
+    del animator
+    peak, kind = _peak_memory(device)
+    return {"fps": figures["fps"], "throughput_mode": "sequential", "step_ms": figures["step_ms"],
+            "per_frame_ms": figures["per_frame_ms"], "step_clock": figures["step_clock"], "calls": figures["windows"],
+            "frames": figures["frames"], "windows": figures["windows"], "keyframe_banks": figures["keyframe_banks"],
+            "peak_memory_bytes": int(peak), "peak_memory_kind": kind, "setup_s": round(setup_s, 3)}
+
+
+def _peak_memory(device) -> tuple[int, str]:
+    """CUDA: ``max_memory_allocated`` since the variant reset it; CPU: the process's peak RSS so far."""
+    import torch
+
+    from personalive_trt.bench.timing import host_peak_rss_mb
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
+    return int((host_peak_rss_mb() or 0) * 2**20), "host_peak_rss_process"
 
 
 def _open_variant(variant: Variant, models, config, device, seed: int):
@@ -281,10 +329,15 @@ def _derive(records: list[dict], counted: dict) -> None:
     """Ratios to the reference with the same keyframes, FLOPs and achieved TFLOP/s (re-derived after each variant)."""
     from personalive_trt.bench.flops import flops_json_path, reference_flops
 
-    reference_p50 = {r["keyframes"]: r["step_ms"]["p50"] for r in records
-                     if r["engine"] == "reference" and r["status"] == "ok"}
+    references = [r for r in records if r["engine"] == "reference" and r["status"] == "ok"]
+    reference_p50 = {r["keyframes"]: r["step_ms"]["p50"] for r in references}
+    reference_frame = {r["keyframes"]: r["per_frame_ms"] for r in references}
     for record in records:
         if record["status"] != "ok":
+            continue
+        if record["engine"] == "offline":  # per frame: its windows differ (warm-up, keyframes); no FLOPs
+            ref = reference_frame.get(0)
+            record["ratio_to_reference"] = round(ref / record["per_frame_ms"], 4) if ref else None
             continue
         p50 = record["step_ms"]["p50"]
         ref = reference_p50.get(record["keyframes"])

@@ -1,13 +1,14 @@
-"""What ``personalive-trt bench`` measures: its options, their checks, and the stream config they imply."""
+"""What ``personalive-trt bench`` measures: its options, their checks, the stream config they imply, and the
+fields that open every report (which options, where)."""
 from __future__ import annotations
 
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from personalive_trt.choices import Backend, CompileMode, Decoder
+from personalive_trt.choices import Backend, CompileMode, Decoder, Mode
 
 MAX_KEYFRAMES = 3
 
@@ -18,7 +19,11 @@ class BenchError(ValueError):
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """What to benchmark. ``device``/``dtype`` ``"auto"``: CUDA + fp16 when a GPU is present, else CPU + fp32."""
+    """What to benchmark. ``device``/``dtype`` ``"auto"``: CUDA + fp16 when a GPU is present, else CPU + fp32.
+
+    ``mode``: ``stream`` (the streaming runtime, :mod:`.benchmark`) or ``offline`` (the original's offline loop on
+    the same clip, :mod:`.offline`; there ``calls`` counts passes over the clip, ``warmup`` windows of the
+    discarded pass, and ``max_frames`` caps the clip)."""
 
     backend: str = "torch"
     graphs: bool = True
@@ -37,6 +42,8 @@ class BenchOptions:
     json: Optional[Path] = None
     vae: str = "full"
     compile: str = "off"  # torch.compile: auto, on, off (personalive_trt.runtime.compile.resolve_compile)
+    mode: str = "stream"
+    max_frames: Optional[int] = None
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def validate(self) -> None:
@@ -64,6 +71,31 @@ class BenchOptions:
             raise BenchError(f"--compile on: only the torch backend is compiled, not --backend {self.backend}")
         if self.engines is not None and self.backend == Backend.TORCH:
             raise BenchError("--engines is for --backend onnxruntime or tensorrt")
+        if self.mode not in tuple(Mode):
+            raise BenchError(f"--mode {self.mode!r}: expected {Mode.names(' or ')}")
+        if self.mode == Mode.OFFLINE:
+            self._check_offline()
+        elif self.max_frames is not None:
+            raise BenchError("--max-frames applies to --mode offline (the stream mode loops over the clip)")
+
+    def _check_offline(self) -> None:
+        """What ``--mode offline`` cannot measure, refused by name (``run --mode offline`` refuses the same)."""
+        if self.backend != Backend.TORCH:
+            raise BenchError(f"not supported yet in --mode offline: --backend {self.backend} (it runs on the "
+                             "reference loop, torch only)")
+        if self.compile == CompileMode.ON:
+            raise BenchError("--compile on: --mode offline runs the reference loop, which is not compiled")
+        if self.keyframes:
+            raise BenchError(f"--keyframes {self.keyframes}: --mode offline takes its keyframes by the original's "
+                             "own rule on the clip")
+        if self.window != 4:
+            raise BenchError(f"--window {self.window}: --mode offline runs the original's window of 4")
+        if self.compare:
+            raise BenchError("--compare applies to --mode stream; compare the per_frame_ms of the two modes' reports")
+        if self.capture_fps is not None:
+            raise BenchError("--capture-fps applies to --mode stream (its glass-to-glass latency)")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise BenchError(f"--max-frames {self.max_frames}: expected a positive number of frames")
 
 
 def resolve_device_dtype(options: BenchOptions):
@@ -81,3 +113,24 @@ def stream_config(options: BenchOptions):
         return StreamConfig(window=options.window, resolution=options.resolution, max_keyframes=0, vae=options.vae)
     return StreamConfig(window=options.window, resolution=options.resolution, keyframe_threshold=-1.0,
                         keyframe_start=0, max_keyframes=k, vae=options.vae)
+
+
+def report_identity(options: BenchOptions, mode: str, device, description: str) -> dict:
+    """The fields that open both modes' reports: the schema, the mode, the command and options, where it ran
+    and what ran (``description``)."""
+    import torch
+
+    from personalive_trt.bench.timing import device_name
+
+    return {
+        "schema": 1,
+        "mode": mode,
+        "command": options.command,
+        "options": {key: (str(value) if isinstance(value, Path) else value)
+                    for key, value in asdict(options).items() if key != "command"},
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "backend": options.backend,
+        "runtime": description,
+    }

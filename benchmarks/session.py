@@ -10,8 +10,9 @@ from personalive_trt.bench.timing import Clock, StageProbe
 
 
 
-def sample_frames(resolution: int):
-    """The built-in sample portrait and every frame of the sample driving clip, resized to ``resolution``.
+def sample_frames(resolution: int | None):
+    """The built-in sample portrait and every frame of the sample driving clip, resized to ``resolution``
+    (``None``: as stored, the offline mode's inputs).
 
     The clip is decoded with OpenCV's bundled FFmpeg, not PyAV: the benchmark and the GPU check run where
     PyAV is not installed (the device machine has OpenCV and no PyAV). On the sample both decoders give the
@@ -24,7 +25,10 @@ def sample_frames(resolution: int):
     from personalive_trt.media import framing
     from personalive_trt.media import sample
 
-    reference = framing.resize_square(media.read_image(sample.sample_reference()), resolution)
+    def sized(image):
+        return image if resolution is None else framing.resize_square(image, resolution)
+
+    reference = sized(media.read_image(sample.sample_reference()))
     path = sample.sample_driving()
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
@@ -35,7 +39,7 @@ def sample_frames(resolution: int):
             ok, bgr = capture.read()
             if not ok:
                 break
-            frames.append(framing.resize_square(np.ascontiguousarray(bgr[:, :, ::-1]), resolution))
+            frames.append(sized(np.ascontiguousarray(bgr[:, :, ::-1])))
     finally:
         capture.release()
     if not frames:

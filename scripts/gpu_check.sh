@@ -16,7 +16,8 @@
 #            itself (editable, no registry, no build isolation: setuptools comes from .whl)
 #   gpu      DIR/tests_gpu.xml: every `gpu`-marked test outside the suites below
 #   matrix   DIR/matrix.json: python -m personalive_trt.bench.matrix (full-size synthetic weights, fp16, 512,
-#            window 4, full VAE: reference Animator, runtime eager and with CUDA graphs, keyframes 0 and 3)
+#            window 4, full VAE: reference Animator, runtime eager and with CUDA graphs, keyframes 0 and 3, and
+#            the offline loop over the sample clip: its per-frame time beside reference_k0's)
 #   suites   DIR/tests_suites.xml: the runtime, engines, bench, devices and synthetic-fill suites on this
 #            machine (tests reading ../shared skip there: the golden data does not travel; summary.json counts
 #            skips by reason)
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
         --out)
             [ $# -ge 2 ] || { echo "error: gpu_check.sh: --out needs a folder" >&2; exit 2; }
             out="$2"; shift ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "error: gpu_check.sh: unknown argument '$1'; expected --cpu, --compile or --out DIR" >&2; exit 2 ;;
     esac
     shift
@@ -97,7 +98,7 @@ else
         step gpu 60 "$python" -m pytest "${pytest_args[@]}" -m gpu --junitxml "$out/tests_gpu.xml" \
             "${ignore[@]}" --ignore=tests/test_compile.py tests
         step matrix 120 "$python" -m personalive_trt.bench.matrix --out "$out/matrix.json" \
-            --variants reference_k0,runtime_eager_k0,runtime_graphs_k0,reference_k3,runtime_eager_k3,runtime_graphs_k3
+            --variants reference_k0,runtime_eager_k0,runtime_graphs_k0,offline_reference,reference_k3,runtime_eager_k3,runtime_graphs_k3
         step suites 80 "$python" -m pytest "${pytest_args[@]}" --junitxml "$out/tests_suites.xml" "${suites[@]}"
     fi
 fi

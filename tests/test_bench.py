@@ -53,7 +53,8 @@ def report(tmp_path_factory) -> dict:
 
 
 def test_report_identity_fields(report):
-    assert report["schema"] == 1
+    assert report["schema"] == 1 and report["mode"] == "stream" and report["options"]["mode"] == "stream"
+    assert report["options"]["max_frames"] is None
     assert report["command"].startswith("personalive-trt bench --weights synthetic --resolution 64")
     assert report["options"]["compare"] is True and report["options"]["calls"] == 2
     assert report["device"].startswith("CPU")
@@ -74,6 +75,8 @@ def test_report_timings(report):
     check_percentiles(report["chunk_latency_ms"], "chunk_latency_ms")
     check_percentiles(report["host_staging_ms"], "host_staging_ms")
     assert report["step_clock"] == "perf_counter"  # CPU; CUDA events on a GPU (test_report_on_cuda)
+    # the figure the offline mode's report has too (tests/test_bench_offline.py)
+    assert report["per_frame_ms"] == pytest.approx(report["step_ms"]["mean"] / 4, rel=1e-3)
     assert report["throughput_mode"] == "sequential"  # CPU: submit is synchronous
     # Time to first frame includes the fusion and one call.
     assert report["time_to_first_frame_ms"] > report["reference_fusion_ms"]
@@ -244,7 +247,7 @@ def test_forced_keyframes_are_in_effect(tmp_path):
 # Written out here, not read from matrix.VARIANT_FIELDS: dropping a field there must fail this test.
 REQUIRED_FIELDS = {"name", "device", "vae", "compile", "graphs", "keyframes", "fps", "step_ms", "ratio_to_reference",
                    "tflops_achieved", "peak_memory_bytes", "status", "error", "engine", "dtype", "step_clock",
-                   "host_staging_ms", "chunk_latency_ms", "flops_per_step", "stages_ms", "compile_s"}
+                   "host_staging_ms", "chunk_latency_ms", "flops_per_step", "stages_ms", "compile_s", "per_frame_ms"}
 MATRIX_ARGS = ["--resolution", "64", "--window", "1", "--calls", "1", "--warmup", "0",
                "--variants", "reference_k0,runtime_eager_k0,runtime_graphs_k0"]
 
@@ -278,6 +281,7 @@ def check_matrix(doc: dict, cuda: bool) -> dict:
             assert positive(record[key]), (record["name"], key, record[key])
         assert record["tflops_achieved"] == pytest.approx(
             record["flops_per_step"] / (record["step_ms"]["p50"] * 1e-3) / 1e12, rel=1e-3)
+        assert record["per_frame_ms"] == pytest.approx(record["step_ms"]["mean"] / record["window"], rel=1e-3)
     reference, eager = records["reference_k0"], records["runtime_eager_k0"]
     assert reference["engine"] == "reference" and reference["ratio_to_reference"] == 1.0
     assert reference["host_staging_ms"] is None and reference["stages_ms"] is None

@@ -23,8 +23,9 @@ def bench(
     window: params.Window = 4,
     resolution: int = typer.Option(512, help="Frame size (multiple of 64; 512 is the model's)."),
     keyframes: int = typer.Option(0, help="History keyframes in effect during the measured calls (0..3)."),
-    warmup: int = typer.Option(8, help="Calls of the discarded cold session."),
-    calls: int = typer.Option(30, help="Measured calls (each phase)."),
+    warmup: int = typer.Option(8, help="Calls of the discarded cold session (--mode offline: its windows)."),
+    calls: Optional[int] = typer.Option(None, help="Measured calls (each phase; default 30); --mode offline: "
+                                        "measured passes over the clip (default 1)."),
     capture_fps: Optional[float] = typer.Option(None, help="Capture rate for glass-to-glass latency (default: "
                                                 "the measured fps)."),
     compare: bool = typer.Option(False, "--compare", help="Also run the reference Animator; print the speed ratio."),
@@ -32,16 +33,23 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
     vae: params.Vae = "full",
     compile_mode: params.Compile = "auto",
+    mode: str = typer.Option("stream", "--mode", help="stream: the streaming runtime; offline: the original's "
+                             "offline loop (run --mode offline) on the same clip, per frame."),
+    max_frames: Optional[int] = typer.Option(None, help="--mode offline: the clip's first N frames (rounded down "
+                                             "to a multiple of 4; default: the whole clip)."),
 ) -> None:
-    """Benchmark the streaming runtime: fps, step and chunk latency, glass-to-glass, stages, TFLOP/s, memory."""
+    """Benchmark the streaming runtime: fps, step and chunk latency, glass-to-glass, stages, TFLOP/s, memory
+    (--mode offline: the original's offline loop per frame on the same clip)."""
     from personalive_trt.bench.benchmark import run_benchmark
     from personalive_trt.bench.options import BenchError, BenchOptions
     from personalive_trt.bench.summary import summary
+    from personalive_trt.choices import Mode
 
     options = BenchOptions(backend=backend, graphs=not no_graph, weights=weights, engines=engines, device=device,
                            dtype=dtype, window=window, resolution=resolution, keyframes=keyframes, warmup=warmup,
-                           calls=calls, capture_fps=capture_fps, compare=compare, seed=seed, json=json_path, vae=vae,
-                           compile=compile_mode)
+                           calls=calls if calls is not None else (1 if mode == Mode.OFFLINE else 30),
+                           capture_fps=capture_fps, compare=compare, seed=seed, json=json_path, vae=vae,
+                           compile=compile_mode, mode=mode, max_frames=max_frames)
     try:
         report = run_benchmark(options)
     except user_errors(BenchError) as exc:
