@@ -13,6 +13,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from conftest import relative_error
 from personalive_trt.config import StreamConfig
@@ -80,35 +81,45 @@ def test_onnxruntime_offline_runtime_matches_the_torch_offline_loop(parity_model
     assert len(errors) == 2 and max(errors) <= ORT_TOLERANCE, errors
 
 
-def test_engines_hold_the_banks_they_were_built_for(parity_onnx_build, tmp_path):
+def write_build_json(folder, bank_capacity: int | None = None, resolution: int = CANVAS):
+    """A build.json as `build --backend onnxruntime --resolution 128 [--max-keyframes K]` writes it (only the
+    record: the offline run reads it before it opens any engine)."""
+    from personalive_trt.engines.folder import BuildRecord, write_build
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = StreamConfig(resolution=resolution, bank_capacity=bank_capacity)
+    write_build(folder, BuildRecord(weights="synthetic", fingerprint="unused", unet_config={},
+                                    configs=[config.as_dict()], precisions=["fp32"], backend="onnxruntime"))
+    return folder
+
+
+def test_engines_hold_the_banks_they_were_built_for(tmp_path):
     """``build --max-keyframes K`` records ``bank_capacity`` K (3: nothing recorded, the default's bytes); the
     offline run opens the engines with their capacity and stops at its own limit; a clip that would append
     more banks than the engines hold is refused in one line naming the banks, the limit and the ways out."""
     from personalive_trt.engines.folder import read_build
 
-    record = read_build(parity_onnx_build)
+    built = write_build_json(tmp_path / "default")
+    record = read_build(built)
     assert "bank_capacity" not in record.configs[0]
     cfg = config(limit=20)
     assert record.keyframe_banks(cfg) == 3 and cfg.bank_capacity == 20
     # 16 frames: 7 windows, banks from window 2 on -> at most 5; the limit 20 does not bite, the engines' 3 do.
     assert max_keyframe_banks(16, cfg) == 5
     with pytest.raises(ValueError) as refused:
-        engine_bank_config(parity_onnx_build, cfg, 16, 20)
+        engine_bank_config(built, cfg, 16, 20)
     message = str(refused.value)
     assert "\n" not in message
-    for fragment in ("16 frames append up to 5 keyframe banks", "--keyframe-limit 20", f"{parity_onnx_build} hold 3",
+    for fragment in ("16 frames append up to 5 keyframe banks", "--keyframe-limit 20", f"{built} hold 3",
                      "build --max-keyframes 5", "--max-frames"):
         assert fragment in message, (fragment, message)
     # Within the engines' capacity: opened with it (the default build's key), stopping at the run's own limit.
-    opened, limit = engine_bank_config(parity_onnx_build, config(limit=2), 16, 2)
+    opened, limit = engine_bank_config(built, config(limit=2), 16, 2)
     assert opened.keyframe_banks == 3 and opened.engine_fields() == dataclasses.replace(opened).engine_fields()
     assert opened.bank_capacity is None and limit == 2
     # A folder built with --max-keyframes 20 serves the whole clip (its build.json records the capacity).
-    wide = tmp_path / "wide"
-    wide.mkdir()
-    data = json.loads((parity_onnx_build / "build.json").read_text())
-    data["configs"] = [c | {"bank_capacity": 20} for c in data["configs"]]
-    (wide / "build.json").write_text(json.dumps(data))
+    wide = write_build_json(tmp_path / "wide", bank_capacity=20)
+    assert json.loads((wide / "build.json").read_text())["configs"][0]["bank_capacity"] == 20
     opened, limit = engine_bank_config(wide, cfg, 16, 20)
     assert opened.keyframe_banks == 20 and limit == 20
 
@@ -117,7 +128,7 @@ def test_build_max_keyframes_sizes_the_bank_profile():
     """The bank-length profile max is 1 + K, and K enters the engine fields only when it is not the default."""
     from personalive_trt.models.synthetic import CONFIGS
     from personalive_trt.models.weights import build_module
-    from personalive_trt.export.specs import specs_by_role
+    from personalive_trt.engines.networks import specs_by_role
     from personalive_trt.shapes import StreamShapes
 
     unet_config = build_module("denoising_unet", CONFIGS["tiny"]).config
@@ -128,7 +139,7 @@ def test_build_max_keyframes_sizes_the_bank_profile():
     for cfg, length in ((default, 4), (wide, 21)):
         shapes = StreamShapes.from_unet_config(cfg, unet_config)
         unet = specs_by_role(shapes)["denoising_unet"]
-        banks = [t for t in unet.inputs if t.max_shape[1] != t.min_shape[1]]
+        banks = [t for t in unet.inputs if len(t.max_shape) == 3 and t.max_shape != t.min_shape]
         assert banks and all(t.max_shape[1] == length * t.min_shape[1] for t in banks), [t.name for t in banks]
     with pytest.raises(ValueError, match="bank_capacity must be an integer >= 0"):
         StreamConfig(bank_capacity=-1)
@@ -144,7 +155,7 @@ def test_build_cli_refuses_max_keyframes_for_torch():
                           "--max-keyframes sizes the engines of --backend tensorrt/onnxruntime")
 
 
-def test_tensorrt_offline_refuses_before_opening(parity_onnx_build, tmp_path, monkeypatch, request):
+def test_tensorrt_offline_refuses_before_opening(tmp_path, monkeypatch, request):
     """``run --mode offline --backend tensorrt`` (tests/tensorrt_stub stands in for the module) on a folder built
     with the default 3 banks: the sample's 40 frames (13 windows) append up to 4, so the run is refused in one
     line from the build record alone, before any network opens, and nothing is written."""
@@ -159,11 +170,14 @@ def test_tensorrt_offline_refuses_before_opening(parity_onnx_build, tmp_path, mo
     request.addfinalizer(lambda: sys.modules.pop("tensorrt", None))  # as test_tensorrt_glue's fixture
     monkeypatch.setattr(animator, "open_session_networks",
                         lambda *a, **k: pytest.fail("networks opened before the bank check"))
+    # The stand-in executes on the host (EXECUTES_ON_HOST), so the run is on the CPU: skip the device check
+    # that refuses the CPU for the real library.
+    monkeypatch.setattr(animator, "resolve_device", lambda device, dtype, backend: (torch.device("cpu"), torch.float32))
     out = tmp_path / "out" / "o.mp4"
-    out.parent.mkdir()
+    out.parent.mkdir()  # (the engines folder is only a build record: the refusal comes before any engine)
     result = CliRunner().invoke(app, ["run", "--mode", "offline", "--reference", "sample", "--driving", "sample",
                                       "--weights", "synthetic", "--reference-loop", "--backend", "tensorrt",
-                                      "--engines", str(parity_onnx_build), "--max-frames", "40",
+                                      "--engines", str(write_build_json(tmp_path / "engines", resolution=512)), "--max-frames", "40",
                                       "--output", str(out)])
     assert_one_line_error(result, "40 frames append up to 4 keyframe banks (--keyframe-limit 20), but the engines in")
     assert "build --max-keyframes 4" in result.output and list(out.parent.iterdir()) == []
