@@ -137,7 +137,8 @@ class OfflineStreamRuntime(StreamRuntime):
     def fuse_reference(self, image: PreparedReference) -> None:
         """Encode a prepared reference (the whole portrait, its face crop) and prime the pile."""
         if not isinstance(image, PreparedReference):
-            raise TypeError(f"fuse_reference: the offline runtime takes a PreparedReference, got {type(image).__name__}")
+            raise TypeError("fuse_reference: the offline runtime takes a PreparedReference, got "
+                            f"{type(image).__name__}")
         resolution = self.config.resolution
         if image.image.shape != (resolution, resolution, 3):
             raise ValueError(f"fuse_reference: the reference was prepared at {image.image.shape[:2]}, "

@@ -51,7 +51,8 @@ from personalive_trt.engines.backends import OnnxRuntimeBackend, TensorRTBackend
 from personalive_trt.engines.folder import read_build
 from personalive_trt.engines.networks import Networks
 from personalive_trt.runtime.open import open_networks
-from personalive_trt.runtime.reference_loop import NonFiniteError, Reference, check_frames, encode_reference, write_banks
+from personalive_trt.runtime.reference_loop import (NonFiniteError, Reference, check_frames, encode_reference,
+                                                    write_banks)
 from personalive_trt.models.scheduler import DDIMSchedule
 
 NoiseFn = Callable[[torch.Tensor], object]
@@ -477,7 +478,7 @@ class StreamRuntime:
         detector = nets.pose_encoder(cond)
         if first:
             self.frame0_t.copy_(detector["t"][:1])
-            kp_draw, kps_dri = kp.warmup_keypoints(self.ref_detector, None, detector, num_interp=warmup + 1)
+            kp_draw, kps_dri = kp.warmup_keypoints(self.ref_detector, None, detector, num_interp=cfg.warmup_frames + 1)
         else:
             kp_draw, kps_dri = kp.transfer_keypoints(self.ref_detector, {"t": self.frame0_t}, detector)
         kp_draw, kps_dri = self._finite_keypoints(kp_draw, kps_dri)

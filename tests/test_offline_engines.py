@@ -77,7 +77,8 @@ def test_onnxruntime_offline_runtime_matches_the_torch_offline_loop(parity_model
         if index >= cfg.steps - 1:
             errors.append(relative_error(runtime.video, expected))
     assert banks == [0, 0, 0, 1, 2] and [c["num_keyframes"] for c in trace["calls"]] == [0, 0, 1, 2, 3]
-    print("offline onnxruntime runtime vs torch loop, relative error per window:", ", ".join(f"{e:.1e}" for e in errors))
+    print("offline onnxruntime runtime vs torch loop, relative error per window:",
+          ", ".join(f"{e:.1e}" for e in errors))
     assert len(errors) == 2 and max(errors) <= ORT_TOLERANCE, errors
 
 
@@ -177,7 +178,8 @@ def test_tensorrt_offline_refuses_before_opening(tmp_path, monkeypatch, request)
     out.parent.mkdir()  # (the engines folder is only a build record: the refusal comes before any engine)
     result = CliRunner().invoke(app, ["run", "--mode", "offline", "--reference", "sample", "--driving", "sample",
                                       "--weights", "synthetic", "--reference-loop", "--backend", "tensorrt",
-                                      "--engines", str(write_build_json(tmp_path / "engines", resolution=512)), "--max-frames", "40",
+                                      "--engines", str(write_build_json(tmp_path / "engines", resolution=512)),
+                                      "--max-frames", "40",
                                       "--output", str(out)])
     assert_one_line_error(result, "40 frames append up to 4 keyframe banks (--keyframe-limit 20), but the engines in")
     assert "build --max-keyframes 4" in result.output and list(out.parent.iterdir()) == []

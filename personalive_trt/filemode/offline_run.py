@@ -4,11 +4,12 @@
 that has no meaning here (``--window`` other than 4, ``--no-crop``, a live source, ``--fps``/``--loop``/
 ``--preview``/``--virtual-camera``). The loop is the streaming runtime's offline variant
 (:class:`~personalive_trt.runtime.offline_stream.OfflineStreamRuntime`, any backend) unless ``--reference-loop``
-asks for :class:`~personalive_trt.runtime.offline_loop.OfflineAnimator`. :func:`animate_offline_file` reads and prepares the whole clip (every faceless frame listed in one error) and,
-on ONNX Runtime / TensorRT, checks that the engines hold the keyframe banks the clip can append
-(:func:`engine_bank_config`) before any network opens, then writes exactly N frames at the driving video's fps with its audio, and
-``--side-by-side`` the original's 4-panel video (:mod:`.panels`). Both files go through a temporary file and a
-rename: an error leaves neither.
+asks for :class:`~personalive_trt.runtime.offline_loop.OfflineAnimator`. :func:`animate_offline_file` reads and
+prepares the whole clip (every faceless frame listed in one error) and, on ONNX Runtime / TensorRT, checks that
+the engines hold the keyframe banks the clip can append (:func:`engine_bank_config`), all before any network
+opens; then it writes exactly N frames at the driving video's fps with its audio, and ``--side-by-side`` the
+original's 4-panel video (:mod:`.panels`). Both files go through a temporary file and a rename: an error leaves
+neither.
 """
 from __future__ import annotations
 
