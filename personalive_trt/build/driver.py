@@ -5,7 +5,6 @@ export starts, its peak memory is estimated (:mod:`.memory`) and a build that wo
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
