@@ -89,6 +89,16 @@ class BuildRecord:
             return self.precision
         return "fp16" if "fp16" in self.precisions else "fp32"
 
+    def keyframe_banks(self, config: StreamConfig) -> int | None:
+        """The history banks the engines built for ``config``'s stream hold (``build --max-keyframes K``: K;
+        default 3), whatever ``config``'s own bank capacity; ``None`` when no build matches the rest of it."""
+        def rest(fields: dict) -> dict:
+            return {k: v for k, v in fields.items() if k not in ("max_keyframes", "bank_capacity")}
+
+        built = [StreamConfig(**{"vae": self.vae, **c}) for c in self.configs]
+        banks = [c.keyframe_banks for c in built if rest(c.engine_fields()) == rest(config.engine_fields())]
+        return max(banks) if banks else None
+
     def shapes(self, config: StreamConfig) -> StreamShapes:
         if config.vae != self.vae:
             raise BuildError(f"the engines were built for --vae {self.vae}, not --vae {config.vae}; rebuild with "

@@ -596,7 +596,7 @@ def export_all(models, shapes: StreamShapes | int | Iterable[StreamShapes | int]
             "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "weights": getattr(models, "source", "?"), "synthetic": bool(getattr(models, "synthetic", False)),
             "weights_fingerprint": fingerprint,
-            "configs": [dataclasses.asdict(s.config) | {"batch": s.batch} for s in shape_list],
+            "configs": [s.config.as_dict() | {"batch": s.batch} for s in shape_list],
             "versions": versions(), "networks": entries,
         }
         _write_json(out_dir / MANIFEST, manifest)  # after every network: a crash keeps what is done

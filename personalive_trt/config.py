@@ -3,6 +3,12 @@
 Every size the loop, the exporters, the engine profiles and the runtime buffers use
 (window, denoising steps, pile length, canvas, latent size, timesteps, bank capacity)
 is a field or a derived property of :class:`StreamConfig`.
+
+Two numbers bound the keyframes, and they differ in the offline mode: ``max_keyframes`` is how many history
+keyframes the keyframe *test* takes (the original's 3, online and offline), ``bank_capacity`` how many history
+banks the reference banks can hold (what the denoising UNet's bank axis, a built engine's profile and the
+runtime's buffers are sized for). Online they are the same number; the offline loop's sticky flag keeps
+appending banks after its 3 tested keyframes, up to ``--keyframe-limit`` (``bank_capacity``).
 """
 from __future__ import annotations
 
@@ -54,12 +60,18 @@ class StreamConfig:
             frame of the pile becomes a history keyframe.
         keyframe_start (`int`, defaults to 8): keyframes are checked once more than this many
             calls have finished (i.e. from the 10th call on with the default).
-        max_keyframes (`int`, defaults to 3): history keyframes appended to the reference banks.
+        max_keyframes (`int`, defaults to 3): history keyframes the keyframe test takes (the online loop's cap;
+            the offline loop's tested keyframes).
         vae (`Decoder` or its string, defaults to ``"full"``): the decoder of every step's frames: ``"full"`` (the released
             SD VAE decoder, ~10 of the ~35 TFLOP of a full-size step) or ``"tiny"`` (TAESD: ~0.6 TFLOP,
             a distilled approximation of the same decode; needs ``taesd/`` in the weights folder). The
             reference is always encoded by the full VAE encoder: it runs once per reference, and the
             reference UNet was trained on that encoder's latents.
+        bank_capacity (`int`, *optional*): history banks the reference banks hold (the bank axis is
+            ``1 + bank_capacity`` long at most). ``None`` (and a value equal to ``max_keyframes``, which is
+            stored as ``None``): ``max_keyframes``, the online loop's. Left out of :meth:`as_dict` while
+            ``None``, so that records written before the field existed (build.json, engine and compile keys)
+            stay byte for byte the same.
     """
 
     window: int = 4
@@ -70,9 +82,15 @@ class StreamConfig:
     keyframe_start: int = 8
     max_keyframes: int = 3
     vae: Decoder = Decoder.FULL
+    bank_capacity: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "vae", Decoder.parse(self.vae, "StreamConfig.vae"))  # "tiny" -> Decoder.TINY
+        if self.bank_capacity is not None:
+            if not isinstance(self.bank_capacity, int) or self.bank_capacity < 0:
+                raise ValueError(f"StreamConfig.bank_capacity must be an integer >= 0, got {self.bank_capacity!r}")
+            if self.bank_capacity == self.max_keyframes:  # one spelling per configuration (equal keys)
+                object.__setattr__(self, "bank_capacity", None)
         for name in ("window", "steps", "step_length", "resolution"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -88,15 +106,32 @@ class StreamConfig:
             raise ValueError("StreamConfig.max_keyframes and keyframe_start must be >= 0")
 
     # ---- derived sizes -------------------------------------------------------------------
+    def as_dict(self) -> dict:
+        """The fields as plain data, what records store (``bank_capacity`` only when set, see above)."""
+        fields = dataclasses.asdict(self)
+        if fields["bank_capacity"] is None:
+            del fields["bank_capacity"]
+        return fields
+
     def engine_fields(self) -> dict:
         """The fields a built engine depends on: every field but the keyframe decision's threshold
         and start call, which the loop reads at run time (a bench ``--keyframes K`` or a test that
         forces keyframes runs on engines built with the defaults). ``max_keyframes`` stays: it
-        sizes the reference banks."""
-        fields = dataclasses.asdict(self)
+        sizes the reference banks unless ``bank_capacity`` is set."""
+        fields = self.as_dict()
         for name in ("keyframe_threshold", "keyframe_start"):
             fields.pop(name)
         return fields
+
+    @property
+    def keyframe_banks(self) -> int:
+        """History banks the reference banks hold: ``bank_capacity``, or ``max_keyframes`` when unset."""
+        return self.max_keyframes if self.bank_capacity is None else self.bank_capacity
+
+    @property
+    def online_keyframes(self) -> int:
+        """Keyframes the online loops take: ``max_keyframes``, never more than the banks hold."""
+        return min(self.max_keyframes, self.keyframe_banks)
 
     @property
     def pile(self) -> int:

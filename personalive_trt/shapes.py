@@ -114,8 +114,8 @@ class StreamShapes:
 
     @property
     def max_bank_length(self) -> int:
-        """Banks per block: the reference plus up to ``max_keyframes`` history keyframes."""
-        return 1 + self.config.max_keyframes
+        """Banks per block: the reference plus up to ``config.keyframe_banks`` history keyframes."""
+        return 1 + self.config.keyframe_banks
 
     # ---- tensor shapes ---------------------------------------------------------------------------
     def latent_pile(self) -> tuple[int, ...]:

@@ -41,7 +41,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -143,7 +143,7 @@ def cache_key(networks, options: CompileOptions) -> dict:
     unet_config = dict(getattr(getattr(unet, "unet", unet), "config", {}))
     return {"torch": torch.__version__, "device": gpu, "capability": capability,
             "dtype": str(networks.dtype).removeprefix("torch."),
-            "config": asdict(networks.shapes.config), "unet_config": json.loads(json.dumps(unet_config, default=str)),
+            "config": networks.shapes.config.as_dict(), "unet_config": json.loads(json.dumps(unet_config, default=str)),
             "options": {"channels_last": options.channels_last, "attention": options.attention},
             "roles": list(COMPILED_ROLES), "regional": list(REGIONAL_ROLES), "regions": list(REGION_LISTS)}
 

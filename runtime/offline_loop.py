@@ -46,17 +46,16 @@ __all__ = ["DEFAULT_KEYFRAME_LIMIT", "OfflineAnimator", "OfflineReference", "Off
 #: Reference banks appended at most (``--keyframe-limit``): the original's 100-frame cap gives 28 windows,
 #: of which at most 28 - 9 = 19 can append one.
 DEFAULT_KEYFRAME_LIMIT = 20
-#: The original tests for a keyframe while its motion bank (reference motion + keyframes) holds fewer than
-#: 4 entries: 3 tested keyframes.
-TESTED_KEYFRAMES = 3
 
 
 def offline_config(keyframe_limit: int = DEFAULT_KEYFRAME_LIMIT, **fields) -> StreamConfig:
-    """The stream configuration of an offline run: ``max_keyframes`` is the bank limit, which sizes the
-    denoising UNet's bank inputs (and so a built engine); the other fields as given (defaults: the original's)."""
+    """The stream configuration of an offline run: ``bank_capacity`` is the bank limit, which sizes the
+    denoising UNet's bank inputs (and so a built engine); ``max_keyframes`` stays the original's 3 tested
+    keyframes (it tests while its motion bank, reference motion + keyframes, holds fewer than 4 entries); the
+    other fields as given (defaults: the original's)."""
     if keyframe_limit < 0:
         raise ValueError(f"keyframe_limit must be >= 0, got {keyframe_limit}")
-    return StreamConfig(max_keyframes=keyframe_limit, **fields)
+    return StreamConfig(bank_capacity=keyframe_limit, **fields)
 
 
 def min_frames(config: StreamConfig) -> int:
@@ -79,10 +78,10 @@ def window_frames(frames: int, config: StreamConfig) -> list[tuple[int, ...]]:
 
 def max_keyframe_banks(frames: int, config: StreamConfig) -> int:
     """The most reference banks an N-frame offline run can append: one per window from the first tested
-    window on (``keyframe_start + 1``), at most ``config.max_keyframes``. What a runtime sizes its bank
-    buffers for before the run starts."""
+    window on (``keyframe_start + 1``), at most ``config.keyframe_banks`` (the limit). What a runtime sizes its
+    bank buffers for before the run starts."""
     windows = len(window_frames(frames, config))
-    return min(config.max_keyframes, max(0, windows - config.keyframe_start - 1))
+    return min(config.keyframe_banks, max(0, windows - config.keyframe_start - 1))
 
 
 @dataclass(frozen=True)
@@ -133,6 +132,9 @@ class OfflineAnimator(Animator):
             be built for ``config``.
         config (`StreamConfig`, *optional*): defaults to :func:`offline_config` (bank limit 20).
         noise, seed, trace: as for :class:`~personalive_trt.runtime.reference_loop.Animator`.
+        keyframe_limit (`int`, *optional*): banks appended at most (``--keyframe-limit``); defaults to
+            ``config.keyframe_banks``. Lower when the networks hold more banks than the run may append (engines
+            built with ``build --max-keyframes K`` serve every limit up to K).
 
     :meth:`fuse_reference` takes a :class:`PreparedReference` and :meth:`step` / ``step_float`` /
     ``step_conditions`` an :class:`OfflineWindow` (a step returns the decoded x0 of the pile's oldest chunk; the
@@ -141,8 +143,15 @@ class OfflineAnimator(Animator):
     """
 
     def __init__(self, models: Models | Networks, config: StreamConfig | None = None, noise: NoiseFn | None = None,
-                 seed: int = 42, trace: dict | None = None) -> None:
-        super().__init__(models, config or offline_config(), noise=noise, seed=seed, trace=trace)
+                 seed: int = 42, trace: dict | None = None, keyframe_limit: int | None = None) -> None:
+        config = config or offline_config()
+        if keyframe_limit is None:
+            keyframe_limit = config.keyframe_banks
+        if not 0 <= keyframe_limit <= config.keyframe_banks:
+            raise ValueError(f"OfflineAnimator: keyframe_limit {keyframe_limit} is not in 0..{config.keyframe_banks} "
+                             "(the banks the configuration holds)")
+        self.keyframe_limit = keyframe_limit
+        super().__init__(models, config, noise=noise, seed=seed, trace=trace)
 
     @property
     def description(self) -> str:
@@ -191,7 +200,7 @@ class OfflineAnimator(Animator):
     def _keyframe_wanted(self, motion_states: torch.Tensor, trace: dict | None) -> bool:
         """Does this window append a reference bank? (host decision, once per window)."""
         cfg = self.config
-        tested = self.count > cfg.keyframe_start and self.motion_bank.shape[1] < 1 + TESTED_KEYFRAMES
+        tested = self.count > cfg.keyframe_start and self.motion_bank.shape[1] < cfg.motion_bank_capacity
         if tested:
             newest = motion_states[:, -cfg.window:]
             distances = torch.cdist(newest.flatten(2)[0].float(), self.motion_bank.flatten(2)[0].float())
@@ -202,4 +211,4 @@ class OfflineAnimator(Animator):
             trace.update(keyframe_tested=tested, add_flag=self.add_flag)
             if tested:
                 trace.update(keyframe_distances=distances)
-        return self.add_flag and len(self.keyframe_banks) < cfg.max_keyframes
+        return self.add_flag and len(self.keyframe_banks) < self.keyframe_limit

@@ -377,7 +377,7 @@ class Animator:
     def _keyframe_wanted(self, motion_states: torch.Tensor, trace: dict | None) -> bool:
         """Is the pile's first frame a new history keyframe? (host decision, once per call)."""
         cfg = self.config
-        if self.count <= cfg.keyframe_start or len(self.keyframe_banks) >= cfg.max_keyframes:
+        if self.count <= cfg.keyframe_start or len(self.keyframe_banks) >= cfg.online_keyframes:
             # With all keyframes taken the original still grows its motion bank, but nothing
             # reads it any more, so skipping the test changes no output.
             return False

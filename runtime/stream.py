@@ -51,7 +51,8 @@ from personalive_trt.engines.backends import OnnxRuntimeBackend, TensorRTBackend
 from personalive_trt.engines.folder import read_build
 from personalive_trt.engines.networks import Networks
 from personalive_trt.runtime.open import open_networks
-from personalive_trt.runtime.reference_loop import NonFiniteError, check_frames, encode_reference, write_banks
+from personalive_trt.runtime.reference_loop import (NonFiniteError, Reference, check_frames, encode_reference,
+                                                    write_banks)
 from personalive_trt.models.scheduler import DDIMSchedule
 
 NoiseFn = Callable[[torch.Tensor], object]
@@ -214,7 +215,7 @@ class StreamRuntime:
         """Every buffer the loop touches, once. Shapes come from ``self.shapes`` only."""
         s, cfg, dev, dt = self.shapes, self.config, self.device, self.dtype
         W, P, R = cfg.window, cfg.pile, cfg.resolution
-        cap = s.max_bank_length
+        cap = self._bank_length_capacity()
         zeros = lambda *shape, dtype=dt: torch.zeros(shape, dtype=dtype, device=dev)  # noqa: E731
         pin = dev.type == "cuda"
         host = lambda *shape, dtype: torch.zeros(shape, dtype=dtype, pin_memory=pin)  # noqa: E731
@@ -229,7 +230,7 @@ class StreamRuntime:
         self.latent_pile = zeros(*s.latent_pile())
         self.motion_pile = zeros(*s.motion_states(P))
         self.pose_pile = zeros(*s.pose_features(P))
-        self.motion_bank = zeros(1, cap, *s.motion_states(1)[2:])
+        self.motion_bank = zeros(1, max(cap, cfg.motion_bank_capacity), *s.motion_states(1)[2:])
         unet_dtypes = self.nets.backends["denoising_unet"].input_dtypes
         self.kv = [tuple(zeros(*s.bank(i, cap), dtype=unet_dtypes[name]) for name in names)
                    for i, names in enumerate(self.nets.kv_names)]
@@ -257,6 +258,10 @@ class StreamRuntime:
             self._in_free = [ReadyEvent() for _ in range(self.ring)]
             self._done = [ReadyEvent() for _ in range(self.ring)]
 
+    def _bank_length_capacity(self) -> int:
+        """Banks the key/value slot buffers hold (reference + history keyframes): what the networks hold."""
+        return self.shapes.max_bank_length
+
     def state_buffers(self) -> dict[str, torch.Tensor]:
         """Every device buffer of the loop, by name (their addresses never change)."""
         named = {name: value for name, value in vars(self).items() if isinstance(value, torch.Tensor)
@@ -277,11 +282,15 @@ class StreamRuntime:
     @torch.no_grad()
     def fuse_reference(self, image: np.ndarray) -> None:
         """Encode a reference portrait ((R,R,3) uint8 RGB) into the reference buffers and prime the pile."""
+        self._fuse(lambda: encode_reference(self.nets, self.config, image))
+
+    def _fuse(self, encode: Callable[[], Reference]) -> None:
+        """Encode a reference (``encode``, on the runtime's stream) into the reference buffers; prime the pile."""
         if self.reference_fused:
             raise RuntimeError("fuse_reference: a reference is already fused; call reset() or swap_reference()")
         self._drain()
         with self._on_stream():
-            reference = encode_reference(self.nets, self.config, image)
+            reference = encode()
             self.clip_embeds.copy_(reference.clip_embeds)
             self.ref_latent.copy_(reference.latent)
             self.ref_image.copy_(reference.image.unsqueeze(0))
@@ -309,6 +318,11 @@ class StreamRuntime:
         """
         cfg = self.config
         check_frames(frames, cfg.window, cfg.resolution)
+        return self._submit(lambda slot: np.copyto(self._host_in_np[slot], frames), [(self.frames_in, self.host_in)])
+
+    def _submit(self, stage: Callable[[int], object], uploads: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Enqueue one call whose inputs ``stage(slot)`` writes into the pinned ring slot ``slot`` of each
+        ``(device buffer, host ring)`` of ``uploads``."""
         if not self.reference_fused:
             raise RuntimeError("submit: no reference fused; call fuse_reference(image) first")
         if len(self._pending) >= self.ring:
@@ -316,11 +330,12 @@ class StreamRuntime:
         slot = self.count % self.ring
         # The slot's previous input copy has long finished in practice; this wait only guards the ring.
         self._in_free[slot].synchronize()
-        np.copyto(self._host_in_np[slot], frames)
+        stage(slot)
         add_keyframe = self._keyframe_from_previous_call()
         index = self.count
         with torch.no_grad(), self._on_stream():
-            self.frames_in.copy_(self.host_in[slot], non_blocking=True)
+            for device_buffer, host_ring in uploads:
+                device_buffer.copy_(host_ring[slot], non_blocking=True)
             self._record(self._in_free[slot])
             if add_keyframe:
                 self._run(("keyframe", self.keyframes + 1))
@@ -382,18 +397,22 @@ class StreamRuntime:
         cfg = self.config
         if index == 0:
             return ("first",)
-        check = index > cfg.keyframe_start and self.keyframes < cfg.max_keyframes
+        check = index > cfg.keyframe_start and self.keyframes < cfg.online_keyframes
         return ("steady", self.keyframes, check)
 
     def all_keys(self) -> list[tuple]:
         """Every kind of call a stream can make (one CUDA graph each)."""
         cfg = self.config
         keys = [("first",), ("steady", 0, False)]
-        keys += [("steady", k, True) for k in range(cfg.max_keyframes)]
-        if cfg.max_keyframes:
-            keys.append(("steady", cfg.max_keyframes, False))
-        keys += [("keyframe", slot) for slot in range(1, cfg.max_keyframes + 1)]
+        keys += [("steady", k, True) for k in range(cfg.online_keyframes)]
+        if cfg.online_keyframes:
+            keys.append(("steady", cfg.online_keyframes, False))
+        keys += [("keyframe", slot) for slot in range(1, cfg.online_keyframes + 1)]
         return keys
+
+    def graph_keys(self) -> list[tuple]:
+        """The kinds of call captured as CUDA graphs (the others run eager): every kind, here."""
+        return self.all_keys()
 
     def _run(self, key: tuple) -> None:
         graph = self.graphs.get(key)
@@ -405,10 +424,12 @@ class StreamRuntime:
     def _body(self, key: tuple) -> None:
         if key[0] == "first":
             self._advance(first=True)
-            self._denoise_and_decode(keyframes=0, check=False)
+            self._denoise_and_decode(keyframes=0, test=None, keep_latent=False)
         elif key[0] == "steady":
             self._advance(first=False)
-            self._denoise_and_decode(keyframes=key[1], check=key[2])
+            keyframes, check = key[1], key[2]
+            self._denoise_and_decode(keyframes, test=(lambda: self._keyframe_test(keyframes)) if check else None,
+                                     keep_latent=check)
         else:
             self._write_keyframe(key[1])
 
@@ -428,23 +449,10 @@ class StreamRuntime:
     def _advance(self, first: bool) -> None:
         """Keypoints, pose features and motion states of the new frames; shifts them into the piles."""
         cfg, nets, dt = self.config, self.nets, self.dtype
-        W, P, warmup = cfg.window, cfg.pile, cfg.warmup_frames
-        images = (self.frames_in.permute(0, 3, 1, 2).float() / 255.0 * 2 - 1).to(dt)
-        cond = F.interpolate(images, size=(COND_SIZE, COND_SIZE), mode="bilinear", align_corners=False) / 2 + 0.5
-        detector = nets.pose_encoder(cond)
-        if first:
-            self.frame0_t.copy_(detector["t"][:1])
-            kp_draw, kps_dri = kp.warmup_keypoints(self.ref_detector, None, detector, num_interp=warmup + 1)
-        else:
-            kp_draw, kps_dri = kp.transfer_keypoints(self.ref_detector, {"t": self.frame0_t}, detector)
-        kp_draw, kps_dri = self._finite_keypoints(kp_draw, kps_dri)
-        maps = kp.draw_keypoints(kp_draw, size=cfg.resolution)
-        faces = crop_faces_device(images, kp.face_boxes(kps_dri, size=cfg.resolution))
-        if first:
-            ref_face = crop_faces_device(self.ref_image, kp.face_boxes(kp_draw[:1], size=cfg.resolution))
-            faces = torch.cat([ref_face, faces])
+        W, warmup = cfg.window, cfg.warmup_frames
+        kp_draw, faces = self._driving_conditions(first)
         motion = nets.motion_encoder(faces.transpose(0, 1).unsqueeze(0))
-        pose = nets.pose_guider(maps.to(dt).transpose(0, 1).unsqueeze(0))
+        pose = nets.pose_guider(kp.draw_keypoints(kp_draw, size=cfg.resolution).to(dt).transpose(0, 1).unsqueeze(0))
         if first:
             ref_motion, driving = motion[:, :1], motion[:, 1:]
             warm = (1 - self.warm_alphas) * ref_motion + self.warm_alphas * driving[:, :1]
@@ -459,7 +467,26 @@ class StreamRuntime:
         self.noise(self.noise_buffer)
         fresh = self.ref_latent.unsqueeze(2).expand(-1, -1, W, -1, -1)
         fresh = self.schedule.add_noise(fresh, self.noise_buffer, self.timesteps[-1:])
-        self.latent_pile[:, :, P - W:].copy_(fresh)
+        self.latent_pile[:, :, cfg.pile - W:].copy_(fresh)
+
+    def _driving_conditions(self, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new frames' keypoints to draw and the face crops for the motion encoder (on the first call the
+        warm-up glide's keypoints and the reference face first), from ``frames_in``."""
+        cfg, nets, dt = self.config, self.nets, self.dtype
+        images = (self.frames_in.permute(0, 3, 1, 2).float() / 255.0 * 2 - 1).to(dt)
+        cond = F.interpolate(images, size=(COND_SIZE, COND_SIZE), mode="bilinear", align_corners=False) / 2 + 0.5
+        detector = nets.pose_encoder(cond)
+        if first:
+            self.frame0_t.copy_(detector["t"][:1])
+            kp_draw, kps_dri = kp.warmup_keypoints(self.ref_detector, None, detector, num_interp=cfg.warmup_frames + 1)
+        else:
+            kp_draw, kps_dri = kp.transfer_keypoints(self.ref_detector, {"t": self.frame0_t}, detector)
+        kp_draw, kps_dri = self._finite_keypoints(kp_draw, kps_dri)
+        faces = crop_faces_device(images, kp.face_boxes(kps_dri, size=cfg.resolution))
+        if first:
+            ref_face = crop_faces_device(self.ref_image, kp.face_boxes(kp_draw[:1], size=cfg.resolution))
+            faces = torch.cat([ref_face, faces])
+        return kp_draw, faces
 
     def _finite_keypoints(self, *keypoints: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Flag non-finite keypoints on the device and make them safe to draw and to crop with.
@@ -475,11 +502,14 @@ class StreamRuntime:
         return tuple(torch.nan_to_num(k, nan=0.0, posinf=0.0, neginf=0.0).clamp(-KEYPOINT_LIMIT, KEYPOINT_LIMIT)
                      for k in keypoints)
 
-    def _denoise_and_decode(self, keyframes: int, check: bool) -> None:
+    def _denoise_and_decode(self, keyframes: int, test: Callable[[], None] | None, keep_latent: bool,
+                            decode: bool = True) -> None:
+        """The UNet over ``keyframes`` history banks, the DDIM step and (``decode``) the frames; ``test`` (the
+        keyframe test, before the UNet) and ``keep_latent`` (the pile's first x0 kept for a keyframe write)."""
         cfg, dt = self.config, self.dtype
         W = cfg.window
-        if check:
-            self._keyframe_test(keyframes)
+        if test is not None:
+            test()
         length = keyframes + 1
         kv = [tuple(t[:, : length * bank.tokens] for t in pair) for pair, bank in zip(self.kv, self.shapes.banks)]
         noise_pred = self.nets.denoising_unet(self.latent_pile, self.timesteps, self.clip_embeds, self.motion_pile,
@@ -487,9 +517,12 @@ class StreamRuntime:
         fold = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731  (1,C,F,h,w) -> (F,C,h,w)
         prev, clean = self.schedule.step(fold(noise_pred).float(), self.timesteps, fold(self.latent_pile).float())
         stepped = torch.cat([clean[:W], prev[W:]]).to(dt)
-        if check:
+        if keep_latent:
             self.keyframe_latent.copy_(clean[:1])
         self.latent_pile[:, :, : cfg.pile - W].copy_(stepped[W:].unsqueeze(0).transpose(1, 2))
+        if not decode:  # a frame nobody sees (the offline mode's warm-up windows)
+            self.flags[FLAG_NONFINITE].copy_(~torch.isfinite(stepped).all())
+            return
         video = self.nets.vae_decoder(stepped[:W]).permute(0, 2, 3, 1)
         self.video.copy_(video)
         self.frames_out.copy_((self.video.float() * 255).to(torch.uint8))  # truncation, like the original
@@ -557,7 +590,7 @@ class StreamRuntime:
         """
         with _generator_saved(self.generator):
             pool = None
-            for key in self.all_keys():
+            for key in self.graph_keys():
                 with torch.no_grad(), torch.cuda.stream(self.stream):
                     self._body(key)  # warm-up
                 self.stream.synchronize()

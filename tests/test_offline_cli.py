@@ -64,6 +64,24 @@ def test_offline_run_writes_exactly_n_frames_at_the_driving_fps_with_its_audio(o
     assert sorted(p.name for p in folder.iterdir()) == ["out.mp4", "side.mp4"]  # no temporary files left
 
 
+def test_offline_runtime_is_the_default_loop(tmp_path):
+    """Without --reference-loop the offline mode runs on the streaming runtime's offline variant (same
+    stand-ins and canvas as ``offline_run``; the numbers are tests/test_offline_stream.py's): N frames out."""
+    from personalive_trt.runtime import animator
+    from test_offline import with_stand_ins
+
+    opened = animator.open_session_networks
+    out = tmp_path / "out.mp4"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(OfflineOptions.__init__.__kwdefaults__, "resolution", CANVAS)
+        patch.setattr(animator, "open_session_networks", lambda *a, **k: with_stand_ins(
+            opened(*a, **k), ("pose_encoder", "motion_encoder", "denoising_unet"))[0])
+        result = invoke(*OFFLINE, "--output", str(out), "--max-frames", "16")
+    assert result.exit_code == 0, result.output
+    assert "offline stream runtime (eager)" in result.output and "(16 frames" in result.output
+    assert len(read_all(out)) == 16 and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
+
+
 def test_side_by_side_video_shows_reference_face_crop_driving_and_generated_frames(offline_run):
     """16 frames of 4 panels (2058x516: 512 panels, make_grid's 2-pixel border); frames 0 and 15 against the
     panel row rebuilt here from its sources: the reference, driving frame i's FaceMesh crop, driving frame i and
@@ -98,9 +116,6 @@ def test_side_by_side_video_shows_reference_face_crop_driving_and_generated_fram
     (("--reference-loop", "--fps", "25"), ("--fps and --loop", "live mode")),
     (("--reference-loop", "--loop"), ("--fps and --loop", "live mode")),
     (("--reference-loop", "--preview"), ("--preview", "live mode's")),
-    (("--reference-loop", "--backend", "onnxruntime"), ("not supported yet in --mode offline", "--backend onnxruntime",
-                                                        "use --backend torch")),
-    ((), ("not supported yet in --mode offline", "streaming runtime", "use --reference-loop")),
     (("--reference-loop", "--compile", "on"), ("--compile on",)),
     (("--reference-loop", "--keyframe-limit", "-1"), ("--keyframe-limit -1",)),
     (("--reference-loop", "--max-frames", "14"), ("sample_driving.mp4: 14 frames (capped at --max-frames 14)", "at least 16")),
@@ -129,11 +144,13 @@ def test_offline_only_options_and_live_sources_are_refused_in_one_line(tmp_path)
 
 
 def test_keyframe_limit_sizes_the_bank_and_the_options_resolve_before_anything_loads():
-    """``--keyframe-limit`` is the bank limit of the run's configuration (default 20); the other fields are the
-    original's (window 4, the 512 canvas), and nothing but the choices is resolved by the check."""
+    """``--keyframe-limit`` is the bank limit of the run's configuration (default 20) while the keyframe test
+    keeps the original's 3 tested keyframes; the other fields are the original's (window 4, the 512 canvas),
+    and nothing but the choices is resolved by the check."""
     given = OfflineOptions(reference="sample", driving="sample", output="o.mp4", reference_loop=True,
                            weights="synthetic", device="cpu", keyframe_limit=5).check()
     default = OfflineOptions(reference="sample", driving="sample", output="o.mp4", reference_loop=True,
                              weights="synthetic", device="cpu").check()
-    assert given.config.max_keyframes == 5 and default.config.max_keyframes == 20
+    assert given.config.keyframe_banks == 5 and default.config.keyframe_banks == 20
+    assert given.config.max_keyframes == default.config.max_keyframes == 3
     assert default.config.window == 4 and default.config.resolution == 512 and str(default.device) == "cpu"

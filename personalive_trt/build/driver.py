@@ -5,7 +5,6 @@ export starts, its peak memory is estimated (:mod:`.memory`) and a build that wo
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -66,12 +65,17 @@ def build(
     log: Callable[[str], None] = print,
     vae: str = "full",
     memory_check: bool = True,
+    max_keyframes: int | None = None,
 ) -> BuildRecord:
     """Export (and for TensorRT, build) everything ``run --backend <backend>`` needs.
 
     Before an export starts, its estimated peak host memory is compared with what this process may use
     (:mod:`personalive_trt.build.memory`); a build that would not fit raises :class:`BuildError` in one line
     and writes nothing (not even ``engines_dir``). ``memory_check=False`` skips that check.
+
+    ``max_keyframes`` (``--max-keyframes K``): the history banks the engines hold, the bank-length profile's max
+    1 + K (default: the online loop's 3); an offline run (``run --mode offline``) needs up to its
+    ``--keyframe-limit``. Recorded in build.json's configs (``bank_capacity``) only when it differs from 3.
     """
     if backend not in DEFAULT_PRECISION:
         raise ValueError(f"--backend {backend!r}: expected one of {sorted(DEFAULT_PRECISION)}")
@@ -87,7 +91,9 @@ def build(
     engines_dir = Path(engines_dir)
     started = time.perf_counter()
     vae = StreamConfig(vae=vae).vae  # a Decoder from here on (a bad value: StreamConfig's one-line error)
-    configs = [StreamConfig(window=w, resolution=resolution, vae=vae) for w in windows]
+    if max_keyframes is not None and (not isinstance(max_keyframes, int) or max_keyframes < 0):
+        raise ValueError(f"--max-keyframes {max_keyframes!r}: expected 0 or more history banks")
+    configs = [StreamConfig(window=w, resolution=resolution, vae=vae, bank_capacity=max_keyframes) for w in windows]
     kind, location = parse_weights_spec(weights)
     if kind == "synthetic":
         log(SYNTHETIC_NOTICE.format(spec=weights))  # the notice `run` prints, also for --weights auto
@@ -124,7 +130,7 @@ def build(
                 "cannot check these engines; build --force to store them")
 
     record = BuildRecord(weights=str(weights), fingerprint=fingerprint, unet_config=_plain(unet_config),
-                         configs=[dataclasses.asdict(c) for c in configs], precisions=precisions, backend=backend,
+                         configs=[c.as_dict() for c in configs], precisions=precisions, backend=backend,
                          overrides=overrides, vae=vae, precision=precision)
     if backend is Backend.TENSORRT:
         engine_paths(record, engines_dir, shapes_list, overrides, allow_build=True, log=log)

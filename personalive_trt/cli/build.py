@@ -25,6 +25,10 @@ def build(
     skip_memory_check: bool = typer.Option(False, "--skip-memory-check",
                                            help="Start even when the estimated peak memory exceeds what this "
                                            "process may use (the kernel may then kill the build)."),
+    max_keyframes: Optional[int] = typer.Option(None, "--max-keyframes", help="History keyframe banks the engines "
+                                                "hold (bank-length profile max 1+K; default 3, the online loop's). "
+                                                "`run --mode offline` on these engines needs K >= the banks its "
+                                                "clip appends (at most --keyframe-limit, default 20)."),
     compile_flag: bool = typer.Option(False, "--compile", help="With --backend torch: compile every window's "
                                       "networks on this machine's default device into ENGINES/torch_compile, so "
                                       "that `run`/`serve`/`bench --compile auto` start warm."),
@@ -34,6 +38,8 @@ def build(
 
     if compile_flag != (backend == "torch"):
         fail("--compile goes with --backend torch (it fills the compile cache; torch has no engines to build)")
+    if max_keyframes is not None and (compile_flag or backend == "torch"):
+        fail("--max-keyframes sizes the engines of --backend tensorrt/onnxruntime; torch sizes its banks at run time")
     if compile_flag:
         from personalive_trt.build.compile_cache import warm_cache
 
@@ -56,7 +62,7 @@ def build(
     try:
         record = build_all(resolve_weights(weights), engines, backend=backend, windows=window, vae=vae,
                            precision=precision, precision_overrides=overrides, force=force,
-                           memory_check=not skip_memory_check)
+                           memory_check=not skip_memory_check, max_keyframes=max_keyframes)
     except user_errors() as exc:
         fail(str(exc))
     typer.echo(f"engines ready in {engines} ({record.backend}, {', '.join(record.precisions)}, "

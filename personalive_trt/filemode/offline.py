@@ -41,6 +41,7 @@ from personalive_trt.runtime.offline_loop import (
     window_frames,
 )
 from personalive_trt.runtime.reference_loop import clip_pixels, frames_to_tensor
+from personalive_trt.runtime.offline_stream import OfflineStreamRuntime
 
 __all__ = ["PreparedClip", "animate_offline", "offline_frame_count", "prepare_driving", "prepare_reference"]
 
@@ -125,9 +126,12 @@ def prepare_driving(frames: Iterable[np.ndarray], mesh: FaceMesh, config: Stream
     return PreparedClip(cond=np.stack(cond[:count]), faces=np.stack(faces[:count]), crops=tuple(crops[:count]))
 
 
-def animate_offline(animator: OfflineAnimator, clip: PreparedClip) -> Iterator[np.ndarray]:
-    """Run a prepared clip through a fused animator: yields the N output frames, a window ((W,R,R,3) uint8)
-    at a time, driving frames 0..N-1 in order."""
+def animate_offline(animator: OfflineAnimator | OfflineStreamRuntime, clip: PreparedClip) -> Iterator[np.ndarray]:
+    """Run a prepared clip through a fused animator (the offline loop or the offline runtime): yields the N
+    output frames, a window ((W,R,R,3) uint8) at a time, driving frames 0..N-1 in order."""
+    if isinstance(animator, OfflineStreamRuntime):
+        yield from animator.animate(clip)
+        return
     cfg = animator.config
     for index, frames in enumerate(window_frames(clip.frames, cfg)):
         video = animator.step(clip.window(frames, animator.device, animator.dtype))

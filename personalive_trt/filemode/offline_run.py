@@ -2,26 +2,32 @@
 
 :class:`OfflineOptions` holds the run's choices and refuses, in one line and before anything loads, every option
 that has no meaning here (``--window`` other than 4, ``--no-crop``, a live source, ``--fps``/``--loop``/
-``--preview``/``--virtual-camera``) and every path not supported yet (the streaming runtime, the engine
-backends). :func:`animate_offline_file` reads and prepares the whole clip (every faceless frame listed in one
-error) before any network opens, then writes exactly N frames at the driving video's fps with its audio, and
-``--side-by-side`` the original's 4-panel video (:mod:`.panels`). Both files go through a temporary file and a
-rename: an error leaves neither.
+``--preview``/``--virtual-camera``). The loop is the streaming runtime's offline variant
+(:class:`~personalive_trt.runtime.offline_stream.OfflineStreamRuntime`, any backend) unless ``--reference-loop``
+asks for :class:`~personalive_trt.runtime.offline_loop.OfflineAnimator`. :func:`animate_offline_file` reads and
+prepares the whole clip (every faceless frame listed in one error) and, on ONNX Runtime / TensorRT, checks that
+the engines hold the keyframe banks the clip can append (:func:`engine_bank_config`), all before any network
+opens; then it writes exactly N frames at the driving video's fps with its audio, and ``--side-by-side`` the
+original's 4-panel video (:mod:`.panels`). Both files go through a temporary file and a rename: an error leaves
+neither.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from personalive_trt.choices import Backend
+from personalive_trt.choices import Backend, GraphsMode
 from personalive_trt.config import StreamConfig
 from personalive_trt.filemode.animate import RunOptions, RunStats
 from personalive_trt.filemode.offline import animate_offline, prepare_driving, prepare_reference
 from personalive_trt.filemode.panels import SidePanels
-from personalive_trt.runtime.offline_loop import DEFAULT_KEYFRAME_LIMIT, OfflineAnimator, offline_config
+from personalive_trt.runtime.offline_loop import (DEFAULT_KEYFRAME_LIMIT, OfflineAnimator, max_keyframe_banks,
+                                                  offline_config)
+from personalive_trt.runtime.offline_stream import OfflineStreamRuntime
 
-__all__ = ["OfflineOptions", "animate_offline_file"]
+__all__ = ["OfflineOptions", "animate_offline_file", "engine_bank_config"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,18 +65,35 @@ class OfflineOptions(RunOptions):
         if not self.crop:
             raise ValueError("--no-crop: --mode offline always crops the face with FaceMesh and feeds the whole "
                              "frame to the pose encoder, as the original's offline script")
-        if self.backend is not Backend.TORCH:
-            raise ValueError(f"not supported yet in --mode offline: --backend {self.backend} (its engines hold no "
-                             "growing keyframe bank yet); use --backend torch --reference-loop")
-        if not self.reference_loop:
-            raise ValueError("not supported yet in --mode offline: the streaming runtime; use --reference-loop "
-                             "(the offline mode runs on the reference loop)")
         if self.bank_limit < 0:
             raise ValueError(f"--keyframe-limit {self.bank_limit}: expected 0 or more reference banks")
         if self.output is None:
             raise ValueError("--output is required with --mode offline")
         if self.side_by_side is not None and Path(self.side_by_side).resolve() == Path(self.output).resolve():
             raise ValueError(f"--side-by-side {self.side_by_side}: the same file as --output")
+
+
+def engine_bank_config(engines: Path | None, config: StreamConfig, frames: int,
+                       keyframe_limit: int) -> tuple[StreamConfig, int]:
+    """The configuration to open built engines with for an N-frame offline run, and the run's keyframe limit.
+
+    The engines hold the history banks they were built for (``build --max-keyframes K``, default 3), and the
+    run appends up to :func:`max_keyframe_banks` of them; more than K is refused here in one line, before any
+    network opens. Otherwise the run opens the engines with their own bank capacity and stops at
+    ``min(keyframe_limit, K)`` banks (which is at least what the clip can append)."""
+    from personalive_trt.engines.folder import DEFAULT_ENGINES_DIR, read_build
+
+    folder = Path(engines or DEFAULT_ENGINES_DIR)
+    built = read_build(folder).keyframe_banks(config)
+    if built is None:  # no engines for this window/canvas/decoder: load_networks names what the folder holds
+        return config, keyframe_limit
+    needed = max_keyframe_banks(frames, config)
+    if needed > built:
+        raise ValueError(f"--mode offline: {frames} frames append up to {needed} keyframe banks (--keyframe-limit "
+                         f"{keyframe_limit}), but the engines in {folder} hold {built}; rebuild them with "
+                         f"`personalive-trt build --max-keyframes {needed} --engines {folder}` or lower "
+                         "--keyframe-limit or --max-frames")
+    return dataclasses.replace(config, bank_capacity=built), min(keyframe_limit, built)
 
 
 def animate_offline_file(options: OfflineOptions, progress: bool = True) -> RunStats:
@@ -100,9 +123,17 @@ def animate_offline_file(options: OfflineOptions, progress: bool = True) -> RunS
             clip = prepare_driving(reader, mesh, config, str(driving_path), max_frames=options.max_frames)
 
     o = animation.options
+    keyframe_limit = options.bank_limit
+    if o.backend is not Backend.TORCH:
+        config, keyframe_limit = engine_bank_config(o.engines, config, clip.frames, keyframe_limit)
     networks = open_session_networks(animation.weights, o.backend, o.engines, animation.device, animation.dtype,
                                      config, o.animator_loop, o.compile)
-    animator = OfflineAnimator(networks, config, seed=o.seed)
+    if o.reference_loop:
+        animator = OfflineAnimator(networks, config, seed=o.seed, keyframe_limit=keyframe_limit)
+    else:  # its bank slots sized for this clip (or a one-line MemoryError when they would not fit)
+        graphs = {GraphsMode.ON: True, GraphsMode.OFF: False}.get(o.cuda_graphs)
+        animator = OfflineStreamRuntime(networks, clip.frames, config, keyframe_limit=keyframe_limit, seed=o.seed,
+                                        graphs=graphs)
     animator.fuse_reference(reference)
     resolution = config.resolution
     start = time.perf_counter()
