@@ -33,7 +33,7 @@ RAY_FILES = ("tests/test_ray.py", "tests/test_ray_cli.py", "tests/test_browser.p
 # The files that compare against the parity stream's session fixtures (conftest's parity_torch_stream,
 # parity_animator_stream, parity_onnx_build: minutes each) run on one worker too, so that each fixture is
 # computed once, not once per worker (the rehearsal of 2026-12-07 computed them on both: ~5 min twice).
-PARITY_FILES = ("tests/test_runtime.py", "tests/test_tensorrt_glue.py", "tests/test_build.py")
+PARITY_FILES = ("tests/test_runtime.py", "tests/test_tensorrt_glue.py", "tests/test_build.py", "tests/test_offline_engines.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
