@@ -163,7 +163,7 @@ def run_offline_benchmark(options: BenchOptions, log: Callable[[str], None]) -> 
         "vae": config.vae,
         "config": {"vae": config.vae, "window": config.window, "steps": config.steps, "resolution": config.resolution,
                    "keyframe_threshold": config.keyframe_threshold, "keyframe_start": config.keyframe_start,
-                   "keyframe_limit": config.max_keyframes},
+                   "keyframe_limit": config.keyframe_banks},
         "prepare_s": round(prepare_s, 3),
         "setup_s": round(setup_s, 3),
         **figures,
