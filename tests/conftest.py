@@ -59,6 +59,11 @@ def pytest_xdist_make_scheduler(config, log):
             if self._pending_of(self.assigned_work[node]) <= 1:
                 self._assign_work_unit(node)
 
+    # xdist orders the units by their number of tests (most first) unless told not to: that put the golden
+    # stream (2 tests) and the offline golden (13) behind dozens of short files, and the last of them ran alone at
+    # the end (the 16:30 UTC rehearsal of 2026-12-07: one worker busy 2523 s, the other 1749 s). Keep the order of
+    # pytest_collection_modifyitems: the slow files first.
+    config.option.loadscopereorder = False
     return FilesAndRay(config, log)
 
 

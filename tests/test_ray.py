@@ -560,6 +560,9 @@ def test_a_failed_animator_ends_its_session_and_ray_replaces_its_replica(base, r
         assert survivor.frames(12) >= 12  # the other replica's session goes on
         # the failed replica fails its health checks; Ray stops it and starts a new one
         def replaced():
+            # the survivor streams on meanwhile, as a live client does: silent, its session would end under the idle
+            # rule (SETTINGS.idle_timeout, 30 s) on a loaded machine that takes that long to replace the replica
+            survivor.frames(1, seconds=1.0)
             pids = {r["pid"] for r in health(base)["replicas"]}
             return pids if len(pids) == 2 and victim.pid not in pids else None
 
