@@ -13,7 +13,8 @@ fitted, and says which of its terms are exact:
   when no weights folder is given). ``--vae tiny`` loads TAESD besides the full VAE (its encoder encodes the
   reference).
 * ``state`` (exact): the streaming runtime's device buffers (piles, key/value banks for the reference + the bank
-  capacity ``keyframe_banks``, frames), allocated by the runtime's own allocation code on the meta device, so this cannot drift from it.
+  capacity ``keyframe_banks``, frames), allocated by the runtime's own allocation code on the meta device, so this
+  cannot drift from it.
 * ``outputs`` (exact): every network backend's output buffers at its profile maximum (``EngineBackend.allocate``).
 * ``widest`` (derived): the largest activation of a per-step network, :func:`personalive_trt.build.memory.activation_bytes`
   in the run's dtype (the network's inputs and outputs at their largest shapes, or for the VAE decoder its widest
