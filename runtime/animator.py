@@ -146,6 +146,11 @@ class Animation:
                              cuda_graphs=o.cuda_graphs, self_check=o.self_check)
 
 
+def to_stderr(line: str) -> None:
+    """Where the open path says what it does (backend, device, compile, self-check): the user's terminal."""
+    print(line, file=sys.stderr)
+
+
 def open_replica_animator(options: AnimatorOptions) -> Animator | StreamRuntime:
     """``serve --ray``: runs on each replica, so its device is resolved there, where its GPU is."""
     return options.check().open()
@@ -183,7 +188,6 @@ def open_animator(
                         seed=seed)
     # The self-check compares the compiled networks with the eager ones: open those, and compile in the check.
     networks = open_session_networks(weights, backend, engines, device, dtype, config, loop, CompileMode.OFF)
-    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
     options = resolve_compile(compile, backend, engines, None if backend.runs_engines else networks, loop)
     explicit = {feature: option for feature, option, mode in (("compile", "--compile on", compile),
                                                               ("graphs", "--cuda-graphs on", cuda_graphs))
@@ -191,11 +195,11 @@ def open_animator(
     engines_dir = Path(engines or DEFAULT_ENGINES_DIR)
     started = open_checked(
         networks, config, backend=backend.value,
-        compile=None if options is None else lambda eager: compile_logged(eager, options, say),
+        compile=None if options is None else lambda eager: compile_logged(eager, options, to_stderr),
         graphs={GraphsMode.AUTO: None, GraphsMode.ON: True, GraphsMode.OFF: False}[cuda_graphs],
         explicit=explicit, engines_dir=engines_dir,
         known_answers=read_record(engines_dir) if backend.runs_engines else None,
-        check=self_check, say=say, seed=seed)
+        check=self_check, say=to_stderr, seed=seed)
     return started.runtime
 
 
@@ -220,7 +224,7 @@ def open_session_networks(
     else:
         validate_weights_folder(Path(location))
     return open_networks(backend, config=config, device=device, dtype=dtype, weights=weights, engines=engines,
-                         compile=compile, loop=loop, log=lambda line: print(line, file=sys.stderr))
+                         compile=compile, loop=loop, log=to_stderr)
 
 
 __all__ = ["Animation", "AnimatorOptions", "SessionOptions", "open_animator", "open_replica_animator",
