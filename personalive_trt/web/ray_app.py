@@ -155,7 +155,7 @@ class Animators:
         try:
             pool = AnimatorPool.create(animator_factory, settings, reuse_failed=False)  # Ray replaces the replica
         except SelfCheckError as exc:  # recorded for check_health, which Ray runs before it counts us started
-            self.not_started, self.state = str(exc), None
+            self.not_started = str(exc)  # and no state: nothing of this replica serves
             return
         context = ray.get_runtime_context()
         resources = {name: round(amount, 4) for name, amount in context.get_assigned_resources().items()}
@@ -166,7 +166,7 @@ class Animators:
     def record_routing_stats(self) -> dict:
         """Polled by Ray every ``ROUTING_STATS_PERIOD`` s for the router: a replica whose animator failed gets
         no new session while Ray's health checks (``check_health``) take it out."""
-        return {FAILED_ANIMATORS: 1 if self.state is None else len(self.state.pool.failures)}
+        return {FAILED_ANIMATORS: 1 if self.not_started is not None else len(self.state.pool.failures)}
 
     def check_health(self) -> None:
         """Ray's health check: raises while an animator of this replica has failed, or when its self-check stopped
@@ -179,7 +179,7 @@ class Animators:
                                       f"first: {failures[0]}")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        if self.state is None:
+        if self.not_started is not None:
             return refusing_app(self.not_started)
         state, registry, replica = self.state, self.registry, self.replica
 
