@@ -78,7 +78,7 @@ def test_fp16_export_adds_its_verification_and_no_attention_scores():
         full32.networks["denoising_unet_w4"] + buildmem.MARGIN * extra, abs=2)
     assert round(full16.peak / GIB) == 26
     # the measured fp16 builds (benchmarks/results/build_memory.json) stay under their estimate
-    assert buildmem.estimate_for("synthetic", [4], 128, precisions=["fp16"]).peak > 1.80 * GIB  # measured 1.79
+    assert buildmem.estimate_for("synthetic", [4], 128, precisions=["fp16"]).peak > 1.06 * GIB  # measured 1.06
     small = buildmem.estimate_for("synthetic:small", [4], 128, precisions=["fp16"])
     assert small.networks["denoising_unet_w4"] > 2.33 * GIB  # measured 2.33, the UNet's verification
 
