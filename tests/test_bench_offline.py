@@ -3,7 +3,7 @@ recorded FaceMesh boxes, the options it refuses, and the matrix's offline varian
 
 CI checks the report's fields and their arithmetic, never its speed. The run is about the plumbing (inputs,
 passes, figures), so it takes the cheap road of tests/test_offline_cli.py: tiny synthetic weights at 64 px, the
-clip's first 16 frames (7 windows), and the pose and motion encoders (full size even in the tiny weights) and
+clip's first 16 frames (7 windows), and the pose and motion encoders (the pose encoder full size even in the tiny weights) and
 the denoising UNet answering zeros (tests/test_offline.py's stand-ins), over the session's tiny weights
 (``parity_models``, what ``--weights synthetic`` loads; loading them costs more than the whole pass).
 """

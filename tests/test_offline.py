@@ -368,7 +368,7 @@ def test_animate_offline_gives_exactly_n_frames(parity_models, mesh):
     0-3 in order: exactly 16 frames. Every tested window adds (threshold below any distance), the flag stays set
     after the tests stop, and the bank stops at the limit (2) (the UNet's bank inputs are checked against its
     spec). The pose encoder, the motion encoder and the denoising UNet are stand-ins (zeros): nothing here depends
-    on their values, and the first two are full size even in the tiny weights."""
+    on their values, and the pose encoder is full size even in the tiny weights."""
     from personalive_trt.bench.session import sample_frames
 
     cfg = offline_config(keyframe_limit=2, resolution=128, keyframe_start=1, keyframe_threshold=-1.0)

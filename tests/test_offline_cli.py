@@ -32,7 +32,7 @@ def offline_run(tmp_path_factory):
     """One run: the sample's first 18 frames -> N = 16 (a multiple of 4), 7 windows on tiny weights. What this
     checks is the command around the loop (inputs, frame count, writers, panels; the loop's numbers are
     tests/test_offline.py's), so it runs cheaply: a 128 canvas (the CLI has no option for it), and the pose and
-    motion encoders (full size even in the tiny weights) and the denoising UNet (2/3 of what is left) answer
+    motion encoders (the pose encoder full size even in the tiny weights) and the denoising UNet (2/3 of what is left) answer
     zeros (test_offline's stand-ins; the frames still differ by window: the pile holds each chunk's own noise).
     At 512 with the real networks the run costs ~300 CPU-s."""
     from personalive_trt.runtime import animator

@@ -3,7 +3,7 @@ were built for (``build --max-keyframes K``) and the one-line refusal of a clip 
 
 Cheap by construction: the tiny synthetic weights at the parity build's 128 canvas (tests/conftest.py's
 ``parity_onnx_build``, shared with tests/test_runtime.py), the sample's first 16 frames (7 windows), and the
-pose and motion encoders (full size even in the tiny weights, ~2/3 of the cost) behind test_offline's zero
+pose and motion encoders (the pose encoder full size even in the tiny weights) behind test_offline's zero
 stand-ins on both sides: what differs between the backends here is the UNets, the VAE and the pose guider.
 """
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Tiny synthetic weights at a 64 canvas, the sample's first 16 frames (7 windows), keyframe test from window 1 with
 a threshold below any distance: 3 tested keyframes, then the sticky flag appends a bank per window until the
 limit (4) stops it -- every regime of the growing bank in 7 windows (the denoising UNet, ~2/3 of the cost, runs
-14 times in all). The pose and motion encoders (full size even
-in the tiny weights, most of the cost) are test_offline's zero stand-ins on both sides. Eager on the CPU; the
+14 times in all). The pose and motion encoders (the pose encoder full
+size even in the tiny weights: most of the cost) are test_offline's zero stand-ins on both sides. Eager on the CPU; the
 CUDA-graph test is marked gpu.
 """
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``synthetic:SIZE:device``: networks built on the meta device and filled in place where they run.
 
-On CPU with the tiny config (its fixed-size networks are at their released sizes). The full-size networks' layout
+On CPU with the tiny config (its fixed-size networks are at their released sizes, but for the motion encoder's
+attention width). The full-size networks' layout
 is tests/test_weights.py's (meta build == shared/reference/layout); the full-size fill itself runs on the GPU
 check's machine (gpu-marked).
 """

@@ -17,6 +17,7 @@ from personalive_trt.models.weights import (
     WeightsError,
     build_module,
     load_models,
+    motion_encoder_config,
     synthetic_models,
 )
 
@@ -118,6 +119,21 @@ def test_parameter_set_by_no_file(weights_copy):
     rewrite(weights_copy, "personalive/temporal_module.pth", lambda s: s.pop(next(k for k in s if "proj_out" in k)))
     with pytest.raises(WeightsError, match=r"denoising_unet: key '.*temporal_modules.*proj_out.*' \(shape .*\) "
                                            r"is set by no file"):
+        load_models(weights_copy)
+
+
+def test_motion_encoder_width_is_read_from_its_checkpoint(weights_copy, tmp_path):
+    """The one free width (tiny weights: 128, released: 1024) comes from the checkpoint; any other is one line
+    naming the file and the key, before any network is built."""
+    key = "model.att_1.pos_embed.proj.weight"
+    tiny = tmp_path / "tiny" / "personalive"
+    tiny.mkdir(parents=True)
+    torch.save({key: torch.zeros(128, 128, 4, 4)}, tiny / "motion_encoder.pth")
+    assert motion_encoder_config(tiny.parent) == {"attention_width": 128}
+    assert motion_encoder_config(weights_copy) == {}  # the released width (the small weights keep it)
+    rewrite(weights_copy, "personalive/motion_encoder.pth", lambda s: s.__setitem__(key, torch.zeros(256, 128, 4, 4)))
+    with pytest.raises(WeightsError, match=r"motion_encoder.pth: model.att_1.pos_embed.proj.weight has 256 output "
+                                           r"channels, expected 1024 \(the released motion encoder\)$"):
         load_models(weights_copy)
 
 

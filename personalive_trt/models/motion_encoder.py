@@ -6,9 +6,11 @@ bottleneck ``ConvBlock``s and a depth-4 hourglass) whose 68-channel landmark hea
 by a stride-2 conv to one 28x28 map, flattened and projected to 512 values. Three patchified
 self-attention blocks (``att_1..3``) are inserted into the FAN trunk.
 
-Everything here is fixed-size (identical in the SMALL and FULL configs) and its ``state_dict``
-matches ``personalive/motion_encoder.pth`` key for key (403 keys, BatchNorm statistics and the
-``pe`` buffer included). The three ``att_*.pos_embed.pos_embed`` sin-cos tables are recomputed at
+Everything here is fixed-size in the release (identical in the SMALL and FULL configs) and its
+``state_dict`` matches ``personalive/motion_encoder.pth`` key for key (403 keys, BatchNorm statistics
+and the ``pe`` buffer included). One width is a parameter, for the tiny synthetic weights only: the
+attention blocks' token width (``attention_width``, released 1024 = 8 heads x 128), whose linear
+layers are two thirds of the encoder's CPU time; the keys stay the same, their shapes follow it. The three ``att_*.pos_embed.pos_embed`` sin-cos tables are recomputed at
 init and are non-persistent, exactly as in the release.
 
 Inference only: the original is always used in ``.eval()`` mode, so BatchNorm here *always*
@@ -30,6 +32,10 @@ FACE_SIZE = 224
 MOTION_TOKENS = 32
 MOTION_TOKEN_DIM = 16
 MOTION_DIM = MOTION_TOKENS * MOTION_TOKEN_DIM  # 512
+ATTENTION_HEADS = 8
+RELEASED_ATTENTION_WIDTH = ATTENTION_HEADS * 128
+#: The attention blocks' conv that patchifies the feature map: its output channels are the token width.
+ATTENTION_WIDTH_KEY = "model.att_1.pos_embed.proj.weight"
 
 
 def sincos_1d_table(dim: int, num_positions: int) -> torch.Tensor:
@@ -151,7 +157,7 @@ class SpatialSelfAttentionLayer(nn.Module):
 class PatchSelfAttention(nn.Module):
     """Residual patchified self-attention over a feature map (the original ``att_1..3``).
 
-    GroupNorm(32, eps 1e-6) -> ``PatchEmbed`` (p x p stride conv to 1024-d tokens + fixed 2-D sin-cos
+    GroupNorm(32, eps 1e-6) -> ``PatchEmbed`` (p x p stride conv to 1024-d tokens (released width) + fixed 2-D sin-cos
     table of the 28x28 grid, a non-persistent buffer) -> one attention layer -> un-patchify: each
     1024-d token is read as p*p sub-vectors of 1024/p^2 values, ``proj_out`` maps every sub-vector
     to C channels, and the sub-vectors are put back at their pixel inside the patch. Output is the
@@ -189,7 +195,7 @@ class FanSA(nn.Module):
     hourglass -> ``att_3`` (patch 2) -> 68 heat-maps -> stride-2 conv to one 28x28 map -> fc 784->512.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, attention_width: int = RELEASED_ATTENTION_WIDTH) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3)
         self.bn1 = InferenceBatchNorm2d(64)
@@ -204,9 +210,10 @@ class FanSA(nn.Module):
         self.conv6 = nn.Conv2d(68, 1, kernel_size=3, stride=2, padding=1)
         self.fc = nn.Linear(28 * 28, MOTION_DIM)
         self.bn5 = InferenceBatchNorm2d(68)
-        self.att_1 = PatchSelfAttention(128, sample_size=112, patch_size=4)
-        self.att_2 = PatchSelfAttention(256, sample_size=56, patch_size=2)
-        self.att_3 = PatchSelfAttention(256, sample_size=56, patch_size=2)
+        head_dim = attention_width // ATTENTION_HEADS
+        self.att_1 = PatchSelfAttention(128, sample_size=112, patch_size=4, heads=ATTENTION_HEADS, head_dim=head_dim)
+        self.att_2 = PatchSelfAttention(256, sample_size=56, patch_size=2, heads=ATTENTION_HEADS, head_dim=head_dim)
+        self.att_3 = PatchSelfAttention(256, sample_size=56, patch_size=2, heads=ATTENTION_HEADS, head_dim=head_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))                 # (N, 64, 112, 112)
@@ -228,9 +235,11 @@ class MotionEncoder(nn.Module):
     fresh module matches it). Frames are processed independently ((b f) batch, b-major).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, attention_width: int = RELEASED_ATTENTION_WIDTH) -> None:
         super().__init__()
-        self.model = FanSA()
+        if attention_width % (ATTENTION_HEADS * 16):  # 8 heads; att_1 reads each token as 4x4 sub-vectors
+            raise ValueError(f"attention_width {attention_width}: expected a multiple of {ATTENTION_HEADS * 16}")
+        self.model = FanSA(attention_width)
         self.register_buffer("pe", sincos_1d_table(MOTION_TOKEN_DIM, MOTION_TOKENS).unsqueeze(0))
         self.final_proj = nn.Linear(MOTION_DIM, MOTION_DIM)
         self.eval()  # documentation of intent; BatchNorm/Dropout behaviour does not depend on it here

@@ -237,7 +237,7 @@ def build_module(name: str, configs: Mapping[str, dict]) -> torch.nn.Module:
         # The released guider emits 320 channels = the first UNet level; follow the config.
         return PoseGuider(conditioning_embedding_channels=configs["sd_unet"]["block_out_channels"][0])
     if name == "motion_encoder":
-        return MotionEncoder()
+        return MotionEncoder(**configs.get("motion_encoder", {}))
     if name == "motion_extractor":
         return MotionExtractor(num_kp=21)
     if name == "image_encoder":
@@ -261,7 +261,37 @@ def folder_configs(root: Path) -> dict[str, dict]:
         "sd_unet": read_json(root / BASE / "unet" / "config.json"),
         "image_encoder": read_json(root / BASE / "image_encoder" / "config.json"),
         "vae": read_json(root / VAE_DIR / "config.json"),
+        "motion_encoder": motion_encoder_config(root),
     }
+
+
+def motion_encoder_config(root: Path) -> dict:
+    """The motion encoder's one free width, read from its checkpoint: the released 1024, or the 128 of a folder
+    written from the tiny synthetic weights (``CONFIGS["tiny"]``); any other is refused, naming file and key.
+    ``{}`` (the released width) when the file is missing: the strict load reports that."""
+    from personalive_trt.models.motion_encoder import ATTENTION_WIDTH_KEY, RELEASED_ATTENTION_WIDTH
+    from personalive_trt.models.synthetic import CONFIGS
+
+    try:
+        path = resolve_weight_file(root, f"{PERSONALIVE}/motion_encoder")
+    except WeightsError:
+        return {}
+    if path.suffix == ".safetensors":  # the shape alone, not a second read of the whole file
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as file:
+            shape = file.get_slice(ATTENTION_WIDTH_KEY).get_shape() if ATTENTION_WIDTH_KEY in file.keys() else None
+    else:  # memory-mapped: the tensors are not read
+        tensor = read_state_file(path).get(ATTENTION_WIDTH_KEY)
+        shape = None if tensor is None else tensor.shape
+    if shape is None:
+        return {}  # the strict load names the missing key
+    width = int(shape[0])
+    known = {RELEASED_ATTENTION_WIDTH, CONFIGS["tiny"]["motion_encoder"]["attention_width"]}
+    if width not in known:
+        raise WeightsError(f"{path}: {ATTENTION_WIDTH_KEY} has {width} output channels, expected "
+                           f"{RELEASED_ATTENTION_WIDTH} (the released motion encoder)")
+    return {} if width == RELEASED_ATTENTION_WIDTH else {"attention_width": width}
 
 
 TAESD_ABSENT = "absent (optional: needed only for --vae tiny; `personalive-trt weights download` fetches it)"
