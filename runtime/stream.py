@@ -556,7 +556,7 @@ class StreamRuntime:
 
     # ---- compiled networks and CUDA graphs ----------------------------------------------------------
     def _warm_compiled(self) -> None:
-        """Compile every shape a stream uses, then freeze: no recompilation during a stream.
+        """Compile every shape a stream runs compiled, then freeze: no recompilation during a stream.
 
         With compiled networks (:mod:`.compile`) each network compiles on its first call of a shape. The
         reference encoding and every kind of call that runs compiled (:meth:`graph_keys`) run once here, on
