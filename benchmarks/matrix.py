@@ -8,10 +8,12 @@ measured kind), then ``--calls`` timed calls (and, for the runtime on CUDA, ``--
 issue's figures are read the same way:
 
 * ``name``, ``engine`` (``reference``: the eager :class:`~personalive_trt.runtime.reference_loop.Animator`; ``runtime``:
-  :class:`~personalive_trt.runtime.StreamRuntime`; ``offline``: the original's offline loop,
-  :class:`~personalive_trt.runtime.offline_loop.OfflineAnimator`, one pass over the whole sample clip as
-  ``bench --mode offline`` runs it (:mod:`.offline`; window 4 whatever ``--window``; ``calls``: its windows;
-  ``frames``, ``windows`` and ``keyframe_banks`` added)), ``device``, ``dtype``, ``backend``, ``vae``, ``compile``
+  :class:`~personalive_trt.runtime.StreamRuntime`; the original's offline loop, one pass over the whole sample
+  clip as ``bench --mode offline`` runs it (:mod:`.offline`; window 4 whatever ``--window``; ``calls``: its
+  windows; ``frames``, ``windows`` and ``keyframe_banks`` added): ``offline``, its reference loop
+  :class:`~personalive_trt.runtime.offline_loop.OfflineAnimator` (``bench --mode offline --reference-loop``),
+  and ``offline_runtime``, :class:`~personalive_trt.runtime.offline_stream.OfflineStreamRuntime`, what
+  ``run --mode offline`` runs by default), ``device``, ``dtype``, ``backend``, ``vae``, ``compile``
   (torch.compile of the per-step networks, :mod:`personalive_trt.runtime.compile`), ``graphs``, ``keyframes``,
   ``resolution``, ``window``, ``weights``, ``calls``;
 * ``status``: ``ok``, ``failed`` (``error`` says why; the matrix goes on) or ``skipped`` (``error`` says why,
@@ -24,8 +26,8 @@ issue's figures are read the same way:
   ``per_frame_ms``: step mean / window (offline: the pass's summed window times / its frames);
 * ``ratio_to_reference``: the reference variant's step p50 / this variant's step p50, the reference with the
   same keyframes measured in the same process (> 1: faster than the reference; null without one); for the
-  offline variant ``reference_k0``'s ``per_frame_ms`` / its ``per_frame_ms`` (< 1: the offline mode costs more
-  per frame; its inverse is the offline / stream ratio of benchmarks/RESULTS.md);
+  offline variants ``reference_k0``'s ``per_frame_ms`` / theirs (< 1: the offline mode costs more per frame;
+  the inverse of the offline / stream ratio of benchmarks/RESULTS.md, against the reference loop);
 * ``flops_per_step`` (``flops_source``): the full-size table at 512 / window 4, else counted once per keyframe
   count by the eager runtime (FlopCounterMode); ``tflops_achieved`` = FLOPs / step p50;
 * ``peak_memory_bytes``: CUDA: ``max_memory_allocated`` since the variant started (the resident weights
@@ -67,7 +69,8 @@ VARIANT_FIELDS = (
 @dataclass(frozen=True)
 class Variant:
     name: str
-    engine: str  # "reference" (eager Animator), "runtime" (StreamRuntime) or "offline" (OfflineAnimator)
+    engine: str  # "reference" (eager Animator), "runtime" (StreamRuntime), "offline" (OfflineAnimator) or
+    # "offline_runtime" (OfflineStreamRuntime)
     graphs: bool = False
     keyframes: int = 0
     compile: bool = False
@@ -79,12 +82,16 @@ VARIANTS = (
     Variant("runtime_eager_k0", "runtime", graphs=False, keyframes=0),
     Variant("runtime_graphs_k0", "runtime", graphs=True, keyframes=0),
     Variant("offline_reference", "offline"),
+    Variant("offline_runtime_graphs", "offline_runtime", graphs=True),
+    Variant("offline_runtime_eager", "offline_runtime", graphs=False),
     Variant("reference_k3", "reference", keyframes=3),
     Variant("runtime_eager_k3", "runtime", graphs=False, keyframes=3),
     Variant("runtime_graphs_k3", "runtime", graphs=True, keyframes=3),
     Variant("runtime_graphs_compile_k0", "runtime", graphs=True, keyframes=0, compile=True),
     Variant("runtime_graphs_compile_k3", "runtime", graphs=True, keyframes=3, compile=True),
 )
+#: The engines of the offline variants (one pass over the sample clip, per-frame figures).
+OFFLINE_ENGINES = ("offline", "offline_runtime")
 #: The compiled variants' warm start (a fresh process) must finish within this many seconds.
 WARM_PROBE_TIMEOUT_S = 600
 #: ``--cpu``: the smoke subset (2 CPU cores: a few calls each; CUDA graphs have no CPU counterpart).
@@ -140,8 +147,8 @@ def run_matrix(out: Path, variants: tuple[Variant, ...], *, device: str = "auto"
                                                 vae=vae))
             try:
                 log(f"matrix: {variant.name}")
-                if variant.engine == "offline":
-                    measured = _measure_offline(models, torch_device, resolution, vae, warmup, seed)
+                if variant.engine in OFFLINE_ENGINES:
+                    measured = _measure_offline(variant, models, torch_device, resolution, vae, warmup, seed)
                     record = variant_record(variant, **{**common, "window": 4, **measured}, status="ok")
                 else:
                     measured = _measure(variant, models, config, torch_device, reference, chunks, calls, warmup,
@@ -231,12 +238,12 @@ def _measure(variant: Variant, models, config, device, reference, chunks, calls:
     }
 
 
-def _measure_offline(models, device, resolution: int, vae: str, warmup: int, seed: int) -> dict:
-    """The offline variant: one pass over the whole sample clip after ``warmup`` discarded windows."""
+def _measure_offline(variant: Variant, models, device, resolution: int, vae: str, warmup: int, seed: int) -> dict:
+    """An offline variant: one pass over the whole sample clip after ``warmup`` discarded windows."""
     import torch
 
-    from personalive_trt.bench.offline import measure_offline, open_animator, sample_offline_inputs
-    from personalive_trt.bench.timing import Clock
+    from personalive_trt.bench.offline import (loop_clock, measure_offline, open_loop, open_offline_networks,
+                                               sample_offline_inputs)
     from personalive_trt.runtime.offline_loop import offline_config
 
     if device.type == "cuda":
@@ -244,14 +251,16 @@ def _measure_offline(models, device, resolution: int, vae: str, warmup: int, see
         torch.cuda.reset_peak_memory_stats(device)
     config = offline_config(resolution=resolution, vae=vae)
     reference, clip = sample_offline_inputs(config, None)
+    reference_loop = variant.engine == "offline"
     setup = time.perf_counter()
-    clock = Clock(device)
     with torch.no_grad():
-        animator = open_animator(models, config, seed)
+        networks = open_offline_networks(models, config, "on" if variant.compile else "off", reference_loop)
+        loop = open_loop(networks, config, clip.frames, seed, reference_loop, variant.graphs)
+        clock = loop_clock(loop, device)
         clock.sync()
         setup_s = time.perf_counter() - setup
-        figures = measure_offline(animator, reference, clip, warmup, 1, clock, lambda line: None)
-    del animator
+        figures = measure_offline(loop, reference, clip, warmup, 1, clock, lambda line: None)
+    del loop
     peak, kind = _peak_memory(device)
     return {"fps": figures["fps"], "throughput_mode": "sequential", "step_ms": figures["step_ms"],
             "per_frame_ms": figures["per_frame_ms"], "step_clock": figures["step_clock"], "calls": figures["windows"],
@@ -335,7 +344,7 @@ def _derive(records: list[dict], counted: dict) -> None:
     for record in records:
         if record["status"] != "ok":
             continue
-        if record["engine"] == "offline":  # per frame: its windows differ (warm-up, keyframes); no FLOPs
+        if record["engine"] in OFFLINE_ENGINES:  # per frame: its windows differ (warm-up, keyframes); no FLOPs
             ref = reference_frame.get(0)
             record["ratio_to_reference"] = round(ref / record["per_frame_ms"], 4) if ref else None
             continue

@@ -1,6 +1,12 @@
 """``bench --mode offline``: the original's offline loop (``run --mode offline``) timed per frame on the stream
 mode's clip.
 
+What runs is what ``run --mode offline`` runs: by default the streaming runtime's offline variant
+(:class:`~personalive_trt.runtime.offline_stream.OfflineStreamRuntime`, torch backend; CUDA graphs on CUDA unless
+``--no-graph``; ``--compile`` as for ``run``, see docs/offline-mode.md), its bank slots sized for the clip;
+``--reference-loop`` times :class:`~personalive_trt.runtime.offline_loop.OfflineAnimator` (eager, plain PyTorch)
+instead. The bank limit is ``run``'s default (``--keyframe-limit`` 20).
+
 Same inputs as the stream mode: the built-in sample portrait and the sample driving clip (every frame, decoded
 with OpenCV as :func:`~personalive_trt.bench.session.sample_frames` does), the same weights, device, dtype,
 canvas and decoder. They are prepared as the offline mode prepares them (:mod:`personalive_trt.filemode.offline`:
@@ -10,19 +16,21 @@ boxes only decide where the faces are cut, not what the networks cost. ``python 
 personalive_trt.bench.offline --record`` rewrites the file with FaceMesh; tests/test_bench_offline.py checks it
 against FaceMesh where MediaPipe is installed.
 
-Protocol (the loop is :class:`~personalive_trt.runtime.offline_loop.OfflineAnimator`, eager):
+Protocol:
 
 1. **prepare**: decode and prepare the clip (N = its frames capped at ``--max-frames``, rounded down to a
-   multiple of 4) -> ``prepare_s``; **setup**: load the networks -> ``setup_s``.
+   multiple of 4) -> ``prepare_s``; **setup**: load the networks and build the loop (the runtime's graphs are
+   captured, its networks compiled, here) -> ``setup_s``.
 2. **cold pass**: ``fuse_reference`` (``reference_fusion_cold_ms``) and the first ``--warmup`` windows of the
    clip, discarded.
 3. **measured passes** (``--calls``, default 1): each fuses the reference (``reference_fusion_ms``, the last
-   pass's) and runs every window of the clip, N / 4 + 3 of them (the mirrored tail's 3 included), timing each
-   window's call (``step_ms``: the window's inputs to the device, the networks, its frames on the host;
-   CUDA events on the current stream around the call on CUDA, which returns host frames; ``perf_counter`` on
-   CPU). The three warm-up windows' frames are dropped and the keyframe windows re-run the reference UNet,
-   so the windows differ: ``per_frame_ms`` = the pass's summed window times / N (the mean over passes),
-   what one output frame of this clip costs; ``fps`` = 1000 / ``per_frame_ms``.
+   pass's) and runs every window of the clip, N / 4 + 3 of them (the mirrored tail's 3 included), one at a
+   time, timing each window (``step_ms``: the window's inputs to the device, the networks, its frames on the
+   host; on CUDA, events around it on the loop's stream (the runtime's own, or the current one for the
+   reference loop, which returns host frames); ``perf_counter`` on CPU). The three warm-up windows' frames are
+   dropped (the runtime skips their decode) and the keyframe windows re-run the reference UNet, so the windows
+   differ: ``per_frame_ms`` = the pass's summed window times / N (the mean over passes), what one output frame
+   of this clip costs; ``fps`` = 1000 / ``per_frame_ms``.
 
 The stream mode's ``per_frame_ms`` is its step mean / window, so the two reports' ``per_frame_ms`` compare
 directly: their ratio (offline / stream) is what the offline mode costs per frame on this clip. It depends on N
@@ -122,12 +130,29 @@ def sample_offline_inputs(config, max_frames: int | None):
     return prepared, clip
 
 
-def open_animator(models, config, seed: int):
-    """The loop measured: the offline reference loop over ``models`` (the stream mode's ``--compare`` loop's
-    offline counterpart)."""
-    from personalive_trt.runtime.offline_loop import OfflineAnimator
+def open_offline_networks(models, config, compile_mode: str, reference_loop: bool):
+    """The torch networks the measured loop runs: compiled as ``run``'s ``--compile`` decides for that loop."""
+    from personalive_trt.choices import Backend, Loop
+    from personalive_trt.runtime.open import open_networks
 
-    return OfflineAnimator(models, config, seed=seed)
+    return open_networks(Backend.TORCH, config=config, models=models, compile=compile_mode,
+                         loop=Loop.REFERENCE if reference_loop else Loop.RUNTIME)
+
+
+def open_loop(networks, config, frames: int, seed: int, reference_loop: bool, graphs: bool | None):
+    """The loop measured, as ``run --mode offline`` opens it: the offline runtime sized for an N-frame clip
+    (``graphs``: None = CUDA graphs where they run), or the offline reference loop with ``reference_loop``."""
+    from personalive_trt.runtime.offline_loop import OfflineAnimator
+    from personalive_trt.runtime.offline_stream import OfflineStreamRuntime
+
+    if reference_loop:
+        return OfflineAnimator(networks, config, seed=seed)
+    return OfflineStreamRuntime(networks, frames, config, seed=seed, graphs=graphs)
+
+
+def loop_clock(loop, device) -> Clock:
+    """Device time on the loop's stream (the runtime's own; the current one for the reference loop)."""
+    return Clock(device, getattr(loop, "stream", None))
 
 
 def run_offline_benchmark(options: BenchOptions, log: Callable[[str], None]) -> dict:
@@ -147,19 +172,23 @@ def run_offline_benchmark(options: BenchOptions, log: Callable[[str], None]) -> 
     start = time.perf_counter()
     weights = resolve_weights(options.weights)
     log(f"bench: loading {weights} on {device} ({str(dtype).removeprefix('torch.')})")
-    animator = open_animator(load_models(weights, device=device, dtype=dtype, vae=config.vae), config, options.seed)
-    clock = Clock(device)
+    models = load_models(weights, device=device, dtype=dtype, vae=config.vae)
+    networks = open_offline_networks(models, config, options.compile, options.reference_loop)
+    loop = open_loop(networks, config, clip.frames, options.seed, options.reference_loop,
+                     None if options.graphs else False)
+    clock = loop_clock(loop, device)
     clock.sync()
     setup_s = time.perf_counter() - start
-    log(f"bench: {animator.description}, {clip.frames} frames, setup {setup_s:.1f} s")
+    log(f"bench: {loop.description}, {clip.frames} frames, setup {setup_s:.1f} s")
     with torch.no_grad():
-        figures = measure_offline(animator, reference, clip, options.warmup, options.calls, clock, log)
+        figures = measure_offline(loop, reference, clip, options.warmup, options.calls, clock, log)
     return {
-        **report_identity(options, "offline", device, animator.description),
-        "graphs": False,  # the reference loop runs eagerly
-        "compile": None,
+        **report_identity(options, "offline", device, loop.description),
+        "loop": "reference" if options.reference_loop else "runtime",
+        "graphs": bool(getattr(loop, "use_graphs", False)),  # the reference loop runs eagerly
+        "compile": loop.compile_report() if hasattr(loop, "compile_report") else None,
         "weights": weights,
-        "dtype": str(animator.dtype).removeprefix("torch."),
+        "dtype": str(loop.dtype).removeprefix("torch."),
         "vae": config.vae,
         "config": {"vae": config.vae, "window": config.window, "steps": config.steps, "resolution": config.resolution,
                    "keyframe_threshold": config.keyframe_threshold, "keyframe_start": config.keyframe_start,
@@ -171,31 +200,41 @@ def run_offline_benchmark(options: BenchOptions, log: Callable[[str], None]) -> 
     }
 
 
-def measure_offline(animator, reference, clip, warmup: int, passes: int, clock: Clock,
+def measure_offline(loop, reference, clip, warmup: int, passes: int, clock: Clock,
                     log: Callable[[str], None], between: Callable[[], None] | None = None) -> dict:
-    """The cold pass and ``passes`` measured passes over ``clip`` (module docstring); the report's figures.
-    ``between``, when given, runs after each measured window, untimed (``benchmarks/offline_ratio.py``
-    interleaves the stream mode's calls there)."""
+    """The cold pass and ``passes`` measured passes of ``loop`` (an :func:`open_loop`) over ``clip`` (module
+    docstring); the report's figures. ``between``, when given, runs after each measured window, untimed
+    (``benchmarks/offline_ratio.py`` interleaves the stream mode's calls there)."""
     from personalive_trt.bench.session import fuse_timed
-    from personalive_trt.runtime.offline_loop import window_frames
+    from personalive_trt.runtime.offline_loop import OfflineAnimator, window_frames
 
-    windows = window_frames(clip.frames, animator.config)
+    windows = window_frames(clip.frames, loop.config)
+    reference_loop = isinstance(loop, OfflineAnimator)
 
-    def run_window(frames) -> None:
-        animator.step(clip.window(frames, animator.device, animator.dtype))
+    def run_window(frames) -> int:
+        """One window; the history banks it attended to (the reference loop appends at the end of a window,
+        the runtime at the start of the next: both read a bank from the window after the one that took it)."""
+        if reference_loop:
+            banks = len(loop.keyframe_banks)
+            loop.step(clip.window(frames, loop.device, loop.dtype))
+            return banks
+        loop.submit_window(clip, frames)  # one window in flight: its frames waited for on the host
+        output = loop.collect()
+        output.wait()
+        return output.keyframes
 
-    cold_fusion_ms = fuse_timed(animator, reference, clock)
+    cold_fusion_ms = fuse_timed(loop, reference, clock)
     for frames in windows[:warmup]:
         run_window(frames)
     clock.sync()
     step_ms, pass_ms = [], []
     for index in range(passes):
         log(f"bench: offline pass {index + 1}/{passes}: {len(windows)} windows")
-        fusion_ms = fuse_timed(animator, reference, clock)
+        fusion_ms = fuse_timed(loop, reference, clock)
         pass_steps = []
         for frames in windows:
             begin = clock.mark()
-            run_window(frames)
+            banks = run_window(frames)
             pass_steps.append(clock.ms(begin, clock.mark()))
             if between is not None:
                 between()
@@ -210,11 +249,11 @@ def measure_offline(animator, reference, clip, warmup: int, passes: int, clock: 
         "reference_fusion_cold_ms": round(cold_fusion_ms, 3),
         "reference_fusion_ms": round(fusion_ms, 3),
         "step_ms": percentiles(step_ms),
-        "step_clock": "cuda_events_around_step" if clock.cuda else "perf_counter",
+        "step_clock": "cuda_events_around_window" if clock.cuda else "perf_counter",
         "pass_ms": [round(ms, 3) for ms in pass_ms],
         "per_frame_ms": round(per_frame, 3),
         "fps": round(1e3 / per_frame, 6),
-        "keyframe_banks": len(animator.keyframe_banks),
+        "keyframe_banks": banks,  # history banks the clip's last window attended to (at most the limit)
     }
 
 

@@ -22,8 +22,9 @@ class BenchOptions:
     """What to benchmark. ``device``/``dtype`` ``"auto"``: CUDA + fp16 when a GPU is present, else CPU + fp32.
 
     ``mode``: ``stream`` (the streaming runtime, :mod:`.benchmark`) or ``offline`` (the original's offline loop on
-    the same clip, :mod:`.offline`; there ``calls`` counts passes over the clip, ``warmup`` windows of the
-    discarded pass, and ``max_frames`` caps the clip)."""
+    the same clip, :mod:`.offline`: the offline runtime, or its reference loop with ``reference_loop``; there
+    ``calls`` counts passes over the clip, ``warmup`` windows of the discarded pass, and ``max_frames`` caps the
+    clip)."""
 
     backend: str = "torch"
     graphs: bool = True
@@ -44,6 +45,7 @@ class BenchOptions:
     compile: str = "off"  # torch.compile: auto, on, off (personalive_trt.runtime.compile.resolve_compile)
     mode: str = "stream"
     max_frames: Optional[int] = None
+    reference_loop: bool = False
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def validate(self) -> None:
@@ -77,14 +79,17 @@ class BenchOptions:
             self._check_offline()
         elif self.max_frames is not None:
             raise BenchError("--max-frames applies to --mode offline (the stream mode loops over the clip)")
+        elif self.reference_loop:
+            raise BenchError("--reference-loop applies to --mode offline (the stream mode's --compare times the "
+                             "reference loop beside the runtime)")
 
     def _check_offline(self) -> None:
         """What ``--mode offline`` cannot measure, refused by name (``run --mode offline`` refuses the same)."""
         if self.backend != Backend.TORCH:
-            raise BenchError(f"not supported yet in --mode offline: --backend {self.backend} (it runs on the "
-                             "reference loop, torch only)")
-        if self.compile == CompileMode.ON:
-            raise BenchError("--compile on: --mode offline runs the reference loop, which is not compiled")
+            raise BenchError(f"not supported yet in --mode offline: --backend {self.backend} (the bench's offline "
+                             "mode opens torch networks only)")
+        if self.compile == CompileMode.ON and self.reference_loop:
+            raise BenchError("--compile on: compiles the offline runtime's networks, not --reference-loop's")
         if self.keyframes:
             raise BenchError(f"--keyframes {self.keyframes}: --mode offline takes its keyframes by the original's "
                              "own rule on the clip")

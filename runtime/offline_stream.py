@@ -22,10 +22,16 @@ What differs from the online runtime, and how:
   tested keyframes, which the test may hold for many windows) and the limit -- and eager in the growing regime
   between them, where each length serves exactly one window (a graph would be captured to be replayed once).
   The warm-up windows (the first ``steps - 1``, whose frames the offline mode drops) skip the decode.
+* **torch.compile** (``--compile``, :mod:`.compile`): the same split. The kinds of window that are captured
+  are the ones compiled at construction (at most 5 bank lengths of the denoising UNet, whatever N and the
+  limit); the growing regime's windows run the same modules uncompiled (dynamo's ``force_eager`` stance), so
+  no bank length is compiled for the one window that uses it (a compile costs far more than that window) and
+  none raises the frozen networks' recompilation error.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator, Sequence
 
@@ -213,7 +219,7 @@ class OfflineStreamRuntime(StreamRuntime):
         return ("steady", self.keyframes, self.entries if tested else 0, keep, index >= cfg.steps - 1)
 
     def all_keys(self) -> list[tuple]:
-        """Every kind of window an N-frame run can make (what a compiled runtime warms up)."""
+        """Every kind of window an N-frame run can make (:meth:`graph_keys`: those captured and compiled)."""
         cfg, top, limit = self.config, self.bank_slots, self.keyframe_limit
         windows = len(self.windows)
         keys: list[tuple] = [("first",)]
@@ -221,9 +227,11 @@ class OfflineStreamRuntime(StreamRuntime):
             keys.append(("steady", 0, 0, False, False))
         keys.append(("steady", 0, 0, False, True))
         if windows - 1 > cfg.keyframe_start:  # some window tests
+            # (a test in a warm-up window, which skips the decode, only where the test starts that early)
+            decodes = (True, False) if cfg.keyframe_start + 1 < cfg.steps - 1 else (True,)
             for entries in range(1, cfg.motion_bank_capacity):
                 banks = min(entries - 1, limit)
-                keys.append(("steady", banks, entries, banks < limit, True))
+                keys += [("steady", banks, entries, banks < limit, decode) for decode in decodes]
         # After the tested keyframes (or at the limit) the sticky flag appends a bank per window.
         for banks in range(min(cfg.max_keyframes, limit), top + 1):
             if banks:
@@ -232,7 +240,8 @@ class OfflineStreamRuntime(StreamRuntime):
         return list(dict.fromkeys(key for key in keys if key[0] != "steady" or key[1] <= top))
 
     def graph_keys(self) -> list[tuple]:
-        """The lengths that can persist: up to CAPTURED_KEYFRAMES history banks, and the limit."""
+        """The lengths that can persist: up to CAPTURED_KEYFRAMES history banks, and the limit (captured as CUDA
+        graphs and, with compiled networks, the only kinds compiled)."""
         def persists(key: tuple) -> bool:
             if key[0] == "first":
                 return True
@@ -240,6 +249,19 @@ class OfflineStreamRuntime(StreamRuntime):
             return banks <= CAPTURED_KEYFRAMES or (banks == self.keyframe_limit and key[0] == "steady")
 
         return [key for key in self.all_keys() if persists(key)]
+
+    @functools.cached_property
+    def _compiled_keys(self) -> frozenset:
+        return frozenset(self.graph_keys())
+
+    def _run(self, key: tuple) -> None:
+        """A kind of window outside :meth:`graph_keys` runs eager; with compiled networks uncompiled too (the
+        module docstring): it was not compiled at construction, and compiling it now would be a recompilation."""
+        if self.nets.compiled is None or key in self._compiled_keys:
+            super()._run(key)
+            return
+        with torch.compiler.set_stance("force_eager"):
+            super()._run(key)
 
     def _body(self, key: tuple) -> None:
         if key[0] == "first":

@@ -411,7 +411,8 @@ class StreamRuntime:
         return keys
 
     def graph_keys(self) -> list[tuple]:
-        """The kinds of call captured as CUDA graphs (the others run eager): every kind, here."""
+        """The kinds of call captured as CUDA graphs and, with compiled networks, compiled at construction (the
+        others run eager): every kind, here."""
         return self.all_keys()
 
     def _run(self, key: tuple) -> None:
@@ -555,12 +556,13 @@ class StreamRuntime:
 
     # ---- compiled networks and CUDA graphs ----------------------------------------------------------
     def _warm_compiled(self) -> None:
-        """Compile every shape a stream uses, then freeze: no recompilation during a stream.
+        """Compile every shape a stream runs compiled, then freeze: no recompilation during a stream.
 
         With compiled networks (:mod:`.compile`) each network compiles on its first call of a shape. The
-        reference encoding and every kind of call run once here, on whatever the buffers hold (rewritten
-        before being read, as for the graph warm-up), with noise from the runtime's own generator, restored
-        afterwards (a caller's noise hook keeps its sequence). After that a recompilation raises."""
+        reference encoding and every kind of call that runs compiled (:meth:`graph_keys`) run once here, on
+        whatever the buffers hold (rewritten before being read, as for the graph warm-up), with noise from the
+        runtime's own generator, restored afterwards (a caller's noise hook keeps its sequence). After that a
+        recompilation raises."""
         state = self.nets.compiled
         if state is None or state.frozen:
             return
@@ -570,7 +572,7 @@ class StreamRuntime:
             with _generator_saved(self.generator), torch.no_grad(), self._on_stream():
                 blank = np.zeros((cfg.resolution, cfg.resolution, 3), dtype=np.uint8)
                 encode_reference(self.nets, cfg, blank)
-                for key in self.all_keys():
+                for key in self.graph_keys():
                     self._body(key)
             if self.stream is not None:
                 self.stream.synchronize()

@@ -17,7 +17,8 @@
 #   gpu      DIR/tests_gpu.xml: every `gpu`-marked test outside the suites below
 #   matrix   DIR/matrix.json: python -m personalive_trt.bench.matrix (full-size synthetic weights, fp16, 512,
 #            window 4, full VAE: reference Animator, runtime eager and with CUDA graphs, keyframes 0 and 3, and
-#            the offline loop over the sample clip: its per-frame time beside reference_k0's)
+#            the offline mode over the sample clip, its reference loop and its runtime with CUDA graphs (what
+#            run --mode offline runs): their per-frame times beside reference_k0's)
 #   suites   DIR/tests_suites.xml: the runtime, engines, bench, devices and synthetic-fill suites on this
 #            machine (tests reading ../shared skip there: the golden data does not travel; summary.json counts
 #            skips by reason)
@@ -97,8 +98,8 @@ else
     else
         step gpu 60 "$python" -m pytest "${pytest_args[@]}" -m gpu --junitxml "$out/tests_gpu.xml" \
             "${ignore[@]}" --ignore=tests/test_compile.py tests
-        step matrix 120 "$python" -m personalive_trt.bench.matrix --out "$out/matrix.json" \
-            --variants reference_k0,runtime_eager_k0,runtime_graphs_k0,offline_reference,reference_k3,runtime_eager_k3,runtime_graphs_k3
+        step matrix 150 "$python" -m personalive_trt.bench.matrix --out "$out/matrix.json" \
+            --variants reference_k0,runtime_eager_k0,runtime_graphs_k0,offline_reference,offline_runtime_graphs,reference_k3,runtime_eager_k3,runtime_graphs_k3
         step suites 80 "$python" -m pytest "${pytest_args[@]}" --junitxml "$out/tests_suites.xml" "${suites[@]}"
     fi
 fi

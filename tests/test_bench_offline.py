@@ -1,5 +1,6 @@
-"""``personalive-trt bench --mode offline``: the original's offline loop per frame on the stream mode's clip, its
-recorded FaceMesh boxes, the options it refuses, and the matrix's offline variant.
+"""``personalive-trt bench --mode offline``: the original's offline loop per frame on the stream mode's clip (on
+the offline runtime by default, as ``run --mode offline``), its recorded FaceMesh boxes, the options it refuses,
+and the matrix's offline variants (the reference loop, the runtime).
 
 CI checks the report's fields and their arithmetic, never its speed. The run is about the plumbing (inputs,
 passes, figures), so it takes the cheap road of tests/test_offline_cli.py: tiny synthetic weights at 64 px, the
@@ -20,21 +21,14 @@ from personalive_trt.bench import matrix, offline
 STAND_INS = ("pose_encoder", "motion_encoder", "denoising_unet")
 
 
-def open_with_stand_ins(models, config, seed):
-    from personalive_trt.engines.networks import Networks
-    from personalive_trt.runtime.offline_loop import OfflineAnimator
-    from test_offline import with_stand_ins
-
-    networks = with_stand_ins(Networks.from_models(models, config), STAND_INS)[0]
-    return OfflineAnimator(networks, config, seed=seed)
-
-
 def cheaply(patch: pytest.MonkeyPatch, models) -> None:
     """The loaded tiny weights and the stand-ins instead of loading the weights and running every network."""
     from personalive_trt.models import weights
+    from test_offline import with_stand_ins
 
+    opened = offline.open_offline_networks
     patch.setattr(weights, "load_models", lambda *args, **kwargs: models)
-    patch.setattr(offline, "open_animator", open_with_stand_ins)
+    patch.setattr(offline, "open_offline_networks", lambda *args: with_stand_ins(opened(*args), STAND_INS)[0])
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,9 @@ def offline_report(tmp_path_factory, parity_models):
 def test_offline_report_times_every_window_of_the_clip(offline_report):
     report, output = offline_report
     assert report["mode"] == "offline" and report["options"]["mode"] == "offline"
-    assert report["runtime"].startswith("offline reference loop") and report["graphs"] is False
+    # what run --mode offline runs by default: the offline runtime (eager on the CPU, not compiled)
+    assert report["runtime"].startswith("offline stream runtime (eager)") and report["loop"] == "runtime"
+    assert report["graphs"] is False and report["compile"] is None and report["options"]["reference_loop"] is False
     assert report["device"].startswith("CPU") and report["dtype"] == "float32" and report["weights"] == "synthetic"
     assert report["config"] == {"vae": "full", "window": 4, "steps": 4, "resolution": 64, "keyframe_threshold": 17.0,
                                 "keyframe_start": 8, "keyframe_limit": 20}
@@ -105,7 +101,9 @@ def test_recorded_mesh_never_makes_up_a_box():
     (("--mode", "offline", "--window", "2"), "--window 2: --mode offline runs the original's window of 4"),
     (("--mode", "offline", "--compare"), "--compare applies to --mode stream"),
     (("--mode", "offline", "--capture-fps", "25"), "--capture-fps applies to --mode stream"),
-    (("--mode", "offline", "--compile", "on"), "--compile on: --mode offline runs the reference loop"),
+    (("--mode", "offline", "--reference-loop", "--compile", "on"),
+     "--compile on: compiles the offline runtime's networks, not --reference-loop's"),
+    (("--reference-loop",), "--reference-loop applies to --mode offline"),
     (("--mode", "offline", "--max-frames", "0"), "--max-frames 0: expected a positive number of frames"),
     (("--max-frames", "16"), "--max-frames applies to --mode offline"),
     (("--mode", "offline", "--max-frames", "12"), "sample driving clip: 12 frames (capped at --max-frames 12); "
@@ -121,8 +119,11 @@ def test_matrix_offline_variant_ratio_is_per_frame():
     a step p50 would not say what a frame costs)."""
     reference = matrix.variant_record(matrix.Variant("reference_k0", "reference"), status="ok",
                                       step_ms={"p50": 400.0}, per_frame_ms=100.0, vae="full")
-    variant = {v.name: v for v in matrix.VARIANTS}["offline_reference"]
-    assert variant.engine == "offline" and not variant.graphs and not variant.compile
+    variants = {v.name: v for v in matrix.VARIANTS}
+    variant = variants["offline_reference"]
+    assert variant.engine == "offline" and not variant.graphs and not variant.compile  # OfflineAnimator
+    assert [(variants[name].engine, variants[name].graphs) for name in ("offline_runtime_graphs",
+            "offline_runtime_eager")] == [("offline_runtime", True), ("offline_runtime", False)]
     record = matrix.variant_record(variant, status="ok", step_ms={"p50": 300.0}, per_frame_ms=125.0, vae="full")
     assert set(record) == set(matrix.VARIANT_FIELDS)
     matrix._derive([reference, record], {})
@@ -130,24 +131,33 @@ def test_matrix_offline_variant_ratio_is_per_frame():
     assert record["ratio_to_reference"] == 0.8 and record["flops_per_step"] is None
 
 
-def test_matrix_offline_variant_on_cpu(tmp_path, monkeypatch, parity_models):
-    """The variant the device check runs, end to end on the CPU: the sample's first 16 frames, stand-ins."""
-    prepare = offline.sample_offline_inputs
+def test_matrix_offline_variants_on_cpu(tmp_path, monkeypatch, parity_models):
+    """The offline variants end to end on the CPU: the sample's first 16 frames, stand-ins; each times its own
+    loop (the reference loop, the runtime eager; the graphs variant is skipped on a CPU)."""
+    from personalive_trt.runtime.offline_loop import OfflineAnimator
+    from personalive_trt.runtime.offline_stream import OfflineStreamRuntime
+
+    prepare, measure = offline.sample_offline_inputs, offline.measure_offline
+    timed = []
     monkeypatch.setattr(offline, "sample_offline_inputs", lambda config, max_frames: prepare(config, 16))
+    monkeypatch.setattr(offline, "measure_offline",
+                        lambda loop, *args: timed.append(type(loop)) or measure(loop, *args))
     cheaply(monkeypatch, parity_models)
     out = tmp_path / "matrix.json"
-    assert matrix.main(["--out", str(out), "--cpu", "--variants", "offline_reference", "--resolution", "64",
-                        "--window", "1", "--warmup", "0"]) == 0
+    assert matrix.main(["--out", str(out), "--cpu", "--variants", "offline_reference,offline_runtime_eager,"
+                        "offline_runtime_graphs", "--resolution", "64", "--window", "1", "--warmup", "0"]) == 0
     doc = json.loads(out.read_text())
-    (record,) = doc["variants"]
-    assert set(record) >= set(matrix.VARIANT_FIELDS) and doc["failed"] == []
-    assert record["status"] == "ok" and record["engine"] == "offline" and record["window"] == 4  # not --window
-    assert (record["frames"], record["windows"], record["calls"], record["keyframe_banks"]) == (16, 7, 7, 0)
-    check_percentiles(record["step_ms"], "step_ms")
-    assert record["per_frame_ms"] == pytest.approx(record["step_ms"]["mean"] * 7 / 16, rel=1e-3)
-    assert record["fps"] == pytest.approx(1e3 / record["per_frame_ms"], rel=1e-3)
-    assert record["ratio_to_reference"] is None  # no reference_k0 in this run
-    assert record["peak_memory_kind"] == "host_peak_rss_process" and positive(record["peak_memory_bytes"])
+    assert timed == [OfflineAnimator, OfflineStreamRuntime]
+    assert [record["status"] for record in doc["variants"]] == ["ok", "ok", "skipped"] and doc["failed"] == []
+    assert [record["engine"] for record in doc["variants"]] == ["offline", "offline_runtime", "offline_runtime"]
+    for record in doc["variants"][:2]:
+        assert set(record) >= set(matrix.VARIANT_FIELDS) and record["window"] == 4  # not --window
+        assert (record["frames"], record["windows"], record["calls"], record["keyframe_banks"]) == (16, 7, 7, 0)
+        check_percentiles(record["step_ms"], "step_ms")
+        assert record["per_frame_ms"] == pytest.approx(record["step_ms"]["mean"] * 7 / 16, rel=1e-3)
+        assert record["fps"] == pytest.approx(1e3 / record["per_frame_ms"], rel=1e-3)
+        assert record["ratio_to_reference"] is None  # no reference_k0 in this run
+        assert record["peak_memory_kind"] == "host_peak_rss_process" and positive(record["peak_memory_bytes"])
 
 
 def test_device_check_measures_the_offline_variant():
@@ -156,7 +166,8 @@ def test_device_check_measures_the_offline_variant():
     script = (Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh").read_text()
     device_matrix = next(line for line in script.splitlines() if "--variants reference_k0,runtime_eager_k0,runtime_g"
                          in line)
-    assert "offline_reference" in device_matrix.split("--variants", 1)[1].split()[0]
+    listed = device_matrix.split("--variants", 1)[1].split()[0].split(",")
+    assert "offline_reference" in listed and "offline_runtime_graphs" in listed
 
 
 def test_offline_inputs_need_no_av_or_mediapipe():

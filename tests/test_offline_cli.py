@@ -82,6 +82,27 @@ def test_offline_runtime_is_the_default_loop(tmp_path):
     assert len(read_all(out)) == 16 and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
 
 
+def test_compile_on_asks_for_the_offline_runtime_compiled(tmp_path, monkeypatch):
+    """``--compile on`` without --reference-loop is not refused: the clip is prepared, then the networks are
+    opened for the streaming runtime, compiled (what the offline runtime does with compiled networks is
+    tests/test_offline_stream.py's, with a stand-in compile); stopped there, nothing is written."""
+    from personalive_trt.choices import CompileMode, Loop
+    from personalive_trt.runtime import animator
+
+    class Opened(Exception):
+        pass
+
+    def opened(*args):
+        raise Opened(args)
+
+    monkeypatch.setattr(animator, "require_compiler", lambda device: None)  # a C++ compiler: not the point here
+    monkeypatch.setattr(animator, "open_session_networks", opened)
+    result = invoke(*OFFLINE, "--output", str(tmp_path / "out.mp4"), "--max-frames", "16", "--compile", "on")
+    assert isinstance(result.exception, Opened), result.output
+    assert result.exception.args[0][-2:] == (Loop.RUNTIME, CompileMode.ON)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_side_by_side_video_shows_reference_face_crop_driving_and_generated_frames(offline_run):
     """16 frames of 4 panels (2058x516: 512 panels, make_grid's 2-pixel border); frames 0 and 15 against the
     panel row rebuilt here from its sources: the reference, driving frame i's FaceMesh crop, driving frame i and

@@ -3,9 +3,9 @@
 Tiny synthetic weights at a 64 canvas, the sample's first 16 frames (7 windows), keyframe test from window 1 with
 a threshold below any distance: 3 tested keyframes, then the sticky flag appends a bank per window until the
 limit (4) stops it -- every regime of the growing bank in 7 windows (the denoising UNet, ~2/3 of the cost, runs
-14 times in all). The pose and motion encoders (the pose encoder full
-size even in the tiny weights: most of the cost) are test_offline's zero stand-ins on both sides. Eager on the CPU; the
-CUDA-graph test is marked gpu.
+14 times in all). The pose and motion encoders (the pose encoder full size even in the tiny weights: most of the
+cost) are test_offline's zero stand-ins on both sides. Eager on the CPU; the CUDA-graph test is marked gpu.
+``--compile`` is checked with a stand-in compile (a real one costs minutes here).
 """
 from __future__ import annotations
 
@@ -55,10 +55,10 @@ def reference_run(networks, prepared):
     return frames, trace["calls"]
 
 
-def run_runtime(networks, prepared, **kwargs):
+def run_runtime(networks, prepared, run_config=None, **kwargs):
     """Every output window as uint8 and the decoded floats behind it (ring 1: ``video`` is still that window's
     when it is handed out), with the banks in effect per window."""
-    runtime = OfflineStreamRuntime(networks, FRAMES, config(), noise=zero_noise, ring=1, **kwargs)
+    runtime = OfflineStreamRuntime(networks, FRAMES, run_config or config(), noise=zero_noise, ring=1, **kwargs)
     runtime.fuse_reference(prepared[0])
     frames, videos = [], []
     for window in runtime.animate(prepared[1]):
@@ -133,3 +133,70 @@ def test_offline_graphs_equal_eager_on_gpu(prepared):
     assert runtime.use_graphs and set(runtime.graphs) == set(runtime.graph_keys())
     errors = [relative_error(g, e) for g, e in zip(graphed, eager)]
     assert len(errors) == 4 and max(errors) <= 1e-5, errors
+
+
+def stand_in_compile(networks: Networks, folder) -> tuple[Networks, list[int], list[int]]:
+    """``compile_networks``' plumbing over the same modules: each compiled role's torch backend behind a
+    ``CompiledBackend`` sharing one ``CompiledState`` (frozen after the runtime's warm-up: then a recompilation
+    raises), its module run as it is except for a probe in front of the denoising UNet: a real ``torch.compile``
+    (dynamo, static shapes) of a function of its first bank input, whose backend records the bank length of each
+    compilation, and whose body, which runs only where dynamo does not, records the lengths run eager."""
+    from personalive_trt.engines.backends import TorchBackend
+    from personalive_trt.runtime.compile import (COMPILED_ROLES, CompileCache, CompiledBackend, CompiledState,
+                                                 CompileOptions)
+
+    tokens = networks.shapes.banks[0].tokens
+    compiled, eager = [], []
+
+    def record(graph, example_inputs):
+        compiled.append(example_inputs[0].shape[1] // tokens)
+        return graph.forward
+
+    def bank_length(bank):
+        if not torch.compiler.is_compiling():
+            eager.append(bank.shape[1] // tokens)
+        return bank[:1, :1] + 0
+
+    probe = torch.compile(bank_length, backend=record, dynamic=False)
+    spec = networks.backends["denoising_unet"].spec
+    bank_input = spec.input_names.index(networks.kv_names[0][0])
+
+    class Probed(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *inputs):
+            probe(inputs[bank_input])
+            return self.module(*inputs)
+
+    state = CompiledState(CompileOptions(cache_dir=folder), "stand-in", {}, CompileCache(folder), warm=True)
+    backends = dict(networks.backends)
+    for role in COMPILED_ROLES:
+        real = networks.backends[role]
+        if type(real) is TorchBackend:  # the encoders' stand-ins stay as they are
+            module = Probed(real.module) if role == "denoising_unet" else real.module
+            backends[role] = CompiledBackend(real, module, state, role, "stand-in")
+    stand_in = Networks(backends, networks.shapes, networks.dtype, networks.device)
+    stand_in.compiled = state
+    return stand_in, compiled, eager
+
+
+def test_compiled_runtime_compiles_the_persisting_lengths_only(parity_models, prepared, tmp_path):
+    """``--compile``: the kinds of window compiled at construction are the captured ones (bank lengths 1..4 and
+    the limit's); the growing regime runs uncompiled, with no recompilation, and the frames equal the eager
+    runtime's. A limit of 5 over the same 7 windows puts one window in the growing regime: 4 banks (length 5)."""
+    wide = offline_config(keyframe_limit=5, resolution=64, keyframe_start=0, keyframe_threshold=-1.0)
+    eager_nets = with_stand_ins(Networks.from_models(parity_models, wide), ("pose_encoder", "motion_encoder"))[0]
+    nets, compiled, eager = stand_in_compile(eager_nets, tmp_path)
+    runtime = OfflineStreamRuntime(nets, FRAMES, wide, noise=zero_noise, ring=1)
+    assert runtime.nets.compiled.frozen and sorted(compiled) == [1, 2, 3, 4, 6] and eager == []
+    assert {"denoising_unet", "vae_decoder", "pose_guider", "reference_unet", "bank_projector"} \
+        <= set(runtime.nets.compiled.compile_s)  # each warmed through the compiled path
+    _, frames, videos = run_runtime(nets, prepared, wide)
+    assert sorted(compiled) == [1, 2, 3, 4, 6]  # no window compiled anything (the frozen state would raise)
+    assert eager == [5]  # window 5, the only length in the growing regime, ran uncompiled
+    _, expected, reference = run_runtime(eager_nets, prepared, wide)
+    errors = [relative_error(mine, theirs) for mine, theirs in zip(videos, reference)]
+    assert len(errors) == 4 and max(errors) <= EAGER_TOLERANCE, errors
+    assert np.array_equal(frames, expected)

@@ -34,9 +34,11 @@ def bench(
     vae: params.Vae = "full",
     compile_mode: params.Compile = "auto",
     mode: str = typer.Option("stream", "--mode", help="stream: the streaming runtime; offline: the original's "
-                             "offline loop (run --mode offline) on the same clip, per frame."),
+                             "offline loop as run --mode offline runs it (its runtime), on the same clip, per frame."),
     max_frames: Optional[int] = typer.Option(None, help="--mode offline: the clip's first N frames (rounded down "
                                              "to a multiple of 4; default: the whole clip)."),
+    reference_loop: bool = typer.Option(False, "--reference-loop", help="--mode offline: time the plain-PyTorch "
+                                        "offline reference loop instead of the offline runtime (as run does)."),
 ) -> None:
     """Benchmark the streaming runtime: fps, step and chunk latency, glass-to-glass, stages, TFLOP/s, memory
     (--mode offline: the original's offline loop per frame on the same clip)."""
@@ -49,7 +51,7 @@ def bench(
                            dtype=dtype, window=window, resolution=resolution, keyframes=keyframes, warmup=warmup,
                            calls=calls if calls is not None else (1 if mode == Mode.OFFLINE else 30),
                            capture_fps=capture_fps, compare=compare, seed=seed, json=json_path, vae=vae,
-                           compile=compile_mode, mode=mode, max_frames=max_frames)
+                           compile=compile_mode, mode=mode, max_frames=max_frames, reference_loop=reference_loop)
     try:
         report = run_benchmark(options)
     except user_errors(BenchError) as exc:
