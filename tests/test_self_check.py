@@ -2,10 +2,11 @@
 
 Fault injection on the CPU, each taking its documented branch with its message asserted:
 
-* a corrupted CUDA-graph replay (a stand-in "graph" that replays the call and then scrambles the frames, installed
-  in a real CPU runtime: CUDA graphs need a GPU): ``auto`` falls back to eager in one line, ``--cuda-graphs on``
-  stops with :class:`SelfCheckError`;
-* a compiled module that raises: ``auto`` falls back to eager, ``--compile on`` stops;
+* a corrupted CUDA-graph replay (a stand-in "graph" that replays the call and then scrambles the frames, "captured"
+  by a real CPU runtime's warm-up, which the check rides on: CUDA graphs need a GPU): ``auto`` falls back to eager
+  in one line, ``--cuda-graphs on`` stops with :class:`SelfCheckError`;
+* a compiled module that raises (in the compiled networks' warm-up): ``auto`` falls back to eager, ``--compile on``
+  stops;
 * a TensorRT stand-in (tests/tensorrt_stub) that returns wrong numbers: the known-answer check stops the start
   (an engine backend is always an explicit choice); a folder without known answers gets the "rebuild" line.
 
