@@ -1,20 +1,69 @@
 """What the start-up self-check costs, in steady steps of the same stream (a CPU figure is a ratio).
 
     python benchmarks/self_check_cost.py [--weights synthetic] [--resolution 64] [--window 1] [--repeats 3]
+                                         [--paths nothing compile graphs]
 
-Opens the streaming runtime three ways on the same eager networks and times each open: plain
-(``StreamRuntime``), through :func:`~personalive_trt.runtime.self_check.open_checked` with nothing to check (the
-CPU default: no graphs, no compile), and with a stand-in compile step that returns the same networks, so the
-compiled-vs-eager check runs in full (prepare: a seeded portrait fused and one first call; then the same call
-twice, through each set of networks). The graph-replay check costs the same calls (a replay instead of the second),
-plus nothing on a CPU, where graphs do not run. Prints the median of each and the extra cost of the check over
-the plain open, in medians of one steady step (a call with the keyframe test).
+The check rides on the warm-up a fast path makes at construction anyway (runtime/self_check.py, ``WarmUpCheck``),
+so its cost is what a checked open takes over an unchecked open of the same path. Each path is opened both ways on
+the same eager networks, interleaved, ``--repeats`` times:
+
+* ``nothing``: the CPU default (no graphs, no compile): ``open_checked`` against a plain ``StreamRuntime``;
+* ``compile``: compiled networks stood in for by the eager ones with a compiled state (no compiler runs: the
+  runtime warms every kind of call up through them and freezes them, as it does real compiled networks), so the
+  compiled-vs-eager check runs in full on the real warm-up; the compilation itself, equal both ways, is left out;
+* ``graphs``: CUDA graphs stood in for by a replay that runs the call (graphs need a GPU): the capture warm-up
+  runs every kind of call eagerly, as on a GPU, and the check replays one.
+
+Prints the median of each open and the extra cost of the check, in medians of one steady step (calls 1-5 of a
+stream, measured before and after the opens), all in CPU seconds of this process (``time.process_time``: a shared
+machine's other jobs inflate wall time by bursts, CPU time less, though 2 threads that spin while waiting for each
+other still inflate it under load).
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+
+from personalive_trt.runtime.stream import StreamRuntime, WarmUpHooks
+
+
+class StandInCompiledState:
+    """What compile_networks attaches to compiled networks: warmed up (every kind of call), then frozen."""
+
+    frozen = False
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+
+def stand_in_compile(networks):
+    compiled = networks.view()
+    compiled.compiled = StandInCompiledState()
+    return compiled
+
+
+class Replay:
+    """A captured graph's stand-in on a CPU: its replay runs the call."""
+
+    def __init__(self, runtime, key) -> None:
+        self.runtime, self.key = runtime, key
+
+    def replay(self) -> None:
+        self.runtime._body(self.key)
+
+
+class StandInGraphs(StreamRuntime):
+    """A CPU runtime whose graph warm-up and capture run as on a GPU, each call 'captured' as a :class:`Replay`."""
+
+    def __init__(self, networks, config=None, graphs=False, hooks=None, **options) -> None:
+        super().__init__(networks, config=config, graphs=False, **options)
+        if graphs:
+            self.use_graphs = True
+            self._warm_up(hooks or WarmUpHooks())
+
+    def _capture(self, key, pool):
+        return Replay(self, key), pool
 
 
 def main() -> None:
@@ -23,6 +72,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--window", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--paths", nargs="+", default=["nothing", "compile", "graphs"],
+                        choices=["nothing", "compile", "graphs"])
     args = parser.parse_args()
 
     import torch
@@ -31,7 +82,6 @@ def main() -> None:
     from personalive_trt.engines.networks import Networks
     from personalive_trt.models.weights import load_models
     from personalive_trt.runtime.self_check import open_checked, seeded_frames
-    from personalive_trt.runtime.stream import StreamRuntime
 
     torch.manual_seed(0)
     config = StreamConfig(resolution=args.resolution, window=args.window)
@@ -39,33 +89,49 @@ def main() -> None:
     frames = seeded_frames(1 + 6 * config.window, config.resolution, seed=5)
 
     def timed(open_loop) -> float:
-        started = time.perf_counter()
+        # CPU seconds of this process (all its threads): on a shared machine other jobs' load inflates wall time
+        # by bursts, CPU time far less
+        started = time.process_time()
         open_loop()
-        return time.perf_counter() - started
+        return time.process_time() - started
+
+    def checked(**options):
+        start = open_checked(networks, config, say=print, seed=3, **options)
+        assert all(c.ok for c in start.checks), [c.describe() for c in start.checks]
+        return start
 
     opens = {
-        "plain": lambda: StreamRuntime(networks, config, seed=3),
-        "checked, nothing to check": lambda: open_checked(networks, config, say=print, seed=3),
-        "checked, compile check": lambda: open_checked(networks, config, compile=lambda n: n, say=print, seed=3),
+        "nothing": (lambda: StreamRuntime(networks, config, seed=3), lambda: checked()),
+        "compile": (lambda: StreamRuntime(stand_in_compile(networks), config, seed=3),
+                    lambda: checked(compile=stand_in_compile)),
+        "graphs": (lambda: StandInGraphs(networks, config, graphs=True, seed=3),
+                   lambda: checked(graphs=True, runtime=StandInGraphs)),
     }
-    seconds = {name: statistics.median(timed(open_loop) for _ in range(args.repeats))
-               for name, open_loop in opens.items()}
     runtime = StreamRuntime(networks, config, seed=3)
     runtime.fuse_reference(frames[0])
     runtime.step(frames[1:1 + config.window])  # the first call
-    steps = []
-    for i in range(1, 6):
-        chunk = frames[1 + i * config.window:1 + (i + 1) * config.window]
-        started = time.perf_counter()
-        runtime.step(chunk)
-        steps.append(time.perf_counter() - started)
+
+    def steady_steps() -> list[float]:  # 5 steady calls (before keyframe_start: the test, one cdist, adds ~nothing)
+        runtime.reset()
+        runtime.fuse_reference(frames[0])
+        runtime.step(frames[1:1 + config.window])
+        return [timed(lambda i=i: runtime.step(frames[1 + i * config.window:1 + (i + 1) * config.window]))
+                for i in range(1, 6)]
+
+    steps = steady_steps()  # before and after the opens: the machine's load drifts
+    seconds = {}
+    for name in args.paths:
+        plain, check = opens[name]
+        runs = [(timed(plain), timed(check)) for _ in range(args.repeats)]  # interleaved: a shared box drifts
+        seconds[name] = (statistics.median(p for p, _ in runs), statistics.median(c for _, c in runs))
+    steps += steady_steps()
     step = statistics.median(steps)
-    print(f"{args.weights}, {config.resolution}², window {config.window}, CPU fp32, {torch.get_num_threads()} threads;"
-          f" steady step {step * 1e3:.0f} ms (median of {len(steps)})")
-    for name, value in seconds.items():
-        extra = value - seconds["plain"]
-        print(f"  open {name}: {value:.2f} s (median of {args.repeats}); over plain {extra:+.2f} s = "
-              f"{extra / step:+.1f} steady steps")
+    print(f"{args.weights}, {config.resolution}², window {config.window}, CPU fp32, {torch.get_num_threads()} threads, "
+          f"CPU seconds of this process; steady step {step:.2f} s (median of {len(steps)})")
+    for name, (plain, check) in seconds.items():
+        extra = check - plain
+        print(f"  {name} to check: open unchecked {plain:.2f} s, checked {check:.2f} s (medians of {args.repeats}); "
+              f"the check {extra:+.2f} s = {extra / step:+.2f} steady steps")
 
 
 if __name__ == "__main__":

@@ -186,9 +186,31 @@ def open_animator(
     if loop is Loop.REFERENCE:
         return Animator(open_session_networks(weights, backend, engines, device, dtype, config, loop, compile), config,
                         seed=seed)
+    return open_checked_runtime(weights, backend, engines, device, dtype, config, compile, cuda_graphs, self_check,
+                                seed=seed)
+
+
+def open_checked_runtime(
+    weights: str,
+    backend: Backend,
+    engines: Path | None,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    config: StreamConfig,
+    compile: CompileMode,  # noqa: A002
+    cuda_graphs: GraphsMode,
+    self_check: bool,
+    runtime=None,
+    **runtime_options,
+) -> StreamRuntime:
+    """The streaming runtime (``runtime``: its class or factory, default :class:`StreamRuntime`; the offline mode
+    passes :class:`~personalive_trt.runtime.offline_stream.OfflineStreamRuntime` for its clip) opened through the
+    start-up self-check (:func:`~personalive_trt.runtime.self_check.open_checked`; ``self_check=False`` skips it),
+    its networks opened as :func:`open_session_networks` opens them. ``runtime_options``: the runtime's own
+    (``seed``, ``frames``, ``keyframe_limit``)."""
     # The self-check compares the compiled networks with the eager ones: open those, and compile in the check.
-    networks = open_session_networks(weights, backend, engines, device, dtype, config, loop, CompileMode.OFF)
-    options = resolve_compile(compile, backend, engines, None if backend.runs_engines else networks, loop)
+    networks = open_session_networks(weights, backend, engines, device, dtype, config, Loop.RUNTIME, CompileMode.OFF)
+    options = resolve_compile(compile, backend, engines, None if backend.runs_engines else networks, Loop.RUNTIME)
     explicit = {feature: option for feature, option, mode in (("compile", "--compile on", compile),
                                                               ("graphs", "--cuda-graphs on", cuda_graphs))
                 if mode == "on"}
@@ -199,7 +221,7 @@ def open_animator(
         graphs={GraphsMode.AUTO: None, GraphsMode.ON: True, GraphsMode.OFF: False}[cuda_graphs],
         explicit=explicit, engines_dir=engines_dir,
         known_answers=read_record(engines_dir) if backend.runs_engines else None,
-        check=self_check, say=to_stderr, seed=seed)
+        check=self_check, say=to_stderr, runtime=runtime, **runtime_options)
     return started.runtime
 
 
@@ -227,5 +249,5 @@ def open_session_networks(
                          compile=compile, loop=loop, log=to_stderr)
 
 
-__all__ = ["Animation", "AnimatorOptions", "SessionOptions", "open_animator", "open_replica_animator",
-           "open_session_networks"]
+__all__ = ["Animation", "AnimatorOptions", "SessionOptions", "open_animator", "open_checked_runtime",
+           "open_replica_animator", "open_session_networks"]

@@ -43,7 +43,7 @@ from personalive_trt.engines.networks import Networks
 from personalive_trt.models import keypoints as kp
 from personalive_trt.runtime.offline_loop import PreparedReference, max_keyframe_banks, window_frames
 from personalive_trt.runtime.reference_loop import Reference, encode_prepared_reference, unit_range
-from personalive_trt.runtime.stream import FLAG_KEYFRAME, NoiseFn, StreamRuntime
+from personalive_trt.runtime.stream import FLAG_KEYFRAME, NoiseFn, StreamRuntime, WarmUpHooks
 
 __all__ = ["OfflineStreamRuntime", "bank_bytes", "check_bank_memory"]
 
@@ -93,7 +93,7 @@ class OfflineStreamRuntime(StreamRuntime):
         frames (`int`): N, the clip's frame count (a multiple of the window): sizes the bank slots.
         config (`StreamConfig`, *optional*): the networks' (an :func:`~.offline_loop.offline_config`).
         keyframe_limit (`int`, *optional*): banks appended at most; defaults to ``config.keyframe_banks``.
-        noise, seed, graphs, ring: as for :class:`StreamRuntime`.
+        noise, seed, graphs, ring, hooks: as for :class:`StreamRuntime`.
 
     :meth:`fuse_reference` takes a :class:`PreparedReference`; :meth:`submit_window` one window of a
     :class:`~personalive_trt.filemode.offline.PreparedClip`; :meth:`animate` runs the whole clip.
@@ -101,7 +101,7 @@ class OfflineStreamRuntime(StreamRuntime):
 
     def __init__(self, networks: Networks, frames: int, config: StreamConfig | None = None,
                  keyframe_limit: int | None = None, noise: NoiseFn | None = None, seed: int = 42,
-                 graphs: bool | None = None, ring: int = 2) -> None:
+                 graphs: bool | None = None, ring: int = 2, hooks: WarmUpHooks | None = None) -> None:
         config = config or networks.shapes.config
         limit = config.keyframe_banks if keyframe_limit is None else keyframe_limit
         if not 0 <= limit <= config.keyframe_banks:
@@ -112,7 +112,7 @@ class OfflineStreamRuntime(StreamRuntime):
         self.keyframe_limit = limit
         self.bank_slots = max_keyframe_banks(frames, dataclasses.replace(config, bank_capacity=limit))
         check_bank_memory(networks, frames, self.bank_slots, limit)
-        super().__init__(networks, config, noise=noise, seed=seed, graphs=graphs, ring=ring)
+        super().__init__(networks, config, noise=noise, seed=seed, graphs=graphs, ring=ring, hooks=hooks)
 
     @property
     def description(self) -> str:
@@ -238,6 +238,30 @@ class OfflineStreamRuntime(StreamRuntime):
                 keys.append(("steady", banks, 0, banks < limit, True))
         keys += [("keyframe", slot) for slot in range(1, top + 1)]
         return list(dict.fromkeys(key for key in keys if key[0] != "steady" or key[1] <= top))
+
+    def check_key(self) -> tuple:
+        """The window the start-up self-check compares: the first steady, decoded window kind with the keyframe
+        test (against the reference motion) when some window tests; else the plain steady window."""
+        steady = [key for key in self.all_keys() if key[0] == "steady" and key[4] and key[1] == 0]  # all captured
+        return next((key for key in steady if key[2]), steady[0])
+
+    def _stage_check_inputs(self, frames: np.ndarray) -> None:
+        """The self-check's seeded inputs (see :meth:`StreamRuntime._stage_check_inputs`) in the offline runtime's
+        form: ``frames[0]`` prepared as a reference (its resizes standing in for the face crop), the driving
+        frames resized to the pose encoder's and motion encoder's inputs."""
+        from PIL import Image
+
+        from personalive_trt.runtime.reference_loop import clip_pixels
+
+        def resized(image: np.ndarray, size: int) -> np.ndarray:
+            return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+
+        portrait = frames[0]
+        self.fuse_reference(PreparedReference(clip_pixels(portrait), portrait, resized(portrait, COND_SIZE),
+                                              resized(portrait, FACE_SIZE), crop=None))
+        with torch.no_grad(), self._on_stream():
+            self.cond_in.copy_(torch.from_numpy(np.stack([resized(f, COND_SIZE) for f in frames[1:]])))
+            self.faces_in.copy_(torch.from_numpy(np.stack([resized(f, FACE_SIZE) for f in frames[1:]])))
 
     def graph_keys(self) -> list[tuple]:
         """The lengths that can persist: up to CAPTURED_KEYFRAMES history banks, and the limit (captured as CUDA

@@ -22,18 +22,26 @@ the path, the error and the option that selects the safe path; when every suspec
 (``--compile on``, ``--cuda-graphs on``, ``--backend tensorrt``) the start stops with :class:`SelfCheckError`
 (one line; the command exits non-zero).
 
-Cost: one call of the trusted path and one of the fast path per check (the steady call with the keyframe
-test, the call a stream makes most while keyframes are possible), after a seeded reference fusion and one first
-call on the trusted path (so the piles hold what a stream's do); the known answers are one call per network at
-its smallest shapes. The state is saved before and restored after each run (one copy of the loop's buffers,
-held only during the check) and the noise generator is restored, so a checked stream produces exactly the
-frames of an unchecked one. Checking every kind of call (the keyframe writes, every bank count) would cost one
-pair of calls each; one representative call was chosen instead. A fast path that breaks the CUDA context
-itself (an illegal address in a replay) cannot be fallen back from in the same process: its error propagates.
+Cost: one extra call per check (the steady call with the keyframe test, the call a stream makes most while
+keyframes are possible), because the check rides on the warm-up a fast path makes at construction anyway
+(:class:`WarmUpCheck`): a compiled runtime runs every kind of call once through the compiled networks to compile
+it, a captured runtime runs every kind of call once eagerly before capturing it. Those warm-up calls run on the
+check's seeded inputs (a seeded portrait fused in place of the compile warm-up's blank one, seeded driving frames,
+the state saved after the first call and restored before the check key), so the compiled warm-up call is the
+compile check's fast run (the extra run: the same call through the uncompiled networks) and the eager warm-up call
+is the graph check's trusted run (the extra run: the graph's replay). With graphs only, fusing the seeded portrait
+is extra too (a captured runtime encodes no reference at construction). Compile and graphs together: two extra
+calls, one per check. The eager path (a CPU's default) warms nothing up and checks nothing: no cost. The known
+answers are one call per network at its smallest shapes. The state is saved after the first warm-up call and
+restored before each compared run (one copy of the loop's buffers, held only during the warm-up) and the noise
+generator is restored, so a checked stream produces exactly the frames of an unchecked one. Checking every kind of
+call (the keyframe writes, every bank count) would cost one extra call each; one representative call was chosen
+instead. A fast path that breaks the CUDA context itself (an illegal address in a replay) cannot be fallen back
+from in the same process: its error propagates.
 
 The check needs only a narrow view of the loop (:class:`CheckedLoop`); :class:`RuntimeBinding` gives it for
-:class:`~personalive_trt.runtime.stream.StreamRuntime` and is the one place that knows the runtime's
-internals (its call bodies, graphs and buffers).
+:class:`~personalive_trt.runtime.stream.StreamRuntime` and its offline variant and is the one place here that knows
+the runtime's internals (its call bodies, graphs and buffers).
 """
 from __future__ import annotations
 
@@ -72,46 +80,28 @@ class SelfCheckError(RuntimeError):
 class CheckedLoop(Protocol):
     """The narrow view of a streaming loop the self-check works on (one call = one ``key``).
 
-    ``prepare`` puts seeded, realistic inputs in place (a reference and driving frames); ``save``/``restore``
-    copy the whole state (including the noise generator) so that both runs of a check start from the same
-    point; ``outputs`` are the buffers a call writes that the check compares; ``run_eager`` runs one call
-    eagerly on the loop's own networks, ``run_captured`` replays its captured graph, ``run_uncompiled`` runs it
-    eagerly on the uncompiled networks. ``finish`` leaves the loop as a fresh one (no reference fused, the
-    generator as it was before ``prepare``)."""
+    ``stage_inputs`` puts seeded, realistic inputs in place (a reference fused and driving frames staged);
+    ``save``/``restore`` copy the whole state (including the noise generator) so that both runs of a check start
+    from the same point; ``outputs`` copies the buffers a call writes that the check compares; ``run_captured``
+    replays a call's captured graph, ``run_uncompiled`` runs it eagerly on the uncompiled networks. The runs
+    the check does not make itself are the loop's own warm-up calls (see :class:`WarmUpCheck`)."""
 
     def check_key(self) -> Hashable: ...
-    def prepare(self, seed: int) -> None: ...
+    def stage_inputs(self, seed: int) -> None: ...
     def save(self) -> object: ...
     def restore(self, saved: object) -> None: ...
-    def outputs(self) -> Mapping[str, torch.Tensor]: ...
-    def run_eager(self, key: Hashable) -> None: ...
+    def outputs(self) -> dict[str, torch.Tensor]: ...
     def run_captured(self, key: Hashable) -> None: ...
     def run_uncompiled(self, key: Hashable) -> None: ...
-    def finish(self) -> None: ...
 
 
-def compare_runs(loop: CheckedLoop, key: Hashable, fast: Callable[[Hashable], None],
-                 trusted: Callable[[Hashable], None], *, what: str, against: str, suspects: tuple[str, ...],
-                 tolerance: float) -> Comparison:
-    """Run ``trusted`` then ``fast`` from the same saved state and compare what they wrote.
+class CheckFailed(Exception):
+    """A check made during a loop's construction (its warm-up) failed: the construction stops there (its remaining
+    warm-up, minutes of compilation on a CPU, would be wasted) and :func:`start_checked` walks the fallback."""
 
-    An exception of ``fast`` is a failed check (its message is the error); one of ``trusted`` is not caught:
-    the trusted path failing is not something a fallback can help with."""
-    start = time.perf_counter()
-    saved = loop.save()
-    try:
-        trusted(key)
-        expected = {name: t.clone() for name, t in loop.outputs().items()}
-        loop.restore(saved)
-        try:
-            fast(key)
-        except Exception as exc:  # noqa: BLE001 -- the fast path's failure IS the result; reported in one line
-            return Comparison(what, against, suspects, None, tolerance, one_line(exc),
-                              time.perf_counter() - start)
-        error = relative_error(loop.outputs(), expected)
-    finally:
-        loop.restore(saved)
-    return Comparison(what, against, suspects, error, tolerance, None, time.perf_counter() - start)
+    def __init__(self, checks: list[Comparison]) -> None:
+        super().__init__(checks[-1].describe())
+        self.checks = checks
 
 
 @dataclass(frozen=True)
@@ -127,30 +117,6 @@ class FastPath:
 
     def without(self, feature: str) -> "FastPath":
         return dataclasses.replace(self, **{feature: False})
-
-
-def step_checks(loop: CheckedLoop, path: FastPath, dtype: torch.dtype, seed: int = SEED) -> list[Comparison]:
-    """The checks of ``path`` on ``loop`` (none for the eager path): compiled vs uncompiled eager call, then
-    graph replay vs the same call eagerly. Stops at the first failure (the loop is reopened without the
-    suspect anyway); ``loop.finish()`` runs whatever happens."""
-    checks = []
-    if not (path.compile or path.graphs):
-        return checks
-    loop.prepare(seed)
-    try:
-        key = loop.check_key()
-        if path.compile:
-            checks.append(compare_runs(loop, key, loop.run_eager, loop.run_uncompiled, what="torch.compile",
-                                       against="the same call through the uncompiled networks",
-                                       suspects=("compile",), tolerance=TOLERANCE["compile", dtype]))
-        if path.graphs and all(c.ok for c in checks):
-            checks.append(compare_runs(loop, key, loop.run_captured, loop.run_eager, what="CUDA graphs",
-                                       against="the same call run eagerly",
-                                       suspects=("compile", "graphs") if path.compile else ("graphs",),
-                                       tolerance=TOLERANCE["graphs", dtype]))
-    finally:
-        loop.finish()
-    return checks
 
 
 # ---- fallback ---------------------------------------------------------------------------------------------
@@ -186,7 +152,9 @@ def start_checked(open_loop: Callable[[FastPath], L], path: FastPath, check: Cal
     Args:
         open_loop: builds the loop for a path (reusing loaded networks; the previous loop is dropped first).
         path: the path the options chose (``auto`` resolved: e.g. graphs on CUDA, compile with a warm cache).
-        check: the path's checks on an open loop (e.g. :func:`step_checks` through a :class:`RuntimeBinding`).
+        check: the path's checks on an open loop (a runtime checks itself while it opens, through
+            :class:`WarmUpCheck`: then this returns the checks its open made, and a failing one raised
+            :class:`CheckFailed` out of ``open_loop``).
         explicit: the features the user asked for explicitly, each with the option as given (``{"compile":
             "--compile on", "backend": "--backend tensorrt"}``): a failure only they are suspected of stops the
             start with :class:`SelfCheckError` instead of falling back. ``"backend"`` (ONNX Runtime or TensorRT
@@ -198,6 +166,8 @@ def start_checked(open_loop: Callable[[FastPath], L], path: FastPath, check: Cal
     while True:
         try:
             loop = open_loop(path)
+        except CheckFailed as failed:  # checked while opening (on its warm-up calls), and failed
+            checks = failed.checks
         except Exception as exc:  # noqa: BLE001 -- a fast path that cannot even open is a failed check
             if not (path.compile or path.graphs):
                 raise  # the eager path: nothing to fall back to
@@ -233,11 +203,11 @@ def seeded_frames(count: int, size: int, seed: int) -> np.ndarray:
 
 
 class RuntimeBinding:
-    """:class:`CheckedLoop` for a :class:`~personalive_trt.runtime.stream.StreamRuntime`.
+    """:class:`CheckedLoop` for a :class:`~personalive_trt.runtime.stream.StreamRuntime` (or its offline variant).
 
-    The only code that reaches into the runtime: its call bodies (``_body``), its captured graphs, its stream
-    and its buffers. ``eager_networks`` (the networks a compiled runtime was compiled from) runs the
-    uncompiled call; without it ``run_uncompiled`` raises.
+    The only code here that reaches into the runtime: its call bodies, its captured graphs, its stream and its
+    buffers. ``eager_networks`` (the networks a compiled runtime was compiled from) runs the uncompiled call;
+    without it ``run_uncompiled`` raises.
     """
 
     def __init__(self, runtime, eager_networks=None) -> None:
@@ -247,30 +217,20 @@ class RuntimeBinding:
             # the same view of them the runtime takes of its own networks (StreamRuntime.__init__)
             self.eager = eager_networks.view(clone_outputs=False, stable_inputs={
                 "denoising_unet": eager_networks.backends["denoising_unet"].spec.input_names})
-        self._generator = None
 
     def check_key(self) -> tuple:
-        """The steady call with the keyframe test (every network of a call, plus the test), when the loop
-        has keyframes; else the plain steady call."""
-        return ("steady", 0, self.runtime.config.max_keyframes > 0)
+        return self.runtime.check_key()
 
     @torch.no_grad()
-    def prepare(self, seed: int) -> None:
-        """A seeded reference fused and one first call made, on the trusted (uncompiled, eager) networks: the
-        fast path runs only inside the comparisons, where its failure is the check's result."""
-        rt, cfg = self.runtime, self.runtime.config
-        self._generator = rt.generator.get_state()
-        rt.reset()
-        frames = seeded_frames(cfg.window + 1, cfg.resolution, seed)
-        with self._trusted_networks():
-            rt.fuse_reference(frames[0])
-            with rt._on_stream():
-                rt.frames_in.copy_(torch.from_numpy(frames[1:]))
-                rt._body(("first",))  # the piles as a stream has them after its first call
+    def stage_inputs(self, seed: int) -> None:
+        """A seeded portrait fused and seeded driving frames staged, through the runtime's own networks (the
+        reference encoding a compiled runtime warms up anyway)."""
+        cfg = self.runtime.config
+        self.runtime._stage_check_inputs(seeded_frames(cfg.window + 1, cfg.resolution, seed))
         self._sync()
 
     def save(self) -> dict:
-        # A start-up copy of every buffer (device to device), freed when the check ends.
+        # A start-up copy of every buffer (device to device), freed when the warm-up ends.
         with torch.no_grad(), self.runtime._on_stream():
             buffers = {name: t.clone() for name, t in self.runtime.state_buffers().items()}
         return {"buffers": buffers, "generator": self.runtime.generator.get_state()}
@@ -284,14 +244,11 @@ class RuntimeBinding:
         self._sync()
 
     def outputs(self) -> dict[str, torch.Tensor]:
-        self._sync()  # the check reads the results on the host; start-up only
         rt = self.runtime
-        return {"video": rt.video, "latent_pile": rt.latent_pile, "flags": rt.flags}
-
-    def run_eager(self, key) -> None:
-        with torch.no_grad(), self.runtime._on_stream():
-            self.runtime._body(key)
-        self._sync()
+        with torch.no_grad(), rt._on_stream():
+            copies = {"video": rt.video.clone(), "latent_pile": rt.latent_pile.clone(), "flags": rt.flags.clone()}
+        self._sync()  # the check reads the results on the host; start-up only
+        return copies
 
     def run_captured(self, key) -> None:
         graph = self.runtime.graphs.get(key)
@@ -304,27 +261,117 @@ class RuntimeBinding:
     def run_uncompiled(self, key) -> None:
         if self.eager is None:
             raise RuntimeError("RuntimeBinding: no uncompiled networks were given for the compile check")
-        with self._trusted_networks():
-            self.run_eager(key)
-
-    @contextlib.contextmanager
-    def _trusted_networks(self) -> Iterator[None]:
-        """The runtime on the uncompiled networks for the duration (its own when none were given)."""
         rt = self.runtime
-        own, rt.nets = rt.nets, self.eager or rt.nets
+        own, rt.nets = rt.nets, self.eager
         try:
-            yield
+            with torch.no_grad(), rt._on_stream():
+                rt._body(key)
+            self._sync()
         finally:
             rt.nets = own
 
-    def finish(self) -> None:
-        self.runtime.reset()
-        if self._generator is not None:
-            self.runtime.generator.set_state(self._generator)
-
     def _sync(self) -> None:
-        if self.runtime.stream is not None:
-            self.runtime.stream.synchronize()
+        self.runtime._sync()
+
+
+class WarmUpCheck:
+    """The self-check, made on the warm-up calls a compiled or captured runtime makes at construction anyway
+    (:class:`~personalive_trt.runtime.stream.WarmUpHooks`), so that only one run per check is extra.
+
+    * Before the warm-up: a seeded portrait fused and seeded driving frames staged (in place of the warm-up's
+      blank inputs); after the warm-up's first call, the state is saved (the piles as a stream has them after its
+      first call). Every compared run starts from that state and its noise.
+    * **torch.compile**: the compiled warm-up call of the check key IS the fast run; the extra run is the same call
+      through the uncompiled networks. A compiled warm-up call that raises fails the check (the compiled path
+      cannot run).
+    * **CUDA graphs**: the eager warm-up call before the check key's capture IS the trusted run; the extra run is
+      the captured graph's replay.
+
+    A failing check raises :class:`CheckFailed` out of the construction. ``checks`` holds every check made.
+    """
+
+    def __init__(self, path: FastPath, dtype: torch.dtype, eager_networks=None, seed: int = SEED,
+                 binding: Callable[..., CheckedLoop] = RuntimeBinding) -> None:
+        self.path, self.dtype, self.seed = path, dtype, seed
+        self.eager_networks, self.binding = eager_networks, binding
+        self.checks: list[Comparison] = []
+        self._loop: CheckedLoop | None = None
+        self._saved = None  # the state after the first call
+        self._expected = None  # the graph check's trusted outputs
+
+    def start(self, runtime) -> None:
+        self._loop = self.binding(runtime, self.eager_networks)
+        with self._compiled_calls(self.path.compile):  # compiled: the reference encoding's warm-up
+            self._loop.stage_inputs(self.seed)
+
+    @contextlib.contextmanager
+    def call(self, runtime, key, stage: str) -> Iterator[None]:
+        loop = self._loop
+        checked = key == loop.check_key()
+        if checked and self._saved is not None:
+            loop.restore(self._saved)
+        started = time.perf_counter()
+        with self._compiled_calls(stage == "compile"):
+            yield
+        if self._saved is None and key[0] == "first":
+            self._saved = loop.save()
+        if not checked:
+            return
+        if stage == "capture":
+            self._expected = loop.outputs()
+            return
+        fast = loop.outputs()
+        loop.restore(self._saved)
+        loop.run_uncompiled(key)  # the one extra run of the compile check
+        self._add(Comparison("torch.compile", "the same call through the uncompiled networks", ("compile",),
+                             relative_error(fast, loop.outputs()), TOLERANCE["compile", self.dtype], None,
+                             time.perf_counter() - started))
+
+    def captured(self, runtime, key) -> None:
+        loop = self._loop
+        if key != loop.check_key():
+            return
+        started = time.perf_counter()
+        loop.restore(self._saved)
+        what, suspects = "CUDA graphs", ("compile", "graphs") if self.path.compile else ("graphs",)
+        tolerance = TOLERANCE["graphs", self.dtype]
+        try:
+            loop.run_captured(key)  # the one extra run of the graph check
+        except Exception as exc:  # noqa: BLE001 -- the fast path's failure IS the result; reported in one line
+            self._add(Comparison(what, "the same call run eagerly", suspects, None, tolerance, one_line(exc),
+                                 time.perf_counter() - started))
+            return
+        self._add(Comparison(what, "the same call run eagerly", suspects, relative_error(loop.outputs(), self._expected),
+                             tolerance, None, time.perf_counter() - started))
+
+    def finish(self, runtime) -> None:
+        self._loop = self._saved = self._expected = None  # the copies go with the warm-up
+
+    def missing(self, passed: list[Comparison] = ()) -> list[str]:
+        """The checks of ``path`` that were not made (a loop whose warm-up did not run them) and had not passed
+        before (``passed``: compiled networks reused after only the graphs were dropped were warmed up and checked
+        by the first open, and are not warmed up again)."""
+        made = {c.what for c in [*self.checks, *passed] if c.ok}
+        wanted = [("compile", "torch.compile"), ("graphs", "CUDA graphs")]
+        return [what for feature, what in wanted if getattr(self.path, feature) and what not in made]
+
+    @contextlib.contextmanager
+    def _compiled_calls(self, compiled: bool) -> Iterator[None]:
+        """A compiled call that raises is a failed compile check (the compiled path cannot run), not an error."""
+        if not compiled:
+            yield
+            return
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 -- reported in one line, then the fallback
+            self._add(Comparison("torch.compile", "the same call through the uncompiled networks", ("compile",),
+                                 None, TOLERANCE["compile", self.dtype], one_line(exc), time.perf_counter() - started))
+
+    def _add(self, comparison: Comparison) -> None:
+        self.checks.append(comparison)
+        if not comparison.ok:
+            raise CheckFailed(self.checks)
 
 
 @dataclass
@@ -340,7 +387,7 @@ class CheckedStart:
 def open_checked(networks, config, *, backend: str = "torch", compile: Callable | None = None,  # noqa: A002
                  graphs: bool | None = None, explicit: Mapping[str, str] | None = None, engines_dir=None,
                  known_answers: Mapping | None = None, check: bool = True, say: Callable[[str], None] = print,
-                 **runtime_options) -> CheckedStart:
+                 runtime: Callable[..., object] | None = None, **runtime_options) -> CheckedStart:
     """A :class:`~personalive_trt.runtime.stream.StreamRuntime` over ``networks`` whose fast path passed the
     self-check (see the module docstring); what `run` and `serve` open the loop with.
 
@@ -349,7 +396,8 @@ def open_checked(networks, config, *, backend: str = "torch", compile: Callable 
         backend (`str`): ``torch``, ``onnxruntime`` or ``tensorrt`` (the engines are checked on their known
             answers first; a failure stops: an engine backend is always an explicit choice).
         compile (`callable`, *optional*): networks -> compiled networks (e.g. ``lambda n: compile_networks(n,
-            options)``); None: not compiled.
+            options)``: networks with a compiled state, which the runtime warms up and the check rides on);
+            None: not compiled.
         graphs (`bool`, *optional*): CUDA graphs; None: on CUDA with the torch or TensorRT backend.
         explicit (`Mapping[str, str]`, *optional*): the features asked for explicitly, with the option as given
             (``{"compile": "--compile on", "graphs": "--cuda-graphs on"}``): their failure stops the start.
@@ -357,13 +405,17 @@ def open_checked(networks, config, *, backend: str = "torch", compile: Callable 
             (:func:`~personalive_trt.engines.known_answers.read_record`; None: a folder built before).
         check (`bool`, defaults to True): False (``--no-self-check``) opens the path as asked, unchecked.
         say: where the fallback and "rebuild" lines go.
-        runtime_options: passed on to ``StreamRuntime`` (``noise``, ``seed``, ``ring``).
+        runtime (`callable`, *optional*): the runtime class or factory, called as ``runtime(networks,
+            config=..., graphs=..., hooks=..., **runtime_options)``; default ``StreamRuntime`` (the offline mode
+            passes ``OfflineStreamRuntime`` with its clip's frame count).
+        runtime_options: passed on to the runtime (``noise``, ``seed``, ``ring``, ...).
     """
     from personalive_trt.devices import canonical_device
     from personalive_trt.engines.known_answers import NO_ANSWERS_LINE, check_known_answers
     from personalive_trt.runtime.stream import StreamRuntime
 
     start = time.perf_counter()
+    runtime = runtime or StreamRuntime
     explicit = dict(explicit or {})
     checks: list[Comparison] = []
     if backend != "torch":
@@ -380,6 +432,7 @@ def open_checked(networks, config, *, backend: str = "torch", compile: Callable 
     if graphs is None:
         graphs = canonical_device(networks.device).type == "cuda" and backend in ("torch", "tensorrt")
     compiled = []  # compiled once, reused when only the graphs are dropped
+    made: dict[int, list[Comparison]] = {}  # id(loop) -> the checks its open made
 
     def open_loop(path: FastPath):
         nets = networks
@@ -387,19 +440,26 @@ def open_checked(networks, config, *, backend: str = "torch", compile: Callable 
             if not compiled:
                 compiled.append(compile(networks))
             nets = compiled[0]
-        return StreamRuntime(nets, config, graphs=path.graphs, **runtime_options)
-
-    def check_path(loop, path: FastPath) -> list[Comparison]:
-        made = step_checks(RuntimeBinding(loop, networks if path.compile else None), path, networks.dtype)
-        checks.extend(made)
-        return made
+        if not check:
+            return runtime(nets, config=config, graphs=path.graphs, **runtime_options)
+        hooks = WarmUpCheck(path, networks.dtype, networks if path.compile else None)
+        try:
+            loop = runtime(nets, config=config, graphs=path.graphs, hooks=hooks, **runtime_options)
+        finally:
+            checks.extend(hooks.checks)
+        missing = hooks.missing(checks)
+        if missing:  # never start a fast path unchecked because its warm-up did not run (e.g. uncompiled networks)
+            raise RuntimeError(f"self-check: {' and '.join(missing)} not checked: the runtime's warm-up did not run "
+                               "it (compile must return networks from compile_networks)")
+        made[id(loop)] = hooks.checks
+        return loop
 
     path = FastPath(compile=compile is not None, graphs=graphs)
     if not check:
         return CheckedStart(open_loop(path), path, checks, time.perf_counter() - start)
-    runtime, path = start_checked(open_loop, path, check_path, explicit, say)
-    return CheckedStart(runtime, path, checks, time.perf_counter() - start)
+    opened, path = start_checked(open_loop, path, lambda loop, p: made.pop(id(loop), []), explicit, say)
+    return CheckedStart(opened, path, checks, time.perf_counter() - start)
 
 
-__all__ = ["CheckedLoop", "CheckedStart", "FastPath", "RuntimeBinding", "SelfCheckError", "compare_runs",
-           "fallback_line", "next_path", "open_checked", "start_checked", "step_checks", "stop_line"]
+__all__ = ["CheckFailed", "CheckedLoop", "CheckedStart", "FastPath", "RuntimeBinding", "SelfCheckError",
+           "WarmUpCheck", "fallback_line", "next_path", "open_checked", "start_checked", "stop_line"]

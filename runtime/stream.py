@@ -120,10 +120,12 @@ class StreamRuntime:
         graphs (`bool`, *optional*): capture CUDA graphs. Default: on CUDA with the torch or TensorRT
             backend. ONNX Runtime runs the same calls without graphs.
         ring (`int`, defaults to 2): pinned host slots for inputs and outputs = calls in flight.
+        hooks (`WarmUpHooks`, *optional*): what runs around the construction's warm-up calls (the start-up
+            self-check, :class:`~personalive_trt.runtime.self_check.WarmUpCheck`); default: nothing.
     """
 
     def __init__(self, networks: Networks, config: StreamConfig | None = None, noise: NoiseFn | None = None,
-                 seed: int = 42, graphs: bool | None = None, ring: int = 2) -> None:
+                 seed: int = 42, graphs: bool | None = None, ring: int = 2, hooks: WarmUpHooks | None = None) -> None:
         self.config = config or networks.shapes.config
         if networks.shapes.config != self.config:
             raise ValueError(f"StreamRuntime: networks were built for {networks.shapes.config}, not {self.config}")
@@ -161,9 +163,7 @@ class StreamRuntime:
         self.graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self.reference_fused = False
         self.reset()
-        self._warm_compiled()
-        if graphs:
-            self._capture_all()
+        self._warm_up(hooks or WarmUpHooks())
 
     # ---- construction ----------------------------------------------------------------------------
     @classmethod
@@ -555,32 +555,64 @@ class StreamRuntime:
                 buffer[:, slot * bank.tokens: (slot + 1) * bank.tokens].copy_(value)
 
     # ---- compiled networks and CUDA graphs ----------------------------------------------------------
-    def _warm_compiled(self) -> None:
+    def check_key(self) -> tuple:
+        """The call the start-up self-check compares (:mod:`.self_check`): the steady call with the keyframe
+        test (every network of a call, plus the test), when the stream can take keyframes; else the plain one."""
+        return ("steady", 0, self.config.online_keyframes > 0)
+
+    def _stage_check_inputs(self, frames: np.ndarray) -> None:
+        """The self-check's seeded inputs in place of a stream's: ``frames[0]`` fused as the reference (through
+        the runtime's own networks: for a compiled runtime this is the reference encoding's compile warm-up),
+        ``frames[1:]`` (``window`` of them) as the driving frames every warm-up call reads."""
+        self.fuse_reference(frames[0])
+        with torch.no_grad(), self._on_stream():
+            self.frames_in.copy_(torch.from_numpy(frames[1:]))
+
+    def _warm_up(self, hooks: WarmUpHooks) -> None:
+        """The construction's warm-up: compile every shape (compiled networks), then capture every graph.
+
+        ``hooks`` run around it (the self-check: seeded inputs in place first, then its comparisons on the
+        check key's warm-up calls); the runtime is left fresh (no reference fused) and the noise generator as it
+        was, so the stream that follows is the one an unchecked runtime produces."""
+        state = self.nets.compiled
+        compiling = state is not None and not state.frozen
+        if not (compiling or self.use_graphs):
+            return  # nothing is warmed up, so there is nothing to check either
+        try:
+            with _generator_saved(self.generator):
+                hooks.start(self)
+                if compiling:
+                    self._warm_compiled(hooks)
+                if self.use_graphs:
+                    self._capture_all(hooks)
+        finally:
+            hooks.finish(self)
+            self.reset()
+
+    def _warm_compiled(self, hooks: WarmUpHooks) -> None:
         """Compile every shape a stream runs compiled, then freeze: no recompilation during a stream.
 
         With compiled networks (:mod:`.compile`) each network compiles on its first call of a shape. The
-        reference encoding and every kind of call that runs compiled (:meth:`graph_keys`) run once here, on
-        whatever the buffers hold (rewritten before being read, as for the graph warm-up), with noise from the
-        runtime's own generator, restored afterwards (a caller's noise hook keeps its sequence). After that a
-        recompilation raises."""
-        state = self.nets.compiled
-        if state is None or state.frozen:
-            return
+        reference encoding (unless ``hooks`` fused one already) and every kind of call that runs compiled
+        (:meth:`graph_keys`) run once here, on whatever the buffers hold (rewritten before being read, as for the graph warm-up), with noise from the runtime's own
+        generator, restored afterwards (a caller's noise hook keeps its sequence). After that a recompilation
+        raises."""
         cfg, noise = self.config, self.noise
         self.noise = lambda t: t.normal_(generator=self.generator)
         try:
-            with _generator_saved(self.generator), torch.no_grad(), self._on_stream():
-                blank = np.zeros((cfg.resolution, cfg.resolution, 3), dtype=np.uint8)
-                encode_reference(self.nets, cfg, blank)
+            with torch.no_grad(), self._on_stream():
+                if not self.reference_fused:
+                    blank = np.zeros((cfg.resolution, cfg.resolution, 3), dtype=np.uint8)
+                    encode_reference(self.nets, cfg, blank)
                 for key in self.graph_keys():
-                    self._body(key)
-            if self.stream is not None:
-                self.stream.synchronize()
+                    with hooks.call(self, key, "compile"):
+                        self._body(key)
+            self._sync()
         finally:
             self.noise = noise
-        state.freeze()
+        self.nets.compiled.freeze()
 
-    def _capture_all(self) -> None:
+    def _capture_all(self, hooks: WarmUpHooks) -> None:
         """Capture one graph per kind of call (at construction: the buffers hold no stream yet).
 
         Each body runs once eagerly on the runtime's stream first (lazy initialisation of cuBLAS/cuDNN
@@ -593,17 +625,48 @@ class StreamRuntime:
         with _generator_saved(self.generator):
             pool = None
             for key in self.graph_keys():
-                with torch.no_grad(), torch.cuda.stream(self.stream):
-                    self._body(key)  # warm-up
-                self.stream.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                if hasattr(graph, "register_generator_state"):
-                    graph.register_generator_state(self.generator)
-                with torch.no_grad(), torch.cuda.graph(graph, pool=pool, stream=self.stream):
-                    self._body(key)
-                pool = graph.pool()
-                self.graphs[key] = graph
-            self.stream.synchronize()
+                with hooks.call(self, key, "capture"):
+                    with torch.no_grad(), self._on_stream():
+                        self._body(key)  # warm-up
+                    self._sync()
+                self.graphs[key], pool = self._capture(key, pool)
+                hooks.captured(self, key)
+            self._sync()
+
+    def _capture(self, key: tuple, pool) -> tuple[object, object]:
+        """One call captured as a CUDA graph (sharing ``pool``); returns it and the pool."""
+        graph = torch.cuda.CUDAGraph()
+        if hasattr(graph, "register_generator_state"):
+            graph.register_generator_state(self.generator)
+        with torch.no_grad(), torch.cuda.graph(graph, pool=pool, stream=self.stream):
+            self._body(key)
+        return graph, graph.pool()
+
+    def _sync(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()  # construction and self-check only, never in a stream's calls
+
+
+class WarmUpHooks:
+    """What runs around a :class:`StreamRuntime`'s construction warm-up (:meth:`StreamRuntime._warm_up`); this
+    default does nothing. The start-up self-check (:class:`~personalive_trt.runtime.self_check.WarmUpCheck`) puts
+    seeded inputs in place (``start``) and compares the fast path on the check key's warm-up calls: the compiled
+    warm-up call against the same call through the uncompiled networks (stage ``"compile"``), the captured
+    graph's replay against the eager warm-up call before its capture (``"capture"``, then ``captured``)."""
+
+    def start(self, runtime: StreamRuntime) -> None:
+        """Before the first warm-up call."""
+
+    @contextlib.contextmanager
+    def call(self, runtime: StreamRuntime, key: tuple, stage: str) -> Iterator[None]:
+        """Around one warm-up call of ``key`` (``stage``: ``"compile"`` or ``"capture"``)."""
+        yield
+
+    def captured(self, runtime: StreamRuntime, key: tuple) -> None:
+        """After ``key``'s graph was captured (``runtime.graphs[key]``)."""
+
+    def finish(self, runtime: StreamRuntime) -> None:
+        """After the warm-up, whatever happened (the runtime is reset next)."""
 
 
 @contextlib.contextmanager

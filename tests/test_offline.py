@@ -163,6 +163,11 @@ class StandIn:
     def allocate(self) -> None:
         self.real.allocate()
 
+    @property
+    def module(self):
+        """The real backend's module: what ``--compile auto``'s cache lookup keys on (runtime/compile.py)."""
+        return self.real.module
+
     def infer(self, inputs, **kwargs):
         if self.live:
             return self.real.infer(inputs, **kwargs)

@@ -70,14 +70,19 @@ def test_offline_runtime_is_the_default_loop(tmp_path):
     from personalive_trt.runtime import animator
     from test_offline import with_stand_ins
 
-    opened = animator.open_session_networks
+    opened, checked = animator.open_session_networks, animator.open_checked
+    starts = []
     out = tmp_path / "out.mp4"
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(OfflineOptions.__init__.__kwdefaults__, "resolution", CANVAS)
         patch.setattr(animator, "open_session_networks", lambda *a, **k: with_stand_ins(
             opened(*a, **k), ("pose_encoder", "motion_encoder", "denoising_unet"))[0])
+        patch.setattr(animator, "open_checked", lambda *a, **k: starts.append((k, checked(*a, **k))) or starts[-1][1])
         result = invoke(*OFFLINE, "--output", str(out), "--max-frames", "16")
     assert result.exit_code == 0, result.output
+    # opened through the self-check (on the CPU's eager default there is nothing to check: no graphs, no compile)
+    (options, start), = starts
+    assert options["check"] is True and start.checks == [] and start.runtime.description.startswith("offline")
     assert "offline stream runtime (eager)" in result.output and "(16 frames" in result.output
     assert len(read_all(out)) == 16 and [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
 
@@ -101,6 +106,30 @@ def test_compile_on_asks_for_the_offline_runtime_compiled(tmp_path, monkeypatch)
     assert isinstance(result.exception, Opened), result.output
     assert result.exception.args[0][-2:] == (Loop.RUNTIME, CompileMode.ON)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_offline_runtime_opens_through_the_self_check(tmp_path, monkeypatch):
+    """--mode offline opens its runtime as the stream does, through the start-up self-check (the fallback itself on
+    the offline runtime is tests/test_offline_stream.py's), and honours --no-self-check; a check that stops the
+    start is one line, exit 1, nothing written."""
+    from personalive_trt.runtime import animator
+    from personalive_trt.runtime.offline_stream import OfflineStreamRuntime
+    from personalive_trt.runtime.self_check import SelfCheckError
+
+    seen: list[dict] = []
+
+    def stopping(networks, config, **kwargs):
+        seen.append(kwargs)
+        raise SelfCheckError("self-check failed: stand-in; not starting")
+
+    monkeypatch.setitem(OfflineOptions.__init__.__kwdefaults__, "resolution", CANVAS)
+    monkeypatch.setattr(animator, "open_checked", stopping)
+    out = tmp_path / "out.mp4"
+    assert_one_line_error(invoke(*OFFLINE, "--output", str(out), "--max-frames", "16", "--no-self-check"),
+                          "self-check failed: stand-in; not starting")
+    assert len(seen) == 1 and seen[0]["check"] is False  # the check itself: test_offline_runtime_is_the_default_loop
+    assert seen[0]["runtime"] is OfflineStreamRuntime and seen[0]["frames"] == 16 and seen[0]["graphs"] is None
+    assert not list(tmp_path.iterdir())
 
 
 def test_side_by_side_video_shows_reference_face_crop_driving_and_generated_frames(offline_run):

@@ -119,6 +119,28 @@ def test_bank_slots_that_do_not_fit_are_refused_in_one_line(networks, monkeypatc
         OfflineStreamRuntime(networks, FRAMES, config(), keyframe_limit=5)
 
 
+def test_the_offline_start_is_self_checked_and_a_corrupted_replay_falls_back(networks):
+    """The offline runtime opens through the same self-check as the online one (`run --mode offline`: its wiring is
+    tests/test_offline_cli.py's): a captured window that replays wrong (test_self_check's stand-in capture on the
+    CPU, only the first and the check's window kinds captured) falls back to eager in the documented line."""
+    from personalive_trt.runtime.self_check import FastPath, open_checked
+    from test_self_check import StandInCapture
+
+    class CorruptOfflineGraphs(StandInCapture, OfflineStreamRuntime):
+        corrupt = True
+
+    lines: list[str] = []
+    start = open_checked(networks, config(), graphs=True, runtime=CorruptOfflineGraphs, say=lines.append,
+                         frames=FRAMES)
+    assert start.runtime.check_key() == ("steady", 0, 1, True, True)  # the test against the reference motion
+    assert [c.what for c in start.checks] == ["CUDA graphs"] and start.checks[0].error > 1e-2
+    assert start.path == FastPath() and isinstance(start.runtime, OfflineStreamRuntime)
+    assert not start.runtime.use_graphs and not start.runtime.graphs and not start.runtime.reference_fused
+    assert len(lines) == 1 and lines[0].startswith("self-check: CUDA graphs: max relative error "), lines
+    assert lines[0].endswith("> 1e-05 against the same call run eagerly; running eager instead (--cuda-graphs off "
+                             "selects it)"), lines
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_offline_graphs_equal_eager_on_gpu(prepared):

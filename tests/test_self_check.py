@@ -2,10 +2,11 @@
 
 Fault injection on the CPU, each taking its documented branch with its message asserted:
 
-* a corrupted CUDA-graph replay (a stand-in "graph" that replays the call and then scrambles the frames, installed
-  in a real CPU runtime: CUDA graphs need a GPU): ``auto`` falls back to eager in one line, ``--cuda-graphs on``
-  stops with :class:`SelfCheckError`;
-* a compiled module that raises: ``auto`` falls back to eager, ``--compile on`` stops;
+* a corrupted CUDA-graph replay (a stand-in "graph" that replays the call and then scrambles the frames, "captured"
+  by a real CPU runtime's warm-up, which the check rides on: CUDA graphs need a GPU): ``auto`` falls back to eager
+  in one line, ``--cuda-graphs on`` stops with :class:`SelfCheckError`;
+* a compiled module that raises (in the compiled networks' warm-up): ``auto`` falls back to eager, ``--compile on``
+  stops;
 * a TensorRT stand-in (tests/tensorrt_stub) that returns wrong numbers: the known-answer check stops the start
   (an engine backend is always an explicit choice); a folder without known answers gets the "rebuild" line.
 
@@ -24,15 +25,8 @@ from personalive_trt.config import StreamConfig
 from personalive_trt.engines.checks import Comparison
 from personalive_trt.engines.networks import Networks
 from personalive_trt.runtime import StreamRuntime
-from personalive_trt.runtime.self_check import (
-    FastPath,
-    RuntimeBinding,
-    SelfCheckError,
-    open_checked,
-    seeded_frames,
-    start_checked,
-    step_checks,
-)
+from personalive_trt.runtime.stream import WarmUpHooks
+from personalive_trt.runtime.self_check import FastPath, SelfCheckError, open_checked, seeded_frames, start_checked
 
 CONFIG = StreamConfig(resolution=64, window=1, keyframe_start=0, keyframe_threshold=0.0)
 
@@ -55,34 +49,48 @@ class Replay:
             self.runtime.video.copy_(self.runtime.video.flip(1))
 
 
-def runtime_with_graphs(networks, path: FastPath, corrupt: bool) -> StreamRuntime:
-    runtime = StreamRuntime(networks, CONFIG, seed=3)
-    if path.graphs:  # every kind of call replays through a stand-in graph
-        runtime.graphs = {key: Replay(runtime, key, corrupt) for key in runtime.all_keys()}
-        runtime.use_graphs = True
-    return runtime
+class StandInCapture:
+    """Mixed into a runtime class: on a CPU it 'captures' each kind of call as a :class:`Replay` (CUDA graphs need a
+    GPU), so that its construction runs the captured path's warm-up, capture and self-check as on a GPU;
+    ``corrupt`` replays wrong."""
+
+    corrupt = False
+
+    def __init__(self, networks, config=None, graphs=False, hooks=None, **options) -> None:
+        super().__init__(networks, config=config, graphs=False, **options)  # eager: nothing warmed up yet
+        if graphs:
+            self.use_graphs = True
+            self._warm_up(hooks or WarmUpHooks())
+
+    def graph_keys(self) -> list[tuple]:
+        # the calls the check and these tests make (every captured kind costs one eager warm-up call on a CPU)
+        return [("first",), self.check_key()]
+
+    def _capture(self, key, pool):
+        return Replay(self, key, self.corrupt), pool
 
 
-def check_steps(runtime, path):
-    return step_checks(RuntimeBinding(runtime), path, torch.float32)
+class StandInGraphs(StandInCapture, StreamRuntime):
+    pass
+
+
+class CorruptGraphs(StandInGraphs):
+    corrupt = True
 
 
 def test_corrupted_graph_replay_falls_back_when_auto_and_stops_when_asked_for(networks):
-    runtime = runtime_with_graphs(networks, FastPath(graphs=True), corrupt=True)
-    checks = check_steps(runtime, FastPath(graphs=True))
-    assert [c.what for c in checks] == ["CUDA graphs"] and not checks[0].ok and checks[0].error > 1e-2
-    assert not runtime.reference_fused and runtime.count == 0  # left as a fresh runtime
-
     lines: list[str] = []
-    opened, path = start_checked(lambda p: runtime_with_graphs(networks, p, corrupt=True), FastPath(graphs=True),
-                                 lambda rt, p: checks if p.graphs else [], say=lines.append)
-    assert path == FastPath() and not opened.graphs and not opened.use_graphs
+    start = open_checked(networks, CONFIG, graphs=True, runtime=CorruptGraphs, say=lines.append, seed=3)
+    checks = start.checks
+    assert [c.what for c in checks] == ["CUDA graphs"] and not checks[0].ok and checks[0].error > 1e-2
+    assert start.path == FastPath() and not start.runtime.graphs and not start.runtime.use_graphs
+    assert not start.runtime.reference_fused and start.runtime.count == 0  # left as a fresh runtime
     assert len(lines) == 1 and lines[0].startswith("self-check: CUDA graphs: max relative error "), lines
     assert lines[0].endswith("> 1e-05 against the same call run eagerly; running eager instead (--cuda-graphs off "
                              "selects it)"), lines
 
     with pytest.raises(SelfCheckError) as caught:
-        start_checked(lambda p: runtime, FastPath(graphs=True), lambda rt, p: checks,
+        start_checked(lambda p: start.runtime, FastPath(graphs=True), lambda rt, p: checks,
                       explicit={"graphs": "--cuda-graphs on"})
     message = str(caught.value)
     assert "\n" not in message and message.startswith("self-check failed: CUDA graphs: max relative error ")
@@ -90,12 +98,14 @@ def test_corrupted_graph_replay_falls_back_when_auto_and_stops_when_asked_for(ne
 
 
 def test_a_passing_check_leaves_the_stream_exactly_as_unchecked(networks):
-    """The check saves and restores the state and the noise generator: the checked runtime's stream equals an
-    unchecked runtime's, bit for bit."""
+    """The check rides on the warm-up (seeded inputs, the eager warm-up call against the replay), then restores the
+    noise generator and resets the runtime: its stream equals an unchecked runtime's, bit for bit."""
     lines: list[str] = []
-    runtime, path = start_checked(lambda p: runtime_with_graphs(networks, p, corrupt=False), FastPath(graphs=True),
-                                  check_steps, say=lines.append)
-    assert path == FastPath(graphs=True) and lines == []
+    start = open_checked(networks, CONFIG, graphs=True, runtime=StandInGraphs, say=lines.append, seed=3)
+    runtime = start.runtime
+    assert start.path == FastPath(graphs=True) and lines == [] and runtime.use_graphs and runtime.graphs
+    assert [c.what for c in start.checks] == ["CUDA graphs"] and start.checks[0].error == 0.0  # same kernels on a CPU
+    assert not runtime.reference_fused and runtime.count == 0
     frames = seeded_frames(3, CONFIG.resolution, seed=5)
     unchecked = StreamRuntime(networks, CONFIG, seed=3)
     for loop in (runtime, unchecked):
@@ -117,9 +127,21 @@ class RaisingBackend:
         raise RuntimeError("inductor: illegal instruction in the compiled kernel\n(and a long traceback)")
 
 
+class StandInCompiledState:
+    """What compile_networks attaches to its networks: the runtime warms every kind of call up through them (the
+    calls that compile), then freezes them."""
+
+    frozen = False
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+
 def raising_compile(networks):
     backends = dict(networks.backends, denoising_unet=RaisingBackend(networks.backends["denoising_unet"]))
-    return Networks(backends, networks.shapes, networks.dtype, networks.device, description="compiled (raising)")
+    compiled = Networks(backends, networks.shapes, networks.dtype, networks.device, description="compiled (raising)")
+    compiled.compiled = StandInCompiledState()
+    return compiled
 
 
 def test_compiled_module_that_raises_falls_back_when_auto_and_stops_when_asked(networks):

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from personalive_trt.choices import Backend, GraphsMode
+from personalive_trt.choices import Backend
 from personalive_trt.config import StreamConfig
 from personalive_trt.filemode.animate import RunOptions, RunStats
 from personalive_trt.filemode.offline import animate_offline, prepare_driving, prepare_reference
@@ -106,7 +106,7 @@ def animate_offline_file(options: OfflineOptions, progress: bool = True) -> RunS
     from personalive_trt import media
     from personalive_trt.media import sample
     from personalive_trt.media.facemesh import FaceMesh
-    from personalive_trt.runtime.animator import open_session_networks
+    from personalive_trt.runtime.animator import open_checked_runtime, open_session_networks
 
     # Everything that can be wrong with the inputs is found before any network loads.
     animation = options.check()
@@ -126,14 +126,14 @@ def animate_offline_file(options: OfflineOptions, progress: bool = True) -> RunS
     keyframe_limit = options.bank_limit
     if o.backend is not Backend.TORCH:
         config, keyframe_limit = engine_bank_config(o.engines, config, clip.frames, keyframe_limit)
-    networks = open_session_networks(animation.weights, o.backend, o.engines, animation.device, animation.dtype,
-                                     config, o.animator_loop, o.compile)
     if o.reference_loop:
+        networks = open_session_networks(animation.weights, o.backend, o.engines, animation.device, animation.dtype,
+                                         config, o.animator_loop, o.compile)
         animator = OfflineAnimator(networks, config, seed=o.seed, keyframe_limit=keyframe_limit)
-    else:  # its bank slots sized for this clip (or a one-line MemoryError when they would not fit)
-        graphs = {GraphsMode.ON: True, GraphsMode.OFF: False}.get(o.cuda_graphs)
-        animator = OfflineStreamRuntime(networks, clip.frames, config, keyframe_limit=keyframe_limit, seed=o.seed,
-                                        graphs=graphs)
+    else:  # its bank slots sized for this clip (or a one-line MemoryError when they would not fit), self-checked
+        animator = open_checked_runtime(animation.weights, o.backend, o.engines, animation.device, animation.dtype,
+                                        config, o.compile, o.cuda_graphs, o.self_check, runtime=OfflineStreamRuntime,
+                                        frames=clip.frames, keyframe_limit=keyframe_limit, seed=o.seed)
     animator.fuse_reference(reference)
     resolution = config.resolution
     start = time.perf_counter()
