@@ -88,23 +88,31 @@ def test_offline_runtime_is_the_default_loop(tmp_path):
 
 
 def test_compile_on_asks_for_the_offline_runtime_compiled(tmp_path, monkeypatch):
-    """``--compile on`` without --reference-loop is not refused: the clip is prepared, then the networks are
-    opened for the streaming runtime, compiled (what the offline runtime does with compiled networks is
-    tests/test_offline_stream.py's, with a stand-in compile); stopped there, nothing is written."""
-    from personalive_trt.choices import CompileMode, Loop
-    from personalive_trt.runtime import animator
+    """``--compile on`` without --reference-loop is not refused: the clip is prepared, then the offline runtime is
+    opened through the self-check with a compile step, asked for explicitly (what the offline runtime does with
+    compiled networks is tests/test_offline_stream.py's, with a stand-in compile); stopped there, nothing is
+    written."""
+    from personalive_trt.runtime import animator, compile as compile_module
+    from personalive_trt.runtime.offline_stream import OfflineStreamRuntime
 
     class Opened(Exception):
         pass
 
-    def opened(*args):
-        raise Opened(args)
+    seen: list[dict] = []
 
-    monkeypatch.setattr(animator, "require_compiler", lambda device: None)  # a C++ compiler: not the point here
-    monkeypatch.setattr(animator, "open_session_networks", opened)
+    def opened(networks, config, **kwargs):
+        seen.append(kwargs)
+        raise Opened()
+
+    for module in (animator, compile_module):  # a C++ compiler: not the point here
+        monkeypatch.setattr(module, "require_compiler", lambda device: None)
+    monkeypatch.setitem(OfflineOptions.__init__.__kwdefaults__, "resolution", CANVAS)
+    monkeypatch.setattr(animator, "open_checked", opened)
     result = invoke(*OFFLINE, "--output", str(tmp_path / "out.mp4"), "--max-frames", "16", "--compile", "on")
     assert isinstance(result.exception, Opened), result.output
-    assert result.exception.args[0][-2:] == (Loop.RUNTIME, CompileMode.ON)
+    (options,) = seen
+    assert callable(options["compile"]) and options["explicit"] == {"compile": "--compile on"}
+    assert options["runtime"] is OfflineStreamRuntime and options["check"] is True
     assert list(tmp_path.iterdir()) == []
 
 
