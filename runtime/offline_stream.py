@@ -42,7 +42,8 @@ from personalive_trt.config import COND_SIZE, FACE_SIZE, StreamConfig
 from personalive_trt.engines.networks import Networks
 from personalive_trt.models import keypoints as kp
 from personalive_trt.runtime.offline_loop import PreparedReference, max_keyframe_banks, window_frames
-from personalive_trt.runtime.reference_loop import Reference, encode_prepared_reference, unit_range
+from personalive_trt.runtime.reference_loop import (Reference, clip_pixels, encode_prepared_reference, lanczos,
+                                                    unit_range)
 from personalive_trt.runtime.stream import FLAG_KEYFRAME, NoiseFn, StreamRuntime, WarmUpHooks
 
 __all__ = ["OfflineStreamRuntime", "bank_bytes", "check_bank_memory"]
@@ -249,19 +250,12 @@ class OfflineStreamRuntime(StreamRuntime):
         """The self-check's seeded inputs (see :meth:`StreamRuntime._stage_check_inputs`) in the offline runtime's
         form: ``frames[0]`` prepared as a reference (its resizes standing in for the face crop), the driving
         frames resized to the pose encoder's and motion encoder's inputs."""
-        from PIL import Image
-
-        from personalive_trt.runtime.reference_loop import clip_pixels
-
-        def resized(image: np.ndarray, size: int) -> np.ndarray:
-            return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
-
         portrait = frames[0]
-        self.fuse_reference(PreparedReference(clip_pixels(portrait), portrait, resized(portrait, COND_SIZE),
-                                              resized(portrait, FACE_SIZE), crop=None))
+        self.fuse_reference(PreparedReference(clip_pixels(portrait), portrait, lanczos(portrait, COND_SIZE),
+                                              lanczos(portrait, FACE_SIZE), crop=None))
         with torch.no_grad(), self._on_stream():
-            self.cond_in.copy_(torch.from_numpy(np.stack([resized(f, COND_SIZE) for f in frames[1:]])))
-            self.faces_in.copy_(torch.from_numpy(np.stack([resized(f, FACE_SIZE) for f in frames[1:]])))
+            self.cond_in.copy_(torch.from_numpy(np.stack([lanczos(f, COND_SIZE) for f in frames[1:]])))
+            self.faces_in.copy_(torch.from_numpy(np.stack([lanczos(f, FACE_SIZE) for f in frames[1:]])))
 
     def graph_keys(self) -> list[tuple]:
         """The lengths that can persist: up to CAPTURED_KEYFRAMES history banks, and the limit (captured as CUDA

@@ -76,10 +76,15 @@ def clip_pixels(image: np.ndarray) -> torch.Tensor:
     return ((x - mean) / std).unsqueeze(0)
 
 
+def lanczos(image: np.ndarray, size: int) -> np.ndarray:
+    """PIL Lanczos resize to ``size`` x ``size`` (aspect not kept), uint8 in and out."""
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+
+
 def unit_range(image: np.ndarray, size: int) -> torch.Tensor:
     """PIL Lanczos resize to size x size, then [0,1] -> [-1,1], as (1,3,size,size) float32."""
     if image.shape[:2] != (size, size):
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+        image = lanczos(image, size)
     x = torch.from_numpy(image.astype(np.float32) / np.float32(255.0)).permute(2, 0, 1).unsqueeze(0)
     return x * 2 - 1
 

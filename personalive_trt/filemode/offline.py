@@ -40,7 +40,7 @@ from personalive_trt.runtime.offline_loop import (
     min_frames,
     window_frames,
 )
-from personalive_trt.runtime.reference_loop import clip_pixels, frames_to_tensor
+from personalive_trt.runtime.reference_loop import clip_pixels, frames_to_tensor, lanczos
 from personalive_trt.runtime.offline_stream import OfflineStreamRuntime
 
 __all__ = ["PreparedClip", "animate_offline", "offline_frame_count", "prepare_driving", "prepare_reference"]
@@ -59,11 +59,6 @@ def offline_frame_count(available: int, max_frames: int | None, config: StreamCo
                          f"(it animates a multiple of {config.window} and mirrors the {config.warmup_frames} frames "
                          "before the last at the end)")
     return frames
-
-
-def lanczos(image: np.ndarray, size: int) -> np.ndarray:
-    """PIL Lanczos resize to ``size`` x ``size`` (aspect not kept), uint8 in and out."""
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
 
 
 def prepare_reference(image: np.ndarray, mesh: FaceMesh, config: StreamConfig, what: str) -> PreparedReference:
