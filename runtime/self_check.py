@@ -323,9 +323,7 @@ class WarmUpCheck:
         fast = loop.outputs()
         loop.restore(self._saved)
         loop.run_uncompiled(key)  # the one extra run of the compile check
-        self._add(Comparison("torch.compile", "the same call through the uncompiled networks", ("compile",),
-                             relative_error(fast, loop.outputs()), TOLERANCE["compile", self.dtype], None,
-                             time.perf_counter() - started))
+        self._compile_check(started, error=relative_error(fast, loop.outputs()))
 
     def captured(self, runtime, key) -> None:
         loop = self._loop
@@ -333,16 +331,12 @@ class WarmUpCheck:
             return
         started = time.perf_counter()
         loop.restore(self._saved)
-        what, suspects = "CUDA graphs", ("compile", "graphs") if self.path.compile else ("graphs",)
-        tolerance = TOLERANCE["graphs", self.dtype]
         try:
             loop.run_captured(key)  # the one extra run of the graph check
         except Exception as exc:  # noqa: BLE001 -- the fast path's failure IS the result; reported in one line
-            self._add(Comparison(what, "the same call run eagerly", suspects, None, tolerance, one_line(exc),
-                                 time.perf_counter() - started))
+            self._graph_check(started, failure=one_line(exc))
             return
-        self._add(Comparison(what, "the same call run eagerly", suspects, relative_error(loop.outputs(), self._expected),
-                             tolerance, None, time.perf_counter() - started))
+        self._graph_check(started, error=relative_error(loop.outputs(), self._expected))
 
     def finish(self, runtime) -> None:
         self._loop = self._saved = self._expected = None  # the copies go with the warm-up
@@ -365,8 +359,18 @@ class WarmUpCheck:
         try:
             yield
         except Exception as exc:  # noqa: BLE001 -- reported in one line, then the fallback
-            self._add(Comparison("torch.compile", "the same call through the uncompiled networks", ("compile",),
-                                 None, TOLERANCE["compile", self.dtype], one_line(exc), time.perf_counter() - started))
+            self._compile_check(started, failure=one_line(exc))
+
+    def _compile_check(self, started: float, error: float | None = None, failure: str | None = None) -> None:
+        """The compile check's result: the relative ``error`` of the compiled call, or the ``failure`` of one."""
+        self._add(Comparison("torch.compile", "the same call through the uncompiled networks", ("compile",), error,
+                             TOLERANCE["compile", self.dtype], failure, time.perf_counter() - started))
+
+    def _graph_check(self, started: float, error: float | None = None, failure: str | None = None) -> None:
+        """The graph check's result: the relative ``error`` of the replay, or the ``failure`` of it."""
+        suspects = ("compile", "graphs") if self.path.compile else ("graphs",)
+        self._add(Comparison("CUDA graphs", "the same call run eagerly", suspects, error,
+                             TOLERANCE["graphs", self.dtype], failure, time.perf_counter() - started))
 
     def _add(self, comparison: Comparison) -> None:
         self.checks.append(comparison)

@@ -594,9 +594,9 @@ class StreamRuntime:
 
         With compiled networks (:mod:`.compile`) each network compiles on its first call of a shape. The
         reference encoding (unless ``hooks`` fused one already) and every kind of call that runs compiled
-        (:meth:`graph_keys`) run once here, on whatever the buffers hold (rewritten before being read, as for the graph warm-up), with noise from the runtime's own
-        generator, restored afterwards (a caller's noise hook keeps its sequence). After that a recompilation
-        raises."""
+        (:meth:`graph_keys`) run once here, on whatever the buffers hold (rewritten before being read, as for the
+        graph warm-up), with noise from the runtime's own generator, which :meth:`_warm_up` restores afterwards (a
+        caller's noise hook keeps its sequence). After that a recompilation raises."""
         cfg, noise = self.config, self.noise
         self.noise = lambda t: t.normal_(generator=self.generator)
         try:
@@ -617,21 +617,20 @@ class StreamRuntime:
 
         Each body runs once eagerly on the runtime's stream first (lazy initialisation of cuBLAS/cuDNN
         handles and TensorRT contexts must not land in a graph). All graphs share one memory pool: they
-        never run concurrently. The noise generator is restored afterwards, so the stream's noise is the
-        same as without graphs. What the warm-up leaves in the buffers is overwritten before it is read:
+        never run concurrently. :meth:`_warm_up` restores the noise generator afterwards, so the stream's noise
+        is the same as without graphs. What the warm-up leaves in the buffers is overwritten before it is read:
         ``fuse_reference`` writes the reference and the warm-up pile, the first call the piles, a keyframe
         its bank slots.
         """
-        with _generator_saved(self.generator):
-            pool = None
-            for key in self.graph_keys():
-                with hooks.call(self, key, "capture"):
-                    with torch.no_grad(), self._on_stream():
-                        self._body(key)  # warm-up
-                    self._sync()
-                self.graphs[key], pool = self._capture(key, pool)
-                hooks.captured(self, key)
-            self._sync()
+        pool = None
+        for key in self.graph_keys():
+            with hooks.call(self, key, "capture"):
+                with torch.no_grad(), self._on_stream():
+                    self._body(key)  # warm-up
+                self._sync()
+            self.graphs[key], pool = self._capture(key, pool)
+            hooks.captured(self, key)
+        self._sync()
 
     def _capture(self, key: tuple, pool) -> tuple[object, object]:
         """One call captured as a CUDA graph (sharing ``pool``); returns it and the pool."""
