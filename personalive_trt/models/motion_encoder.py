@@ -7,11 +7,12 @@ by a stride-2 conv to one 28x28 map, flattened and projected to 512 values. Thre
 self-attention blocks (``att_1..3``) are inserted into the FAN trunk.
 
 Everything here is fixed-size in the release (identical in the SMALL and FULL configs) and its
-``state_dict`` matches ``personalive/motion_encoder.pth`` key for key (403 keys, BatchNorm statistics
-and the ``pe`` buffer included). One width is a parameter, for the tiny synthetic weights only: the
-attention blocks' token width (``attention_width``, released 1024 = 8 heads x 128), whose linear
-layers are two thirds of the encoder's CPU time; the keys stay the same, their shapes follow it. The three ``att_*.pos_embed.pos_embed`` sin-cos tables are recomputed at
-init and are non-persistent, exactly as in the release.
+``state_dict`` matches ``personalive/motion_encoder.pth`` key for key (403 keys, BatchNorm
+statistics and the ``pe`` buffer included). One width is a parameter, for the tiny synthetic weights
+only: the attention blocks' token width (``attention_width``, released 1024 = 8 heads x 128), whose
+linear layers are two thirds of the encoder's CPU time; the keys stay the same, their shapes follow
+it. The three ``att_*.pos_embed.pos_embed`` sin-cos tables are recomputed at init and are
+non-persistent, exactly as in the release.
 
 Inference only: the original is always used in ``.eval()`` mode, so BatchNorm here *always*
 normalises with the running statistics and the hourglass' Dropout(0.5) -- an identity in eval --
@@ -157,15 +158,16 @@ class SpatialSelfAttentionLayer(nn.Module):
 class PatchSelfAttention(nn.Module):
     """Residual patchified self-attention over a feature map (the original ``att_1..3``).
 
-    GroupNorm(32, eps 1e-6) -> ``PatchEmbed`` (p x p stride conv to 1024-d tokens (released width) + fixed 2-D sin-cos
-    table of the 28x28 grid, a non-persistent buffer) -> one attention layer -> un-patchify: each
+    GroupNorm(32, eps 1e-6) -> ``PatchEmbed`` (p x p stride conv to 1024-d tokens at the released width + fixed
+    2-D sin-cos table of the 28x28 grid, a non-persistent buffer) -> one attention layer -> un-patchify: each
     1024-d token is read as p*p sub-vectors of 1024/p^2 values, ``proj_out`` maps every sub-vector
     to C channels, and the sub-vectors are put back at their pixel inside the patch. Output is the
     input plus that (``proj_out`` is zero-initialised, so a fresh block is the identity).
     The original wraps this in a (b, c, f, h, w) video API but FAN_SA always calls it with f = 1.
     """
 
-    def __init__(self, channels: int, sample_size: int, patch_size: int, heads: int = 8, head_dim: int = 128,
+    def __init__(self, channels: int, sample_size: int, patch_size: int, heads: int = ATTENTION_HEADS,
+                 head_dim: int = RELEASED_ATTENTION_WIDTH // ATTENTION_HEADS,
                  norm_groups: int = 32) -> None:
         super().__init__()
         inner_dim = heads * head_dim
