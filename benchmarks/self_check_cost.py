@@ -25,16 +25,8 @@ import argparse
 import statistics
 import time
 
-from personalive_trt.runtime.stream import StreamRuntime, WarmUpHooks
-
-
-class StandInCompiledState:
-    """What compile_networks attaches to compiled networks: warmed up (every kind of call), then frozen."""
-
-    frozen = False
-
-    def freeze(self) -> None:
-        self.frozen = True
+from personalive_trt.runtime.stream import StreamRuntime
+from personalive_trt.runtime.testing import StandInCapture, StandInCompiledState
 
 
 def stand_in_compile(networks):
@@ -43,27 +35,8 @@ def stand_in_compile(networks):
     return compiled
 
 
-class Replay:
-    """A captured graph's stand-in on a CPU: its replay runs the call."""
-
-    def __init__(self, runtime, key) -> None:
-        self.runtime, self.key = runtime, key
-
-    def replay(self) -> None:
-        self.runtime._body(self.key)
-
-
-class StandInGraphs(StreamRuntime):
-    """A CPU runtime whose graph warm-up and capture run as on a GPU, each call 'captured' as a :class:`Replay`."""
-
-    def __init__(self, networks, config=None, graphs=False, hooks=None, **options) -> None:
-        super().__init__(networks, config=config, graphs=False, **options)
-        if graphs:
-            self.use_graphs = True
-            self._warm_up(hooks or WarmUpHooks())
-
-    def _capture(self, key, pool):
-        return Replay(self, key), pool
+class StandInGraphs(StandInCapture, StreamRuntime):
+    """A CPU runtime whose graph warm-up and capture of every kind of call run as on a GPU."""
 
 
 def main() -> None:

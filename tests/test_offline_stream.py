@@ -121,12 +121,13 @@ def test_bank_slots_that_do_not_fit_are_refused_in_one_line(networks, monkeypatc
 
 def test_the_offline_start_is_self_checked_and_a_corrupted_replay_falls_back(networks):
     """The offline runtime opens through the same self-check as the online one (`run --mode offline`: its wiring is
-    tests/test_offline_cli.py's): a captured window that replays wrong (test_self_check's stand-in capture on the
-    CPU, only the first and the check's window kinds captured) falls back to eager in the documented line."""
+    tests/test_offline_cli.py's): a captured window that replays wrong (runtime/testing.py's stand-in capture on
+    the CPU, only the first and the check's window kinds captured) falls back to eager in the documented line."""
     from personalive_trt.runtime.self_check import FastPath, open_checked
-    from test_self_check import StandInCapture
+    from personalive_trt.runtime.testing import StandInCapture
+    from test_self_check import CheckedKindsOnly
 
-    class CorruptOfflineGraphs(StandInCapture, OfflineStreamRuntime):
+    class CorruptOfflineGraphs(CheckedKindsOnly, StandInCapture, OfflineStreamRuntime):
         corrupt = True
 
     lines: list[str] = []

@@ -25,8 +25,8 @@ from personalive_trt.config import StreamConfig
 from personalive_trt.engines.checks import Comparison
 from personalive_trt.engines.networks import Networks
 from personalive_trt.runtime import StreamRuntime
-from personalive_trt.runtime.stream import WarmUpHooks
 from personalive_trt.runtime.self_check import FastPath, SelfCheckError, open_checked, seeded_frames, start_checked
+from personalive_trt.runtime.testing import StandInCapture, StandInCompiledState
 
 CONFIG = StreamConfig(resolution=64, window=1, keyframe_start=0, keyframe_threshold=0.0)
 
@@ -36,41 +36,15 @@ def networks(parity_models):
     return Networks.from_models(parity_models, CONFIG)
 
 
-class Replay:
-    """Stands in for a captured CUDA graph (they need a GPU): its replay runs the call; ``corrupt`` then scrambles
-    the frames, as a graph bound to stale addresses does (it raises nothing and writes wrong data)."""
-
-    def __init__(self, runtime, key, corrupt: bool) -> None:
-        self.runtime, self.key, self.corrupt = runtime, key, corrupt
-
-    def replay(self) -> None:
-        self.runtime._body(self.key)
-        if self.corrupt:
-            self.runtime.video.copy_(self.runtime.video.flip(1))
-
-
-class StandInCapture:
-    """Mixed into a runtime class: on a CPU it 'captures' each kind of call as a :class:`Replay` (CUDA graphs need a
-    GPU), so that its construction runs the captured path's warm-up, capture and self-check as on a GPU;
-    ``corrupt`` replays wrong."""
-
-    corrupt = False
-
-    def __init__(self, networks, config=None, graphs=False, hooks=None, **options) -> None:
-        super().__init__(networks, config=config, graphs=False, **options)  # eager: nothing warmed up yet
-        if graphs:
-            self.use_graphs = True
-            self._warm_up(hooks or WarmUpHooks())
+class CheckedKindsOnly:
+    """Mixed in before :class:`StandInCapture`: captures only the calls the check and these tests make (every
+    captured kind costs one eager warm-up call on a CPU)."""
 
     def graph_keys(self) -> list[tuple]:
-        # the calls the check and these tests make (every captured kind costs one eager warm-up call on a CPU)
         return [("first",), self.check_key()]
 
-    def _capture(self, key, pool):
-        return Replay(self, key, self.corrupt), pool
 
-
-class StandInGraphs(StandInCapture, StreamRuntime):
+class StandInGraphs(CheckedKindsOnly, StandInCapture, StreamRuntime):
     pass
 
 
@@ -125,16 +99,6 @@ class RaisingBackend:
 
     def infer(self, inputs, *, stable=()):
         raise RuntimeError("inductor: illegal instruction in the compiled kernel\n(and a long traceback)")
-
-
-class StandInCompiledState:
-    """What compile_networks attaches to its networks: the runtime warms every kind of call up through them (the
-    calls that compile), then freezes them."""
-
-    frozen = False
-
-    def freeze(self) -> None:
-        self.frozen = True
 
 
 def raising_compile(networks):

@@ -1,0 +1,55 @@
+"""Stand-ins for the fast paths a CPU cannot run, so their start-up runs there as on a GPU (TEST DOUBLES).
+
+CUDA graphs need a GPU and a real ``torch.compile`` costs minutes on a CPU, yet the self-check rides on the warm-up
+both make at construction (:mod:`.self_check`). These make that warm-up run on a CPU: :class:`StandInCapture`
+"captures" each kind of call as a :class:`Replay` that runs the call (``corrupt``: and then scrambles the frames, as a
+graph bound to stale addresses does), and :class:`StandInCompiledState` is what ``compile_networks`` attaches to
+compiled networks (warmed up through every kind of call, then frozen) without a compiler. ``run`` and ``serve``
+never use them; tests/test_self_check.py, tests/test_offline_stream.py and benchmarks/self_check_cost.py do.
+"""
+from __future__ import annotations
+
+from personalive_trt.runtime.stream import WarmUpHooks
+
+
+class Replay:
+    """A captured CUDA graph's stand-in: its replay runs the call; ``corrupt`` then scrambles the frames (it raises
+    nothing and writes wrong data)."""
+
+    def __init__(self, runtime, key: tuple, corrupt: bool = False) -> None:
+        self.runtime, self.key, self.corrupt = runtime, key, corrupt
+
+    def replay(self) -> None:
+        self.runtime._body(self.key)
+        if self.corrupt:
+            self.runtime.video.copy_(self.runtime.video.flip(1))
+
+
+class StandInCapture:
+    """Mixed into a runtime class (before it: ``class CpuGraphs(StandInCapture, StreamRuntime)``): with ``graphs``
+    its construction runs the captured path's warm-up, capture and self-check as on a GPU, each kind of call
+    "captured" as a :class:`Replay`; ``corrupt = True`` replays wrong."""
+
+    corrupt = False
+
+    def __init__(self, networks, config=None, graphs=False, hooks=None, **options) -> None:
+        super().__init__(networks, config=config, graphs=False, **options)  # eager: nothing warmed up yet
+        if graphs:
+            self.use_graphs = True
+            self._warm_up(hooks or WarmUpHooks())
+
+    def _capture(self, key, pool):
+        return Replay(self, key, self.corrupt), pool
+
+
+class StandInCompiledState:
+    """What ``compile_networks`` attaches to its networks: the runtime warms every kind of call up through them (the
+    calls that compile), then freezes them."""
+
+    frozen = False
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+
+__all__ = ["Replay", "StandInCapture", "StandInCompiledState"]
