@@ -42,8 +42,7 @@ from personalive_trt.config import COND_SIZE, FACE_SIZE, StreamConfig
 from personalive_trt.engines.networks import Networks
 from personalive_trt.models import keypoints as kp
 from personalive_trt.runtime.offline_loop import PreparedReference, max_keyframe_banks, window_frames
-from personalive_trt.runtime.reference_loop import (Reference, clip_pixels, encode_prepared_reference, lanczos,
-                                                    unit_range)
+from personalive_trt.runtime.reference_loop import clip_pixels, encode_prepared_reference, lanczos, unit_range
 from personalive_trt.runtime.stream import FLAG_KEYFRAME, NoiseFn, StreamRuntime, WarmUpHooks
 
 __all__ = ["OfflineStreamRuntime", "bank_bytes", "check_bank_memory"]
@@ -151,13 +150,17 @@ class OfflineStreamRuntime(StreamRuntime):
             raise ValueError(f"fuse_reference: the reference was prepared at {image.image.shape[:2]}, "
                              f"the stream runs at {resolution}x{resolution}")
 
-        def encode() -> Reference:
-            reference = encode_prepared_reference(self.nets, image.clip_pixels, unit_range(image.image, resolution),
-                                                  unit_range(image.cond, COND_SIZE) / 2 + 0.5)
+        def write() -> None:
+            self._write_reference(encode_prepared_reference(
+                self.nets, image.clip_pixels, unit_range(image.image, resolution),
+                unit_range(image.cond, COND_SIZE) / 2 + 0.5))
             self.ref_face.copy_(unit_range(image.face, FACE_SIZE))
-            return reference
 
-        self._fuse(encode)
+        self._fuse(write)
+
+    def _write_seeded_reference(self, generator: torch.Generator) -> None:
+        super()._write_seeded_reference(generator)
+        self.ref_face.normal_(generator=generator)
 
     def submit(self, frames: np.ndarray) -> int:
         raise TypeError("submit: the offline runtime takes the windows of a PreparedClip (submit_window, animate), "
@@ -246,13 +249,16 @@ class OfflineStreamRuntime(StreamRuntime):
         steady = [key for key in self.all_keys() if key[0] == "steady" and key[4] and key[1] == 0]  # all captured
         return next((key for key in steady if key[2]), steady[0])
 
-    def _stage_check_inputs(self, frames: np.ndarray) -> None:
+    def _stage_check_inputs(self, frames: np.ndarray, reference_seed: int | None = None) -> None:
         """The self-check's seeded inputs (see :meth:`StreamRuntime._stage_check_inputs`) in the offline runtime's
-        form: ``frames[0]`` prepared as a reference (its resizes standing in for the face crop), the driving
-        frames resized to the pose encoder's and motion encoder's inputs."""
+        form: ``frames[0]`` prepared as a reference (its resizes standing in for the face crop) or seeded values,
+        the driving frames resized to the pose encoder's and motion encoder's inputs."""
         portrait = frames[0]
-        self.fuse_reference(PreparedReference(clip_pixels(portrait), portrait, lanczos(portrait, COND_SIZE),
-                                              lanczos(portrait, FACE_SIZE), crop=None))
+        if reference_seed is None:
+            self.fuse_reference(PreparedReference(clip_pixels(portrait), portrait, lanczos(portrait, COND_SIZE),
+                                                  lanczos(portrait, FACE_SIZE), crop=None))
+        else:
+            self._fuse_seeded(reference_seed)
         with torch.no_grad(), self._on_stream():
             self.cond_in.copy_(torch.from_numpy(np.stack([lanczos(f, COND_SIZE) for f in frames[1:]])))
             self.faces_in.copy_(torch.from_numpy(np.stack([lanczos(f, FACE_SIZE) for f in frames[1:]])))

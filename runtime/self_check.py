@@ -22,22 +22,27 @@ the path, the error and the option that selects the safe path; when every suspec
 (``--compile on``, ``--cuda-graphs on``, ``--backend tensorrt``) the start stops with :class:`SelfCheckError`
 (one line; the command exits non-zero).
 
-Cost: one extra call per check (the steady call with the keyframe test, the call a stream makes most while
-keyframes are possible), because the check rides on the warm-up a fast path makes at construction anyway
-(:class:`WarmUpCheck`): a compiled runtime runs every kind of call once through the compiled networks to compile
-it, a captured runtime runs every kind of call once eagerly before capturing it. Those warm-up calls run on the
-check's seeded inputs (a seeded portrait fused in place of the compile warm-up's blank one, seeded driving frames,
-the state saved after the first call and restored before the check key), so the compiled warm-up call is the
-compile check's fast run (the extra run: the same call through the uncompiled networks) and the eager warm-up call
-is the graph check's trusted run (the extra run: the graph's replay). With graphs only, fusing the seeded portrait
-is extra too (a captured runtime encodes no reference at construction). Compile and graphs together: two extra
-calls, one per check. The eager path (a CPU's default) warms nothing up and checks nothing: no cost. The known
-answers are one call per network at its smallest shapes. The state is saved after the first warm-up call and
-restored before each compared run (one copy of the loop's buffers, held only during the warm-up) and the noise
-generator is restored, so a checked stream produces exactly the frames of an unchecked one. Checking every kind of
-call (the keyframe writes, every bank count) would cost one extra call each; one representative call was chosen
-instead. A fast path that breaks the CUDA context itself (an illegal address in a replay) cannot be fallen back
-from in the same process: its error propagates.
+Cost: one extra call (the steady call with the keyframe test, the call a stream makes most while keyframes are
+possible), because the check rides on the warm-up a fast path makes at construction anyway (:class:`WarmUpCheck`):
+a compiled runtime runs every kind of call once through the compiled networks to compile it, a captured runtime
+runs every kind of call once eagerly before capturing it. Those warm-up calls run on the check's seeded inputs (a
+seeded portrait fused in place of the compile warm-up's blank one, seeded driving frames, the state saved after the
+first call and restored before the check key), so the compiled warm-up call is the compile check's fast run (the
+extra run: the same call through the uncompiled networks) and the eager warm-up call is the graph check's trusted
+run (the extra run: the graph's replay). With graphs only, a captured runtime encodes no reference at
+construction, so the check fuses seeded values as its reference instead of encoding a portrait (which would cost
+about half a steady step more): a replay and its eager call agree on any inputs, and random ones reveal a wrong
+binding as well as a portrait's. Compile and graphs together: the compiled warm-up call is the fast
+run of both checks, and the eager warm-up call before the check key's capture runs through the uncompiled networks
+instead of the compiled ones (the compiled code's lazy initialisation, which must not land in a graph, was done by
+its compiled warm-up call on the same stream), so it is the compile check's trusted run and the replay is the one
+extra run. The eager path (a CPU's default) warms nothing up and checks nothing: no cost. The known answers are one
+call per network at its smallest shapes. The state is saved after the first warm-up call and restored before each
+compared run (one copy of the loop's buffers, held only during the warm-up) and the noise generator is restored, so
+a checked stream produces exactly the frames of an unchecked one. Checking every kind of call (the keyframe writes,
+every bank count) would cost one extra call each; one representative call was chosen instead. A fast path that
+breaks the CUDA context itself (an illegal address in a replay) cannot be fallen back from in the same process: its
+error propagates.
 
 The check needs only a narrow view of the loop (:class:`CheckedLoop`); :class:`RuntimeBinding` gives it for
 :class:`~personalive_trt.runtime.stream.StreamRuntime` and its offline variant and is the one place here that knows
@@ -80,19 +85,22 @@ class SelfCheckError(RuntimeError):
 class CheckedLoop(Protocol):
     """The narrow view of a streaming loop the self-check works on (one call = one ``key``).
 
-    ``stage_inputs`` puts seeded, realistic inputs in place (a reference fused and driving frames staged);
+    ``stage_inputs`` puts seeded inputs in place (driving frames staged, and a reference fused: a portrait
+    encoded, or seeded values);
     ``save``/``restore`` copy the whole state (including the noise generator) so that both runs of a check start
     from the same point; ``outputs`` copies the buffers a call writes that the check compares; ``run_captured``
-    replays a call's captured graph, ``run_uncompiled`` runs it eagerly on the uncompiled networks. The runs
-    the check does not make itself are the loop's own warm-up calls (see :class:`WarmUpCheck`)."""
+    replays a call's captured graph, ``run_uncompiled`` runs it eagerly on the uncompiled networks, and inside
+    ``uncompiled()`` the loop's own calls do. The runs the check does not make itself are the loop's own warm-up
+    calls (see :class:`WarmUpCheck`)."""
 
     def check_key(self) -> Hashable: ...
-    def stage_inputs(self, seed: int) -> None: ...
+    def stage_inputs(self, seed: int, encode: bool) -> None: ...
     def save(self) -> object: ...
     def restore(self, saved: object) -> None: ...
     def outputs(self) -> dict[str, torch.Tensor]: ...
     def run_captured(self, key: Hashable) -> None: ...
     def run_uncompiled(self, key: Hashable) -> None: ...
+    def uncompiled(self) -> contextlib.AbstractContextManager: ...
 
 
 class CheckFailed(Exception):
@@ -222,11 +230,14 @@ class RuntimeBinding:
         return self.runtime.check_key()
 
     @torch.no_grad()
-    def stage_inputs(self, seed: int) -> None:
-        """A seeded portrait fused and seeded driving frames staged, through the runtime's own networks (the
-        reference encoding a compiled runtime warms up anyway)."""
+    def stage_inputs(self, seed: int, encode: bool) -> None:
+        """Seeded driving frames staged and a reference fused: a seeded portrait encoded through the runtime's own
+        networks (``encode``: the reference encoding a compiled runtime warms up anyway), else seeded values in
+        the reference buffers (a check of graph replays alone, which agree with their eager calls on any
+        inputs)."""
         cfg = self.runtime.config
-        self.runtime._stage_check_inputs(seeded_frames(cfg.window + 1, cfg.resolution, seed))
+        self.runtime._stage_check_inputs(seeded_frames(cfg.window + 1, cfg.resolution, seed),
+                                         reference_seed=None if encode else seed)
         self._sync()
 
     def save(self) -> dict:
@@ -258,17 +269,23 @@ class RuntimeBinding:
             graph.replay()
         self._sync()
 
-    def run_uncompiled(self, key) -> None:
+    @contextlib.contextmanager
+    def uncompiled(self) -> Iterator[None]:
+        """The runtime's calls made inside run through the uncompiled networks."""
         if self.eager is None:
             raise RuntimeError("RuntimeBinding: no uncompiled networks were given for the compile check")
         rt = self.runtime
         own, rt.nets = rt.nets, self.eager
         try:
-            with torch.no_grad(), rt._on_stream():
-                rt._body(key)
-            self._sync()
+            yield
         finally:
             rt.nets = own
+
+    def run_uncompiled(self, key) -> None:
+        rt = self.runtime
+        with self.uncompiled(), torch.no_grad(), rt._on_stream():
+            rt._body(key)
+        self._sync()
 
     def _sync(self) -> None:
         self.runtime._sync()
@@ -278,14 +295,19 @@ class WarmUpCheck:
     """The self-check, made on the warm-up calls a compiled or captured runtime makes at construction anyway
     (:class:`~personalive_trt.runtime.stream.WarmUpHooks`), so that only one run per check is extra.
 
-    * Before the warm-up: a seeded portrait fused and seeded driving frames staged (in place of the warm-up's
-      blank inputs); after the warm-up's first call, the state is saved (the piles as a stream has them after its
-      first call). Every compared run starts from that state and its noise.
+    * Before the warm-up: seeded driving frames staged and a reference fused (in place of the warm-up's blank
+      inputs): a seeded portrait encoded when compiled (its encoding is the reference encoder's compile warm-up),
+      else seeded values in the reference buffers (a captured runtime encodes nothing at construction, and a
+      replay agrees with its eager call on any inputs). After the warm-up's first call, the state is saved (the
+      piles as a stream has them after its first call). Every compared run starts from that state and its noise.
     * **torch.compile**: the compiled warm-up call of the check key IS the fast run; the extra run is the same call
       through the uncompiled networks. A compiled warm-up call that raises fails the check (the compiled path
       cannot run).
     * **CUDA graphs**: the eager warm-up call before the check key's capture IS the trusted run; the extra run is
       the captured graph's replay.
+    * **Both**: the compiled warm-up call of the check key is the fast run of both checks, and the eager warm-up
+      call before its capture runs through the uncompiled networks: it is the compile check's trusted run. The
+      only extra run is the replay.
 
     A failing check raises :class:`CheckFailed` out of the construction. ``checks`` holds every check made.
     """
@@ -297,12 +319,13 @@ class WarmUpCheck:
         self.checks: list[Comparison] = []
         self._loop: CheckedLoop | None = None
         self._saved = None  # the state after the first call
+        self._compiled = None  # compile + graphs: the compiled warm-up call's outputs, awaiting the uncompiled call
         self._expected = None  # the graph check's trusted outputs
 
     def start(self, runtime) -> None:
         self._loop = self.binding(runtime, self.eager_networks)
         with self._compiled_calls(self.path.compile):  # compiled: the reference encoding's warm-up
-            self._loop.stage_inputs(self.seed)
+            self._loop.stage_inputs(self.seed, encode=self.path.compile)
 
     @contextlib.contextmanager
     def call(self, runtime, key, stage: str) -> Iterator[None]:
@@ -310,17 +333,25 @@ class WarmUpCheck:
         checked = key == loop.check_key()
         if checked and self._saved is not None:
             loop.restore(self._saved)
+        # compile + graphs: the eager call before the check key's capture runs the uncompiled networks; it is the
+        # compile check's trusted run (the compiled code's lazy initialisation was done by its compiled warm-up call)
+        trusted = checked and stage == "capture" and self._compiled is not None
         started = time.perf_counter()
-        with self._compiled_calls(stage == "compile"):
+        with self._compiled_calls(stage == "compile"), (loop.uncompiled() if trusted else contextlib.nullcontext()):
             yield
         if self._saved is None and key[0] == "first":
             self._saved = loop.save()
         if not checked:
             return
         if stage == "capture":
-            self._expected = loop.outputs()
+            if trusted:
+                self._compile_check(started, error=relative_error(self._compiled, loop.outputs()))
+            self._expected = self._compiled if trusted else loop.outputs()  # what the replay must give
             return
         fast = loop.outputs()
+        if self.path.graphs:  # checked against the uncompiled call that precedes this key's capture
+            self._compiled = fast
+            return
         loop.restore(self._saved)
         loop.run_uncompiled(key)  # the one extra run of the compile check
         self._compile_check(started, error=relative_error(fast, loop.outputs()))
@@ -339,7 +370,7 @@ class WarmUpCheck:
         self._graph_check(started, error=relative_error(loop.outputs(), self._expected))
 
     def finish(self, runtime) -> None:
-        self._loop = self._saved = self._expected = None  # the copies go with the warm-up
+        self._loop = self._saved = self._compiled = self._expected = None  # the copies go with the warm-up
 
     def missing(self, passed: list[Comparison] = ()) -> list[str]:
         """The checks of ``path`` that were not made (a loop whose warm-up did not run them) and had not passed

@@ -282,27 +282,43 @@ class StreamRuntime:
     @torch.no_grad()
     def fuse_reference(self, image: np.ndarray) -> None:
         """Encode a reference portrait ((R,R,3) uint8 RGB) into the reference buffers and prime the pile."""
-        self._fuse(lambda: encode_reference(self.nets, self.config, image))
+        self._fuse(lambda: self._write_reference(encode_reference(self.nets, self.config, image)))
 
-    def _fuse(self, encode: Callable[[], Reference]) -> None:
-        """Encode a reference (``encode``, on the runtime's stream) into the reference buffers; prime the pile."""
+    def _fuse(self, write: Callable[[], None]) -> None:
+        """Fill the reference buffers (``write``, on the runtime's stream) and prime the pile."""
         if self.reference_fused:
             raise RuntimeError("fuse_reference: a reference is already fused; call reset() or swap_reference()")
         self._drain()
         with self._on_stream():
-            reference = encode()
-            self.clip_embeds.copy_(reference.clip_embeds)
-            self.ref_latent.copy_(reference.latent)
-            self.ref_image.copy_(reference.image.unsqueeze(0))
-            for name, value in reference.detector.items():
-                self.ref_detector[name].copy_(value)
-            self._write_kv_slot(0, reference.kv)
+            write()
             cfg = self.config
             warm = self.ref_latent.unsqueeze(2).expand(-1, -1, cfg.warmup_frames, -1, -1)
             self.noise(self.warm_noise)
             noisy = self.schedule.add_noise(warm, self.warm_noise, self.timesteps[: cfg.warmup_frames])
             self.latent_pile[:, :, : cfg.warmup_frames].copy_(noisy)
         self.reference_fused = True
+
+    def _write_reference(self, reference: Reference) -> None:
+        self.clip_embeds.copy_(reference.clip_embeds)
+        self.ref_latent.copy_(reference.latent)
+        self.ref_image.copy_(reference.image.unsqueeze(0))
+        for name, value in reference.detector.items():
+            self.ref_detector[name].copy_(value)
+        self._write_kv_slot(0, reference.kv)
+
+    def _fuse_seeded(self, seed: int) -> None:
+        """Seeded values fused as the reference (the self-check's, when it only compares graph replays: see
+        :meth:`_stage_check_inputs`)."""
+        generator = torch.Generator(self.device).manual_seed(seed)
+        self._fuse(lambda: self._write_seeded_reference(generator))
+
+    def _write_seeded_reference(self, generator: torch.Generator) -> None:
+        """Seeded normal values in every reference buffer a portrait's encoding writes."""
+        for buffer in (self.clip_embeds, self.ref_latent, self.ref_image, *self.ref_detector.values()):
+            buffer.normal_(generator=generator)
+        for pair, bank in zip(self.kv, self.shapes.banks):
+            for buffer in pair:
+                buffer[:, : bank.tokens].normal_(generator=generator)
 
     def swap_reference(self, image: np.ndarray) -> None:
         """Switch to another portrait mid-session: the same buffers are rewritten, no graph is re-captured."""
@@ -560,11 +576,18 @@ class StreamRuntime:
         test (every network of a call, plus the test), when the stream can take keyframes; else the plain one."""
         return ("steady", 0, self.config.online_keyframes > 0)
 
-    def _stage_check_inputs(self, frames: np.ndarray) -> None:
-        """The self-check's seeded inputs in place of a stream's: ``frames[0]`` fused as the reference (through
-        the runtime's own networks: for a compiled runtime this is the reference encoding's compile warm-up),
-        ``frames[1:]`` (``window`` of them) as the driving frames every warm-up call reads."""
-        self.fuse_reference(frames[0])
+    def _stage_check_inputs(self, frames: np.ndarray, reference_seed: int | None = None) -> None:
+        """The self-check's seeded inputs in place of a stream's: ``frames[1:]`` (``window`` of them) as the
+        driving frames every warm-up call reads, and a reference: ``frames[0]`` fused through the runtime's own
+        networks (for a compiled runtime this is the reference encoding's compile warm-up), or with
+        ``reference_seed`` seeded normal values in the reference buffers instead, for a check that only compares
+        graph replays with the same calls run eagerly: those agree on any inputs, random ones reveal a wrong
+        binding as well as a portrait's, and encoding a portrait would cost about half a steady step (CPU, 64²,
+        window 1) that a captured runtime does not spend at construction."""
+        if reference_seed is None:
+            self.fuse_reference(frames[0])
+        else:
+            self._fuse_seeded(reference_seed)
         with torch.no_grad(), self._on_stream():
             self.frames_in.copy_(torch.from_numpy(frames[1:]))
 
@@ -616,7 +639,9 @@ class StreamRuntime:
         """Capture one graph per kind of call (at construction: the buffers hold no stream yet).
 
         Each body runs once eagerly on the runtime's stream first (lazy initialisation of cuBLAS/cuDNN
-        handles and TensorRT contexts must not land in a graph). All graphs share one memory pool: they
+        handles and TensorRT contexts must not land in a graph; the self-check's ``hooks`` may run the check key's
+        through the uncompiled networks, since a compiled runtime ran it compiled on this stream in
+        :meth:`_warm_compiled` already). All graphs share one memory pool: they
         never run concurrently. :meth:`_warm_up` restores the noise generator afterwards, so the stream's noise
         is the same as without graphs. What the warm-up leaves in the buffers is overwritten before it is read:
         ``fuse_reference`` writes the reference and the warm-up pile, the first call the piles, a keyframe
@@ -651,7 +676,8 @@ class WarmUpHooks:
     default does nothing. The start-up self-check (:class:`~personalive_trt.runtime.self_check.WarmUpCheck`) puts
     seeded inputs in place (``start``) and compares the fast path on the check key's warm-up calls: the compiled
     warm-up call against the same call through the uncompiled networks (stage ``"compile"``), the captured
-    graph's replay against the eager warm-up call before its capture (``"capture"``, then ``captured``)."""
+    graph's replay against the eager warm-up call before its capture (``"capture"``, then ``captured``); with both,
+    it runs that eager warm-up call through the uncompiled networks and compares the compiled call with it."""
 
     def start(self, runtime: StreamRuntime) -> None:
         """Before the first warm-up call."""

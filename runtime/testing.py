@@ -33,10 +33,12 @@ class StandInCapture:
     corrupt = False
 
     def __init__(self, networks, config=None, graphs=False, hooks=None, **options) -> None:
-        super().__init__(networks, config=config, graphs=False, **options)  # eager: nothing warmed up yet
-        if graphs:
-            self.use_graphs = True
-            self._warm_up(hooks or WarmUpHooks())
+        self._stand_in_graphs = bool(graphs)
+        super().__init__(networks, config=config, graphs=False, hooks=hooks, **options)  # a CPU refuses graphs
+
+    def _warm_up(self, hooks: WarmUpHooks) -> None:
+        self.use_graphs = self._stand_in_graphs  # the one warm-up: compiled calls first, if any, then the captures
+        super()._warm_up(hooks)
 
     def _capture(self, key, pool):
         return Replay(self, key, self.corrupt), pool
@@ -52,4 +54,11 @@ class StandInCompiledState:
         self.frozen = True
 
 
-__all__ = ["Replay", "StandInCapture", "StandInCompiledState"]
+def stand_in_compile(networks):
+    """A compile step without a compiler: a view of ``networks`` with a :class:`StandInCompiledState`."""
+    compiled = networks.view()
+    compiled.compiled = StandInCompiledState()
+    return compiled
+
+
+__all__ = ["Replay", "StandInCapture", "StandInCompiledState", "stand_in_compile"]

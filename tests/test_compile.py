@@ -143,16 +143,27 @@ def test_compile_on_a_torch_without_the_apis_names_the_version_needed(monkeypatc
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compiled_graphs_match_eager_fp16_on_gpu(parity_inputs, tmp_path):
-    """On a GPU: compiled networks inside the runtime's CUDA graphs vs the eager runtime, fp16 (<= 2e-2)."""
+    """On a GPU, `run --compile on --cuda-graphs on`: opened through the self-check, both checks pass on the real
+    compile and capture (the compiled warm-up call against the uncompiled call before its capture, <= 2e-2 in fp16;
+    the replay against the compiled call, <= 1e-3), then the compiled networks inside the runtime's CUDA graphs vs
+    the eager runtime, fp16 (<= 2e-2)."""
     from personalive_trt.models.weights import synthetic_models
+    from personalive_trt.runtime.compile import compile_networks
+    from personalive_trt.runtime.self_check import FastPath, open_checked
 
     require_compiler(torch.device("cuda"))
     models = synthetic_models("tiny", device=torch.device("cuda"), dtype=torch.float16)
     eager = StreamRuntime.from_models(models, CONFIG, seed=7, graphs=False)
     expected, expected_keyframes = drive(eager, parity_inputs)
-    compiled = StreamRuntime.from_models(models, CONFIG, seed=7, graphs=True,
-                                         compile=CompileOptions(cache_dir=tmp_path))
-    assert compiled.use_graphs and compiled.graphs
+    lines: list[str] = []
+    start = open_checked(Networks.from_models(models, CONFIG), CONFIG, seed=7, graphs=True, say=lines.append,
+                         compile=lambda networks: compile_networks(networks, CompileOptions(cache_dir=tmp_path)),
+                         explicit={"compile": "--compile on", "graphs": "--cuda-graphs on"})
+    assert lines == [] and start.path == FastPath(compile=True, graphs=True), lines
+    assert [(c.what, c.ok) for c in start.checks] == [("torch.compile", True), ("CUDA graphs", True)], \
+        [c.describe() for c in start.checks]
+    compiled = start.runtime
+    assert compiled.use_graphs and compiled.graphs and compiled.nets.compiled.frozen
     frames, keyframes = drive(compiled, parity_inputs)
     assert keyframes == expected_keyframes
     errors = call_errors([f.float() for f in frames], [e.float() for e in expected], "compiled graphs vs eager, fp16")

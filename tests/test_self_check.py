@@ -26,7 +26,7 @@ from personalive_trt.engines.checks import Comparison
 from personalive_trt.engines.networks import Networks
 from personalive_trt.runtime import StreamRuntime
 from personalive_trt.runtime.self_check import FastPath, SelfCheckError, open_checked, seeded_frames, start_checked
-from personalive_trt.runtime.testing import StandInCapture, StandInCompiledState
+from personalive_trt.runtime.testing import StandInCapture, StandInCompiledState, stand_in_compile
 
 CONFIG = StreamConfig(resolution=64, window=1, keyframe_start=0, keyframe_threshold=0.0)
 
@@ -71,15 +71,24 @@ def test_corrupted_graph_replay_falls_back_when_auto_and_stops_when_asked_for(ne
     assert message.endswith("not starting, since --cuda-graphs on was asked for (run with --cuda-graphs off)")
 
 
-def test_a_passing_check_leaves_the_stream_exactly_as_unchecked(networks):
-    """The check rides on the warm-up (seeded inputs, the eager warm-up call against the replay), then restores the
-    noise generator and resets the runtime: its stream equals an unchecked runtime's, bit for bit."""
-    lines: list[str] = []
-    start = open_checked(networks, CONFIG, graphs=True, runtime=StandInGraphs, say=lines.append, seed=3)
-    runtime = start.runtime
-    assert start.path == FastPath(graphs=True) and lines == [] and runtime.use_graphs and runtime.graphs
-    assert [c.what for c in start.checks] == ["CUDA graphs"] and start.checks[0].error == 0.0  # same kernels on a CPU
-    assert not runtime.reference_fused and runtime.count == 0
+@pytest.fixture
+def encodings(monkeypatch):
+    """The portraits the runtime encodes (each a call of ``encode_reference``)."""
+    from personalive_trt.runtime import stream
+
+    encoded: list[np.ndarray] = []
+
+    def counted(nets, config, image, *args, **kwargs):
+        encoded.append(image)
+        return encode_reference(nets, config, image, *args, **kwargs)
+
+    encode_reference = stream.encode_reference
+    monkeypatch.setattr(stream, "encode_reference", counted)
+    return encoded
+
+
+def assert_streams_as_unchecked(runtime, networks) -> None:
+    """``runtime``'s first call equals, bit for bit, an unchecked eager runtime's (same seed, same portrait)."""
     frames = seeded_frames(3, CONFIG.resolution, seed=5)
     unchecked = StreamRuntime(networks, CONFIG, seed=3)
     for loop in (runtime, unchecked):
@@ -87,25 +96,54 @@ def test_a_passing_check_leaves_the_stream_exactly_as_unchecked(networks):
     np.testing.assert_array_equal(runtime.step(frames[1:2]), unchecked.step(frames[1:2]))
 
 
+def test_a_passing_check_leaves_the_stream_exactly_as_unchecked(networks, encodings):
+    """The check rides on the warm-up (seeded inputs, the eager warm-up call against the replay; seeded values as
+    the reference: no portrait is encoded), then restores the noise generator and resets the runtime: its stream
+    equals an unchecked runtime's, bit for bit."""
+    lines: list[str] = []
+    start = open_checked(networks, CONFIG, graphs=True, runtime=StandInGraphs, say=lines.append, seed=3)
+    assert encodings == []
+    runtime = start.runtime
+    assert start.path == FastPath(graphs=True) and lines == [] and runtime.use_graphs and runtime.graphs
+    assert [c.what for c in start.checks] == ["CUDA graphs"] and start.checks[0].error == 0.0  # same kernels on a CPU
+    assert not runtime.reference_fused and runtime.count == 0
+    assert_streams_as_unchecked(runtime, networks)
+
+
 class RaisingBackend:
     """A compiled network that raises when called (what a miscompiled kernel or a broken inductor does)."""
 
     def __init__(self, backend) -> None:
-        self.spec, self.device = backend.spec, backend.device
+        self.backend, self.spec, self.device = backend, backend.spec, backend.device
         self.input_dtypes, self.output_dtypes = backend.input_dtypes, backend.output_dtypes
 
     def allocate(self) -> None:
-        pass
+        pass  # the wrapped backend's networks allocated it
 
     def infer(self, inputs, *, stable=()):
         raise RuntimeError("inductor: illegal instruction in the compiled kernel\n(and a long traceback)")
 
 
-def raising_compile(networks):
-    backends = dict(networks.backends, denoising_unet=RaisingBackend(networks.backends["denoising_unet"]))
-    compiled = Networks(backends, networks.shapes, networks.dtype, networks.device, description="compiled (raising)")
-    compiled.compiled = StandInCompiledState()
-    return compiled
+class WrongBackend(RaisingBackend):
+    """A compiled network that runs and returns wrong numbers (a miscompiled kernel that raises nothing)."""
+
+    def infer(self, inputs, *, stable=()):
+        outputs = self.backend.infer(inputs, stable=stable)
+        return {name: value * 1.5 for name, value in outputs.items()}
+
+
+def compile_to(backend_class):
+    """A compile step (networks -> compiled networks) whose denoising UNet is ``backend_class`` over the eager one."""
+    def compile_networks(networks):
+        unet = backend_class(networks.backends["denoising_unet"])
+        compiled = Networks(dict(networks.backends, denoising_unet=unet), networks.shapes, networks.dtype,
+                            networks.device, description=f"compiled ({backend_class.__name__})")
+        compiled.compiled = StandInCompiledState()
+        return compiled
+    return compile_networks
+
+
+raising_compile, wrong_compile = compile_to(RaisingBackend), compile_to(WrongBackend)
 
 
 def test_compiled_module_that_raises_falls_back_when_auto_and_stops_when_asked(networks):
@@ -122,6 +160,73 @@ def test_compiled_module_that_raises_falls_back_when_auto_and_stops_when_asked(n
         # the same check failing with --compile on (it is made the same way; the branch differs)
         start_checked(lambda p: start.runtime, FastPath(compile=True), lambda rt, p: start.checks,
                       explicit={"compile": "--compile on"})
+
+
+# ---- compile and graphs together ------------------------------------------------------------------------------
+class CountedCalls:
+    """Mixed in first: records every call body run (warm-up, check and replay alike) with whether it ran through
+    compiled networks."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.bodies: list[tuple[tuple, bool]] = []
+        super().__init__(*args, **kwargs)
+
+    def _body(self, key):
+        self.bodies.append((key, self.nets.compiled is not None))
+        super()._body(key)
+
+
+class CountedGraphs(CountedCalls, StandInGraphs):
+    pass
+
+
+def test_compile_and_graphs_together_cost_one_extra_call_and_stream_as_unchecked(networks, encodings):
+    """With both fast paths the compiled warm-up call is the fast run of both checks and the eager call before the
+    check key's capture runs the uncompiled networks (the compile check's trusted run): the replay is the only call
+    an unchecked open does not make (the seeded portrait is encoded in place of the compile warm-up's blank one)."""
+    lines: list[str] = []
+    start = open_checked(networks, CONFIG, compile=stand_in_compile, graphs=True, runtime=CountedGraphs,
+                         say=lines.append, seed=3)
+    assert len(encodings) == 1 and encodings[0].any()
+    runtime = start.runtime
+    assert lines == [] and start.path == FastPath(compile=True, graphs=True)
+    assert [(c.what, c.against, c.ok) for c in start.checks] == [
+        ("torch.compile", "the same call through the uncompiled networks", True),
+        ("CUDA graphs", "the same call run eagerly", True)]
+    assert [c.error for c in start.checks] == [0.0, 0.0]  # the stand-in compiles nothing: the same kernels
+    unchecked = CountedGraphs(stand_in_compile(networks), CONFIG, graphs=True, seed=3)
+    assert len(encodings) == 2 and not encodings[1].any()  # the unchecked warm-up's blank portrait
+    assert len(runtime.bodies) == len(unchecked.bodies) + 1, (runtime.bodies, unchecked.bodies)
+    check_key = runtime.check_key()
+    uncompiled = [key for key, compiled in runtime.bodies if not compiled]
+    assert uncompiled == [check_key] and all(compiled for _, compiled in unchecked.bodies)
+    assert runtime.nets.compiled.frozen and not runtime.reference_fused and runtime.count == 0
+    assert_streams_as_unchecked(runtime, networks)
+
+
+def test_compile_and_graphs_drop_what_fails(networks):
+    """Both on, ``auto``: a miscompiled call (checked against the uncompiled call before its capture) drops compile
+    and keeps the graphs; a corrupted replay drops compile first (the compiled code may be what the graph got
+    wrong), then the graphs."""
+    lines: list[str] = []
+    start = open_checked(networks, CONFIG, compile=wrong_compile, graphs=True, runtime=StandInGraphs,
+                         say=lines.append, seed=3)
+    assert start.path == FastPath(graphs=True) and start.runtime.use_graphs
+    assert start.runtime.nets.backends["denoising_unet"] is networks.backends["denoising_unet"]
+    assert [(c.what, c.ok) for c in start.checks] == [("torch.compile", False), ("CUDA graphs", True)]
+    assert len(lines) == 1 and lines[0].startswith("self-check: torch.compile: max relative error "), lines
+    assert lines[0].endswith("against the same call through the uncompiled networks; running CUDA graphs instead "
+                             "(--compile off selects it)"), lines
+
+    lines.clear()
+    start = open_checked(networks, CONFIG, compile=stand_in_compile, graphs=True, runtime=CorruptGraphs,
+                         say=lines.append, seed=3)
+    assert start.path == FastPath() and not start.runtime.use_graphs
+    assert [(c.what, c.ok) for c in start.checks] == [("torch.compile", True), ("CUDA graphs", False),
+                                                      ("CUDA graphs", False)]
+    assert [line.split("; ")[-1] for line in lines] == [
+        "running CUDA graphs instead (--compile off selects it)",
+        "running eager instead (--cuda-graphs off selects it)"], lines
 
 
 # ---- the fallback order, on a loop stand-in ------------------------------------------------------------------
