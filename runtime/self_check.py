@@ -112,6 +112,15 @@ class CheckFailed(Exception):
         self.checks = checks
 
 
+class SameOnEveryPath(Exception):
+    """Raised by a loop opener for an error that no fallback avoids (the loop refused before its warm-up, where
+    the paths begin to differ): :func:`start_checked` raises ``error`` itself instead of falling back."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(frozen=True)
 class FastPath:
     """Which fast-path features a loop runs with."""
@@ -162,7 +171,8 @@ def start_checked(open_loop: Callable[[FastPath], L], path: FastPath, check: Cal
         path: the path the options chose (``auto`` resolved: e.g. graphs on CUDA, compile with a warm cache).
         check: the path's checks on an open loop (a runtime checks itself while it opens, through
             :class:`WarmUpCheck`: then this returns the checks its open made, and a failing one raised
-            :class:`CheckFailed` out of ``open_loop``).
+            :class:`CheckFailed` out of ``open_loop``). Any other error of ``open_loop`` fails the path's check,
+            unless wrapped in :class:`SameOnEveryPath`: that one is raised as it is.
         explicit: the features the user asked for explicitly, each with the option as given (``{"compile":
             "--compile on", "backend": "--backend tensorrt"}``): a failure only they are suspected of stops the
             start with :class:`SelfCheckError` instead of falling back. ``"backend"`` (ONNX Runtime or TensorRT
@@ -174,6 +184,8 @@ def start_checked(open_loop: Callable[[FastPath], L], path: FastPath, check: Cal
     while True:
         try:
             loop = open_loop(path)
+        except SameOnEveryPath as same:  # e.g. the offline runtime's bank slots that do not fit: its one line
+            raise same.error from None
         except CheckFailed as failed:  # checked while opening (on its warm-up calls), and failed
             checks = failed.checks
         except Exception as exc:  # noqa: BLE001 -- a fast path that cannot even open is a failed check
@@ -317,12 +329,14 @@ class WarmUpCheck:
         self.path, self.dtype, self.seed = path, dtype, seed
         self.eager_networks, self.binding = eager_networks, binding
         self.checks: list[Comparison] = []
+        self.started = False  # the loop's warm-up began (before it, every path opens alike)
         self._loop: CheckedLoop | None = None
         self._saved = None  # the state after the first call
         self._compiled = None  # compile + graphs: the compiled warm-up call's outputs, awaiting the uncompiled call
         self._expected = None  # the graph check's trusted outputs
 
     def start(self, runtime) -> None:
+        self.started = True
         self._loop = self.binding(runtime, self.eager_networks)
         with self._compiled_calls(self.path.compile):  # compiled: the reference encoding's warm-up
             self._loop.stage_inputs(self.seed, encode=self.path.compile)
@@ -480,6 +494,12 @@ def open_checked(networks, config, *, backend: str = "torch", compile: Callable 
         hooks = WarmUpCheck(path, networks.dtype, networks if path.compile else None)
         try:
             loop = runtime(nets, config=config, graphs=path.graphs, hooks=hooks, **runtime_options)
+        except CheckFailed:
+            raise
+        except Exception as exc:
+            if not hooks.started:  # the runtime refused before its warm-up: no fast path made a difference yet
+                raise SameOnEveryPath(exc) from exc
+            raise
         finally:
             checks.extend(hooks.checks)
         missing = hooks.missing(checks)
@@ -496,5 +516,5 @@ def open_checked(networks, config, *, backend: str = "torch", compile: Callable 
     return CheckedStart(opened, path, checks, time.perf_counter() - start)
 
 
-__all__ = ["CheckFailed", "CheckedLoop", "CheckedStart", "FastPath", "RuntimeBinding", "SelfCheckError",
-           "WarmUpCheck", "fallback_line", "next_path", "open_checked", "start_checked", "stop_line"]
+__all__ = ["CheckFailed", "CheckedLoop", "CheckedStart", "FastPath", "RuntimeBinding", "SameOnEveryPath",
+           "SelfCheckError", "WarmUpCheck", "fallback_line", "next_path", "open_checked", "start_checked", "stop_line"]

@@ -108,6 +108,14 @@ def test_graph_keys_capture_the_lengths_that_persist(networks):
 
 
 def test_bank_slots_that_do_not_fit_are_refused_in_one_line(networks, monkeypatch):
+    """Refused before anything is allocated; opened through the self-check on a fast path, the refusal is the only
+    line (no path avoids it, so nothing falls back)."""
+    from personalive_trt.runtime.self_check import open_checked
+    from personalive_trt.runtime.testing import StandInCapture
+
+    class OfflineGraphs(StandInCapture, OfflineStreamRuntime):
+        pass
+
     need = offline_stream.bank_bytes(networks, 1 + LIMIT)
     monkeypatch.setattr(offline_stream, "available_memory", lambda device: need - 1)
     with pytest.raises(MemoryError) as refused:
@@ -115,6 +123,10 @@ def test_bank_slots_that_do_not_fit_are_refused_in_one_line(networks, monkeypatc
     message = str(refused.value)
     assert "\n" not in message and f"{FRAMES} frames need {1 + LIMIT} keyframe bank slots" in message
     assert f"({need / 2**20:.0f} MiB" in message and "--keyframe-limit (now 4)" in message and "--max-frames" in message
+    lines: list[str] = []
+    with pytest.raises(MemoryError) as refused:
+        open_checked(networks, config(), graphs=True, runtime=OfflineGraphs, say=lines.append, frames=FRAMES)
+    assert str(refused.value) == message and lines == []
     with pytest.raises(ValueError, match="keyframe_limit 5 is not in 0..4"):
         OfflineStreamRuntime(networks, FRAMES, config(), keyframe_limit=5)
 

@@ -87,6 +87,29 @@ def encodings(monkeypatch):
     return encoded
 
 
+class FailingCapture(StandInGraphs):
+    def _capture(self, key, pool):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+
+def refusing(networks, **options):
+    raise ValueError("the runtime refuses these networks")
+
+
+def test_an_open_that_raises_falls_back_only_when_its_fast_path_began(networks):
+    """A capture that raises fails the graphs (auto: one line, then eager); an error raised before the warm-up,
+    where the paths begin to differ, is raised as it is, with no fallback line (eager would meet it again)."""
+    lines: list[str] = []
+    start = open_checked(networks, CONFIG, graphs=True, runtime=FailingCapture, say=lines.append, seed=3)
+    assert start.path == FastPath() and not start.runtime.use_graphs
+    assert lines == ["self-check: opening CUDA graphs raised RuntimeError: CUDA error: operation not permitted when "
+                     "stream is capturing; running eager instead (--cuda-graphs off selects it)"]
+    lines.clear()
+    with pytest.raises(ValueError, match="^the runtime refuses these networks$"):
+        open_checked(networks, CONFIG, graphs=True, runtime=refusing, say=lines.append)
+    assert lines == []
+
+
 def assert_streams_as_unchecked(runtime, networks) -> None:
     """``runtime``'s first call equals, bit for bit, an unchecked eager runtime's (same seed, same portrait)."""
     frames = seeded_frames(3, CONFIG.resolution, seed=5)
