@@ -494,9 +494,7 @@ def open_checked(networks, config, *, backend: str = "torch", compile: Callable 
         hooks = WarmUpCheck(path, networks.dtype, networks if path.compile else None)
         try:
             loop = runtime(nets, config=config, graphs=path.graphs, hooks=hooks, **runtime_options)
-        except CheckFailed:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # a failed check (CheckFailed) comes from the warm-up, so it is raised as it is
             if not hooks.started:  # the runtime refused before its warm-up: no fast path made a difference yet
                 raise SameOnEveryPath(exc) from exc
             raise
