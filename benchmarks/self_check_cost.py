@@ -30,7 +30,7 @@ import statistics
 import time
 
 from personalive_trt.runtime.stream import StreamRuntime
-from personalive_trt.runtime.testing import StandInCapture, stand_in_compile
+from personalive_trt.runtime.testing import StandInCapture, counted_work, stand_in_compile
 
 
 class StandInGraphs(StandInCapture, StreamRuntime):
@@ -54,7 +54,6 @@ def main() -> None:
     from personalive_trt.config import StreamConfig
     from personalive_trt.engines.networks import Networks
     from personalive_trt.models.weights import load_models
-    from personalive_trt.runtime import stream
     from personalive_trt.runtime.self_check import open_checked, seeded_frames
 
     torch.manual_seed(0)
@@ -69,25 +68,10 @@ def main() -> None:
         open_loop()
         return time.process_time() - started
 
-    # What each open runs, counted exactly (the seconds are noisy): the loop's calls (warm-up, check and replay
-    # alike) and the portraits encoded.
-    counts = {"calls": 0, "encodings": 0}
-    body, encode = StreamRuntime._body, stream.encode_reference
-
-    def counted_body(self, key):
-        counts["calls"] += 1
-        return body(self, key)
-
-    def counted_encode(*args, **kwargs):
-        counts["encodings"] += 1
-        return encode(*args, **kwargs)
-
-    StreamRuntime._body, stream.encode_reference = counted_body, counted_encode
-
-    def work(open_loop) -> tuple[int, int]:
-        before = dict(counts)
-        open_loop()
-        return counts["calls"] - before["calls"], counts["encodings"] - before["encodings"]
+    def work(open_loop) -> tuple[int, int]:  # what an open runs, counted exactly (the seconds are noisy)
+        with counted_work() as done:
+            open_loop()
+        return len(done.calls), len(done.portraits)
 
     def checked(**options):
         start = open_checked(networks, config, say=print, seed=3, **options)

@@ -6,10 +6,19 @@ both make at construction (:mod:`.self_check`). These make that warm-up run on a
 graph bound to stale addresses does), and :class:`StandInCompiledState` is what ``compile_networks`` attaches to
 compiled networks (warmed up through every kind of call, then frozen) without a compiler. ``run`` and ``serve``
 never use them; tests/test_self_check.py, tests/test_offline_stream.py and benchmarks/self_check_cost.py do.
+:func:`counted_work` records what a runtime's construction ran (its calls and the portraits it encoded): the check's
+cost, counted exactly.
 """
 from __future__ import annotations
 
-from personalive_trt.runtime.stream import WarmUpHooks
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from personalive_trt.runtime import stream
+from personalive_trt.runtime.stream import StreamRuntime, WarmUpHooks
 
 
 class Replay:
@@ -61,4 +70,35 @@ def stand_in_compile(networks):
     return compiled
 
 
-__all__ = ["Replay", "StandInCapture", "StandInCompiledState", "stand_in_compile"]
+@dataclass
+class Work:
+    """What :class:`StreamRuntime` calls ran: every call body (warm-up, check and replay alike) as its key and
+    whether it ran through compiled networks, and every portrait encoded."""
+
+    calls: list[tuple[tuple, bool]] = field(default_factory=list)
+    portraits: list[np.ndarray] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def counted_work() -> Iterator[Work]:
+    """Records, while inside, the :class:`Work` of every :class:`StreamRuntime` (the offline runtime's own call
+    bodies are not counted)."""
+    work = Work()
+    body, encode = StreamRuntime._body, stream.encode_reference
+
+    def counted_body(runtime, key):
+        work.calls.append((key, runtime.nets.compiled is not None))
+        return body(runtime, key)
+
+    def counted_encode(nets, config, image, *args, **kwargs):
+        work.portraits.append(image)
+        return encode(nets, config, image, *args, **kwargs)
+
+    StreamRuntime._body, stream.encode_reference = counted_body, counted_encode
+    try:
+        yield work
+    finally:
+        StreamRuntime._body, stream.encode_reference = body, encode
+
+
+__all__ = ["Replay", "StandInCapture", "StandInCompiledState", "Work", "counted_work", "stand_in_compile"]

@@ -26,7 +26,7 @@ from personalive_trt.engines.checks import Comparison
 from personalive_trt.engines.networks import Networks
 from personalive_trt.runtime import StreamRuntime
 from personalive_trt.runtime.self_check import FastPath, SelfCheckError, open_checked, seeded_frames, start_checked
-from personalive_trt.runtime.testing import StandInCapture, StandInCompiledState, stand_in_compile
+from personalive_trt.runtime.testing import StandInCapture, StandInCompiledState, counted_work, stand_in_compile
 
 CONFIG = StreamConfig(resolution=64, window=1, keyframe_start=0, keyframe_threshold=0.0)
 
@@ -71,22 +71,6 @@ def test_corrupted_graph_replay_falls_back_when_auto_and_stops_when_asked_for(ne
     assert message.endswith("not starting, since --cuda-graphs on was asked for (run with --cuda-graphs off)")
 
 
-@pytest.fixture
-def encodings(monkeypatch):
-    """The portraits the runtime encodes (each a call of ``encode_reference``)."""
-    from personalive_trt.runtime import stream
-
-    encoded: list[np.ndarray] = []
-
-    def counted(nets, config, image, *args, **kwargs):
-        encoded.append(image)
-        return encode_reference(nets, config, image, *args, **kwargs)
-
-    encode_reference = stream.encode_reference
-    monkeypatch.setattr(stream, "encode_reference", counted)
-    return encoded
-
-
 class FailingCapture(StandInGraphs):
     def _capture(self, key, pool):
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
@@ -119,13 +103,14 @@ def assert_streams_as_unchecked(runtime, networks) -> None:
     np.testing.assert_array_equal(runtime.step(frames[1:2]), unchecked.step(frames[1:2]))
 
 
-def test_a_passing_check_leaves_the_stream_exactly_as_unchecked(networks, encodings):
+def test_a_passing_check_leaves_the_stream_exactly_as_unchecked(networks):
     """The check rides on the warm-up (seeded inputs, the eager warm-up call against the replay; seeded values as
     the reference: no portrait is encoded), then restores the noise generator and resets the runtime: its stream
     equals an unchecked runtime's, bit for bit."""
     lines: list[str] = []
-    start = open_checked(networks, CONFIG, graphs=True, runtime=StandInGraphs, say=lines.append, seed=3)
-    assert encodings == []
+    with counted_work() as work:
+        start = open_checked(networks, CONFIG, graphs=True, runtime=StandInGraphs, say=lines.append, seed=3)
+    assert work.portraits == []
     runtime = start.runtime
     assert start.path == FastPath(graphs=True) and lines == [] and runtime.use_graphs and runtime.graphs
     assert [c.what for c in start.checks] == ["CUDA graphs"] and start.checks[0].error == 0.0  # same kernels on a CPU
@@ -186,43 +171,27 @@ def test_compiled_module_that_raises_falls_back_when_auto_and_stops_when_asked(n
 
 
 # ---- compile and graphs together ------------------------------------------------------------------------------
-class CountedCalls:
-    """Mixed in first: records every call body run (warm-up, check and replay alike) with whether it ran through
-    compiled networks."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        self.bodies: list[tuple[tuple, bool]] = []
-        super().__init__(*args, **kwargs)
-
-    def _body(self, key):
-        self.bodies.append((key, self.nets.compiled is not None))
-        super()._body(key)
-
-
-class CountedGraphs(CountedCalls, StandInGraphs):
-    pass
-
-
-def test_compile_and_graphs_together_cost_one_extra_call_and_stream_as_unchecked(networks, encodings):
+def test_compile_and_graphs_together_cost_one_extra_call_and_stream_as_unchecked(networks):
     """With both fast paths the compiled warm-up call is the fast run of both checks and the eager call before the
     check key's capture runs the uncompiled networks (the compile check's trusted run): the replay is the only call
     an unchecked open does not make (the seeded portrait is encoded in place of the compile warm-up's blank one)."""
     lines: list[str] = []
-    start = open_checked(networks, CONFIG, compile=stand_in_compile, graphs=True, runtime=CountedGraphs,
-                         say=lines.append, seed=3)
-    assert len(encodings) == 1 and encodings[0].any()
+    with counted_work() as checked:
+        start = open_checked(networks, CONFIG, compile=stand_in_compile, graphs=True, runtime=StandInGraphs,
+                             say=lines.append, seed=3)
+    assert len(checked.portraits) == 1 and checked.portraits[0].any()
     runtime = start.runtime
     assert lines == [] and start.path == FastPath(compile=True, graphs=True)
     assert [(c.what, c.against, c.ok) for c in start.checks] == [
         ("torch.compile", "the same call through the uncompiled networks", True),
         ("CUDA graphs", "the same call run eagerly", True)]
     assert [c.error for c in start.checks] == [0.0, 0.0]  # the stand-in compiles nothing: the same kernels
-    unchecked = CountedGraphs(stand_in_compile(networks), CONFIG, graphs=True, seed=3)
-    assert len(encodings) == 2 and not encodings[1].any()  # the unchecked warm-up's blank portrait
-    assert len(runtime.bodies) == len(unchecked.bodies) + 1, (runtime.bodies, unchecked.bodies)
-    check_key = runtime.check_key()
-    uncompiled = [key for key, compiled in runtime.bodies if not compiled]
-    assert uncompiled == [check_key] and all(compiled for _, compiled in unchecked.bodies)
+    with counted_work() as unchecked:
+        StandInGraphs(stand_in_compile(networks), CONFIG, graphs=True, seed=3)
+    assert len(unchecked.portraits) == 1 and not unchecked.portraits[0].any()  # the compile warm-up's blank one
+    assert len(checked.calls) == len(unchecked.calls) + 1, (checked.calls, unchecked.calls)
+    uncompiled = [key for key, compiled in checked.calls if not compiled]
+    assert uncompiled == [runtime.check_key()] and all(compiled for _, compiled in unchecked.calls)
     assert runtime.nets.compiled.frozen and not runtime.reference_fused and runtime.count == 0
     assert_streams_as_unchecked(runtime, networks)
 
