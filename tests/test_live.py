@@ -38,6 +38,11 @@ def test_latest_slot_keeps_the_newest_and_counts_what_it_replaced():
         slot.put(i)
     assert slot.get(timeout=0) == 4 and slot.dropped == 4 and slot.put_count == 5
     assert slot.get(timeout=0.01) is None
+    slot.put(5)
+    slot.clear()  # forgotten on request: not a drop
+    assert not slot.discard() and slot.dropped == 4  # nothing waits: nothing to discard
+    slot.put(6)
+    assert slot.discard() and slot.dropped == 5 and slot.get(timeout=0) is None  # a stale item: dropped, counted
     waiter = threading.Thread(target=lambda: result.append(slot.get(timeout=5)))
     result: list = []
     waiter.start()
@@ -288,6 +293,37 @@ def test_worker_coalesces_control_a_newer_start_or_swap_replaces_a_pending_one_a
         worker.close()
     assert {o.tag for o in outputs} == {"c"}
     assert int(outputs[0].image[0, 0, 0]) == (3 * 100 + 31) // 4  # animated with the newest reference
+
+
+def test_a_frame_that_waits_through_the_fusion_is_dropped_and_counted_and_ready_says_when_frames_count():
+    """A start is a fusion: the newest frame sent during it is stale once it ends, so it is discarded and counted
+    in the inbox's ``dropped`` (it used to vanish uncounted). ``ready`` is False while a command is pending or
+    being applied, even over a stream that was running, and True once frames put in the inbox are animated."""
+    animator = GatedFuse(StreamConfig(resolution=RES, steps=1))
+    outputs = []
+    worker = AnimationWorker(animator, emit=outputs.append)
+    try:
+        assert not worker.ready
+        worker.start(level_frame(1), level_frame)
+        assert wait_for(lambda: worker.stats.fusions == 1) and not worker.ready  # fusing (held at the gate)
+        worker.inbox.put(StampedFrame(50, time.monotonic(), 0))
+        animator.gate.set()
+        assert worker.wait_idle() and wait_for(lambda: worker.ready)
+        assert worker.inbox.dropped == 1 and not worker.inbox.pending  # the stale frame: gone, and counted
+        feed(worker, [60] * 4)
+        assert wait_for(lambda: len(outputs) == 4) and worker.inbox.dropped == 1
+        assert [o.index for o in outputs] == [0, 1, 2, 3] and int(outputs[0].image[0, 0, 0]) == (3 * 60 + 1) // 4
+
+        animator.gate.clear()
+        worker.swap_reference(level_frame(2))  # a running stream is not ready while its swap waits or fuses
+        assert not worker.ready and wait_for(lambda: worker.stats.fusions == 2) and not worker.ready
+        animator.gate.set()
+        assert wait_for(lambda: worker.ready)
+        worker.stop()
+        assert not worker.ready and worker.wait_idle() and not worker.ready
+    finally:
+        animator.gate.set()
+        worker.close()
 
 
 def test_worker_survives_an_animator_failure_and_tags_streams():

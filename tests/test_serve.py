@@ -81,10 +81,15 @@ def is_type(kind):
     return lambda m: isinstance(m, dict) and m.get("type") == kind
 
 
-def start(ws, reference: str) -> dict:
-    """Start a session; returns its ``started`` message."""
+def start(ws, reference: str, ready: bool = True) -> dict:
+    """Start a session; returns its ``started`` message. With ``ready``, also waits for a ``stats`` message that
+    says the portrait is fused (a driving frame sent before that is dropped as stale: tests that count frames
+    would race the fusion)."""
     ws.send_text(json.dumps({"type": "start", "reference": reference, "fps": 30}))
-    return receive_until(ws, is_type("started"))[-1]
+    started = receive_until(ws, is_type("started"))[-1]
+    if ready:
+        receive_until(ws, lambda m: is_type("stats")(m) and m["ready"])
+    return started
 
 
 def stream_frames(ws, values, pause: float = 0.003) -> None:
@@ -200,6 +205,26 @@ def test_stream_returns_each_animated_frame_tagged_with_its_driving_frame(client
         assert stats["frames_in"] + stats["dropped_input"] <= 40
         ws.send_text(json.dumps({"type": "stop"}))
         receive_until(ws, is_type("stopped"))
+
+
+def test_stats_say_ready_once_the_portrait_is_fused_and_a_frame_sent_during_the_fusion_is_a_counted_drop():
+    """``started`` answers at once and the fusion runs after it (here 1 s): until it ends ``ready`` is false,
+    and the newest frame sent meanwhile is dropped as stale and counted (it used to vanish uncounted, so a
+    client that sent frames right after ``started`` under load lost some with nothing to show for it)."""
+    slow_fuse = lambda config: EchoAnimator(config, fuse_seconds=1.0)  # noqa: E731
+    with TestClient(make_app(slow_fuse)) as client:
+        key = upload_sample(client)
+        with client.websocket_connect("/api/ws") as ws:
+            ws.receive_json()
+            start(ws, key, ready=False)
+            ws.send_bytes(jpeg(100))
+            during = receive_until(ws, lambda m: is_type("stats")(m) and m["received"] == 1)[-1]
+            assert during["ready"] is False
+            after = receive_until(ws, lambda m: is_type("stats")(m) and m["ready"])[-1]
+            assert after["dropped_input"] == 1 and after["frames_in"] == 0 and after["malformed"] == 0
+            stream_frames(ws, [100] * 12, pause=0.05)  # frames sent once ready are animated
+            final = receive_until(ws, lambda m: is_type("stats")(m) and m["frames_in"] >= 4)[-1]
+            assert final["ready"] is True and final["frames_in"] + final["dropped_input"] <= 13
 
 
 def test_mjpeg_endpoint_serves_the_latest_output(client):

@@ -66,9 +66,18 @@ class LatestSlot(Generic[T]):
             return self._full
 
     def clear(self) -> None:
-        """Forget a waiting item without counting it as dropped (e.g. on stop)."""
+        """Forget a waiting item without counting it as dropped (on stop: nobody wants it any more)."""
         with self._cond:
             self._item, self._full = None, False
+
+    def discard(self) -> bool:
+        """Drop a waiting item that went stale, counted in ``dropped``; returns whether there was one."""
+        with self._cond:
+            if not self._full:
+                return False
+            self._item, self._full = None, False
+            self.dropped += 1
+            return True
 
     def close(self) -> None:
         """Wake every waiter; later ``put`` calls are ignored."""

@@ -194,6 +194,13 @@ class AnimationWorker:
     def active(self) -> bool:
         return self._active
 
+    @property
+    def ready(self) -> bool:
+        """True while frames put in :attr:`inbox` are animated: a stream runs and no command is pending or
+        being applied (a start or swap is a fusion, and a frame that waits through it is dropped as stale)."""
+        applied = self._applied  # read first: once every command given so far is applied, _active is its result
+        return applied >= self._submitted and self._active
+
     def start(self, reference: np.ndarray, prepare: Callable[[Any], np.ndarray], tag: Any = None) -> None:
         """Begin a stream: reset the animator, fuse ``reference``, then animate frames from :attr:`inbox`.
 
@@ -307,7 +314,7 @@ class AnimationWorker:
             self.animator_failure = exc
             raise
         self.animator_failure = None
-        self.inbox.clear()  # frames that waited through the (slow) fuse are stale
+        self.inbox.discard()  # a frame that waited through the (slow) fuse is stale: dropped, and counted
         self._malformed_run = 0
         self._active = True
 

@@ -3,12 +3,16 @@
 * server -> client, text JSON: ``hello`` (limits, animator), ``started`` (with ``mjpeg``: this session's own
   MJPEG URL, see :mod:`.mjpeg`), ``swapped``, ``stopped``, ``fps``
   (the rate the client asked for, echoed), ``pong``, ``stats`` (every ``stats_interval`` s while an animator is
-  leased: server fps, step latency, drops, malformed frames), ``frame`` (the ``index`` of the driving frame
+  leased: server fps, step latency, drops, malformed frames, and ``ready``), ``frame`` (the ``index`` of the driving frame
   the next binary message animates), ``error`` (``code``: ``busy``, ``bad_message``, ``no_reference``,
   ``not_started``, ``unavailable`` (the Ray app's registry is restarting) -- the session goes on;
   ``animation_failed``, ``malformed_frames``, ``idle`` -- the session ends).
 * client -> server, text JSON: ``start`` (``reference`` id from ``POST /api/reference``, ``fps``), ``swap``
   (``reference``), ``fps``, ``stop``, ``ping`` (``t``, echoed in the ``pong``).
+* ``started`` and ``swapped`` answer at once; the portrait's fusion then runs on the worker (seconds on a slow
+  device). Until it ends ``stats.ready`` is false, and the newest driving frame sent meanwhile is dropped as
+  stale once it ends (counted in ``dropped_input``), so a client that must not lose a frame waits for
+  ``ready``.
 * ``hello`` also names the ``replica`` (``pid``, ``node``) that holds the session: under Ray a session stays on
   the replica that accepted its socket for its whole life.
 * binary, both ways: one JPEG per message. The server numbers the client's binary messages 0, 1, 2... in
@@ -221,8 +225,8 @@ class WebSocketSession:
             slot = self.session.slot
             if slot is None:
                 continue
-            await self.send_json({"type": "stats", **slot.worker.stats.snapshot(), "received": self.received,
-                                  "dropped_input": slot.worker.inbox.dropped,
+            await self.send_json({"type": "stats", **slot.worker.stats.snapshot(), "ready": slot.worker.ready,
+                                  "received": self.received, "dropped_input": slot.worker.inbox.dropped,
                                   "dropped_output": self.session.dropped_output})
 
     async def watch_idle(self) -> None:

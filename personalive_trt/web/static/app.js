@@ -7,7 +7,7 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   ws: null, wsReady: null, hello: null,
-  referenceId: null, camera: null, running: false,
+  referenceId: null, camera: null, running: false, preparing: false,  // preparing: the portrait is being fused
   fps: 30, timer: null, grabbing: false,
   sent: 0, grabTimes: new Map(),     // binary message number -> performance.now() at grab
   pendingMeta: null, metaByUrl: new Map(), shownUrl: null,
@@ -102,15 +102,23 @@ function onMessage(msg) {
       showMjpeg(msg.mjpeg);
       refreshButtons();
       startSending();
-      setStatus("running (the first frames take a few steps)", "running");
+      state.preparing = true;  // frames sent until stats say ready are dropped as stale (the HUD counts them)
+      setStatus("preparing the portrait…", "running");
       break;
-    case "swapped": setStatus("reference swapped", "running"); break;
+    case "swapped":
+      state.preparing = true;
+      setStatus("reference swapped: preparing the portrait…", "running");
+      break;
     case "stopped": showMjpeg(null); setStatus("stopped"); break;
     case "frame": state.pendingMeta = msg; break;
     case "stats":
       state.step = msg.step_ms;
       state.serverDropped = (msg.dropped_input || 0) + (msg.dropped_output || 0);
       state.malformed = msg.malformed || 0;
+      if (state.preparing && msg.ready && state.running) {
+        state.preparing = false;
+        setStatus("running (the first frames take a few steps)", "running");
+      }
       updateHud();
       break;
     case "error":
