@@ -364,9 +364,11 @@ def test_worker_survives_an_animator_failure_and_tags_streams():
 
 
 def test_run_live_from_a_paced_file_writes_the_output(tmp_path):
+    """The portrait's fusion (here 0.75 s, 19 frames at 25 fps) ends before the paced file starts: no frame is lost
+    to it (before, the file's first frames were dropped as stale while it ran)."""
     out = tmp_path / "live.mp4"
     stats = run_live(LiveOptions(reference="sample", driving="sample", output=out, crop=False),
-                     status=lambda m: None, _animator=EchoAnimator(StreamConfig(resolution=RES)))
+                     status=lambda m: None, _animator=EchoAnimator(StreamConfig(resolution=RES), fuse_seconds=0.75))
     assert stats.stopped_by == "end of source" and stats.captured == 60
     # frames still inside the pipeline when the source ends are not shown: (steps - 1) windows at most
     assert 60 - 4 * 4 <= stats.frames <= 60 and stats.malformed == 0

@@ -105,6 +105,10 @@ def run_live(options: LiveOptions, status: Callable[[str], None] | None = None,
     try:
         stop.install()
         worker.start(reference, framer)
+        # The portrait's fusion (seconds on a slow device) ends before the source starts: a paced file would
+        # lose its first frames to it (dropped as stale), and camera frames captured meanwhile are stale anyway.
+        while not worker.wait_idle(0.1) and not stop.event.is_set():
+            pass
         source.start()
         status(f"live: {options.driving} at {source.fps:g} fps -> "
                f"{', '.join(s.name for s in sinks)} ({stats.backend}); Ctrl-C stops")
