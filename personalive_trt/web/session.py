@@ -3,8 +3,8 @@
 * server -> client, text JSON: ``hello`` (limits, animator), ``started`` (with ``mjpeg``: this session's own
   MJPEG URL, see :mod:`.mjpeg`), ``swapped``, ``stopped``, ``fps``
   (the rate the client asked for, echoed), ``pong``, ``stats`` (every ``stats_interval`` s while an animator is
-  leased: server fps, step latency, drops, malformed frames, and ``ready``), ``frame`` (the ``index`` of the driving frame
-  the next binary message animates), ``error`` (``code``: ``busy``, ``bad_message``, ``no_reference``,
+  leased: server fps, step latency, drops, malformed frames, and ``ready``), ``frame`` (the ``index`` of the
+  driving frame the next binary message animates), ``error`` (``code``: ``busy``, ``bad_message``, ``no_reference``,
   ``not_started``, ``unavailable`` (the Ray app's registry is restarting) -- the session goes on;
   ``animation_failed``, ``malformed_frames``, ``idle`` -- the session ends).
 * client -> server, text JSON: ``start`` (``reference`` id from ``POST /api/reference``, ``fps``), ``swap``
