@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 
 import cv2
@@ -208,11 +209,18 @@ def test_stream_returns_each_animated_frame_tagged_with_its_driving_frame(client
 
 
 def test_stats_say_ready_once_the_portrait_is_fused_and_a_frame_sent_during_the_fusion_is_a_counted_drop():
-    """``started`` answers at once and the fusion runs after it (here 1 s): until it ends ``ready`` is false,
-    and the newest frame sent meanwhile is dropped as stale and counted (it used to vanish uncounted, so a
-    client that sent frames right after ``started`` under load lost some with nothing to show for it)."""
-    slow_fuse = lambda config: EchoAnimator(config, fuse_seconds=1.0)  # noqa: E731
-    with TestClient(make_app(slow_fuse)) as client:
+    """``started`` answers at once and the fusion runs after it (here held until the test has seen the server
+    receive a frame): until it ends ``ready`` is false, and the newest frame sent meanwhile is dropped as stale
+    and counted (it used to vanish uncounted, so a client that sent frames right after ``started`` under load
+    lost some with nothing to show for it)."""
+    gate = threading.Event()
+
+    class HeldFuse(EchoAnimator):
+        def fuse_reference(self, image):
+            assert gate.wait(10), "the test never let the fusion end"
+            super().fuse_reference(image)
+
+    with TestClient(make_app(HeldFuse)) as client:
         key = upload_sample(client)
         with client.websocket_connect("/api/ws") as ws:
             ws.receive_json()
@@ -220,6 +228,7 @@ def test_stats_say_ready_once_the_portrait_is_fused_and_a_frame_sent_during_the_
             ws.send_bytes(jpeg(100))
             during = receive_until(ws, lambda m: is_type("stats")(m) and m["received"] == 1)[-1]
             assert during["ready"] is False
+            gate.set()
             after = receive_until(ws, lambda m: is_type("stats")(m) and m["ready"])[-1]
             assert after["dropped_input"] == 1 and after["frames_in"] == 0 and after["malformed"] == 0
             stream_frames(ws, [100] * 12, pause=0.05)  # frames sent once ready are animated
